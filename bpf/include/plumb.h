@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Definitions shared by every plumb gadget's kernel side.
+ *
+ * Every record a gadget writes to its ring buffer starts with struct
+ * plumb_hdr. The Rust side mirrors these structs in plumb-core's
+ * `raw` module and checks their sizes against this object's BTF in a unit
+ * test, so a change here that is not mirrored fails the build's tests.
+ */
+#ifndef __PLUMB_H
+#define __PLUMB_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#define PLUMB_COMM_LEN 16
+#define PLUMB_MAX_CGROUPS 8
+
+/* Record kinds; the first field of every record after the header. */
+enum plumb_kind {
+	PLUMB_KIND_EXEC = 1,
+	PLUMB_KIND_OPEN = 2,
+	PLUMB_KIND_TCP = 3,
+	PLUMB_KIND_DROP = 4,
+	PLUMB_KIND_RETRANS = 5,
+	PLUMB_KIND_RESET = 6,
+};
+
+/* Common header: who and when. 48 bytes. */
+struct plumb_hdr {
+	__u64 ts_ns;      /* bpf_ktime_get_boot_ns() */
+	__u64 cgroup_id;  /* cgroup v2 id of the task (0 when not in task context) */
+	__u32 pid;        /* tgid */
+	__u32 tid;
+	__u32 uid;
+	__u16 kind;       /* enum plumb_kind */
+	__u16 flags;      /* gadget-specific */
+	char comm[PLUMB_COMM_LEN];
+};
+
+/*
+ * In-kernel pre-filter, written by user space before load (read-only data,
+ * so the verifier prunes the branches that are switched off). User space
+ * applies the complete filter again: this only saves work.
+ */
+struct plumb_filter {
+	__u32 pid;        /* 0: any pid */
+	__u32 uid;
+	__u32 has_uid;
+	__u32 n_cgroups;  /* 0: any cgroup */
+	__u64 cgroup_ids[PLUMB_MAX_CGROUPS];
+	__u32 cgroup_levels[PLUMB_MAX_CGROUPS];
+};
+
+const volatile struct plumb_filter plumb_filter = {};
+
+/*
+ * When non-zero, a record wakes the reader only once this many bytes are
+ * waiting; user space polls with a short timeout for the rest. This batches
+ * wake-ups on busy hosts (one per many events instead of one per event).
+ */
+const volatile __u32 plumb_wakeup_bytes = 0;
+
+/* The ring buffer every gadget writes to; user space sizes it before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+/* Records that could not be written (ring buffer full), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} plumb_lost SEC(".maps");
+
+static __always_inline void plumb_count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&plumb_lost, &zero);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline __u64 plumb_wakeup_flags(void)
+{
+	if (!plumb_wakeup_bytes)
+		return 0;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= plumb_wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+/* Reserve a record; counts the loss when the buffer is full. */
+static __always_inline void *plumb_reserve(__u64 size)
+{
+	void *rec = bpf_ringbuf_reserve(&events, size, 0);
+
+	if (!rec)
+		plumb_count_lost();
+	return rec;
+}
+
+static __always_inline void plumb_submit(void *rec)
+{
+	bpf_ringbuf_submit(rec, plumb_wakeup_flags());
+}
+
+/* Copy a finished record of `size` bytes; counts the loss on failure. */
+static __always_inline void plumb_output(void *data, __u64 size)
+{
+	if (bpf_ringbuf_output(&events, data, size, plumb_wakeup_flags()))
+		plumb_count_lost();
+}
+
+/* Is the current task one the user asked for? */
+static __always_inline bool plumb_task_wanted(void)
+{
+	if (plumb_filter.pid && (bpf_get_current_pid_tgid() >> 32) != plumb_filter.pid)
+		return false;
+	if (plumb_filter.has_uid && (__u32)bpf_get_current_uid_gid() != plumb_filter.uid)
+		return false;
+	if (plumb_filter.n_cgroups) {
+		for (int i = 0; i < PLUMB_MAX_CGROUPS; i++) {
+			if (i >= plumb_filter.n_cgroups)
+				break;
+			if (bpf_get_current_ancestor_cgroup_id(plumb_filter.cgroup_levels[i]) ==
+			    plumb_filter.cgroup_ids[i])
+				return true;
+		}
+		return false;
+	}
+	return true;
+}
+
+/* Fill the header from the current task. */
+static __always_inline void plumb_fill_hdr(struct plumb_hdr *h, __u16 kind)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	h->ts_ns = bpf_ktime_get_boot_ns();
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->uid = (__u32)bpf_get_current_uid_gid();
+	h->kind = kind;
+	h->flags = 0;
+	bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+/* Fill the header for a record raised where no task is meaningful (softirq). */
+static __always_inline void plumb_fill_hdr_notask(struct plumb_hdr *h, __u16 kind)
+{
+	__builtin_memset(h, 0, sizeof(*h));
+	h->ts_ns = bpf_ktime_get_boot_ns();
+	h->kind = kind;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#endif /* __PLUMB_H */

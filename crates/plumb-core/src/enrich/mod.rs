@@ -1,0 +1,195 @@
+//! Enrichment: from the cgroup id the kernel gave us to container and pod.
+//!
+//! cgroup id → cgroup path (asked of the kernel by file handle, so a process
+//! that exited right after its event is still attributed) → what the path
+//! says (`cgroup::parse`) → names from a metadata source (a container
+//! runtime's socket, or the agent's Kubernetes pod watcher). Results are kept
+//! in a bounded LRU cache and refreshed after a while, because a pod's name
+//! can become known after its first event.
+
+pub mod cgroup;
+pub mod cgroupfs;
+pub mod runtime;
+
+use crate::event::Workload;
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Adds names to a workload that the cgroup path only identifies.
+pub trait MetadataSource: Send + Sync {
+    /// Short name for logs ("docker", "kubernetes").
+    fn name(&self) -> &'static str;
+    /// Fill in what this source knows (pod, namespace, container name).
+    fn fill(&self, w: &mut Workload);
+}
+
+struct Entry {
+    path: Option<Arc<str>>,
+    workload: Arc<Workload>,
+    at: Instant,
+}
+
+/// Cache statistics, exported by the agent.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EnrichStats {
+    pub entries: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Turns cgroup ids into workloads, with a bounded cache.
+pub struct Enricher {
+    fs: Option<cgroupfs::CgroupFs>,
+    sources: Vec<Arc<dyn MetadataSource>>,
+    cache: LruCache<u64, Entry>,
+    ttl_known: Duration,
+    ttl_unknown: Duration,
+    empty: Arc<Workload>,
+    stats: EnrichStats,
+}
+
+impl Enricher {
+    pub const DEFAULT_CAPACITY: usize = 4096;
+
+    /// An enricher over this host's cgroup hierarchy and runtime sockets.
+    pub fn new(sources: Vec<Arc<dyn MetadataSource>>) -> Self {
+        Self::with_fs(
+            cgroupfs::CgroupFs::discover(),
+            sources,
+            Self::DEFAULT_CAPACITY,
+        )
+    }
+
+    pub fn with_fs(
+        fs: Option<cgroupfs::CgroupFs>,
+        sources: Vec<Arc<dyn MetadataSource>>,
+        capacity: usize,
+    ) -> Self {
+        Enricher {
+            fs,
+            sources,
+            cache: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)),
+            ttl_known: Duration::from_secs(300),
+            ttl_unknown: Duration::from_secs(10),
+            empty: Arc::new(Workload::default()),
+            stats: EnrichStats::default(),
+        }
+    }
+
+    /// The cgroup v2 hierarchy in use, if any.
+    pub fn cgroupfs(&self) -> Option<&cgroupfs::CgroupFs> {
+        self.fs.as_ref()
+    }
+
+    pub fn add_source(&mut self, s: Arc<dyn MetadataSource>) {
+        self.sources.push(s);
+        self.cache.clear();
+    }
+
+    pub fn stats(&self) -> EnrichStats {
+        EnrichStats {
+            entries: self.cache.len(),
+            ..self.stats
+        }
+    }
+
+    /// Path and workload of cgroup `id`; `pid` is used only on hosts whose
+    /// cgroup v2 path says nothing (v1 hierarchies).
+    pub fn resolve(&mut self, id: u64, pid: u32) -> (Option<Arc<str>>, Arc<Workload>) {
+        if id == 0 {
+            return (None, self.empty.clone());
+        }
+        if let Some(e) = self.cache.get(&id) {
+            let ttl = if e.workload.pod.is_some()
+                || e.workload.container_id.is_none() && e.workload.pod_uid.is_none()
+            {
+                self.ttl_known
+            } else {
+                self.ttl_unknown
+            };
+            if e.at.elapsed() < ttl {
+                self.stats.hits += 1;
+                return (e.path.clone(), e.workload.clone());
+            }
+        }
+        self.stats.misses += 1;
+        let path = self.fs.as_ref().and_then(|fs| fs.path_of(id));
+        let mut w = path.as_deref().map(cgroup::parse).unwrap_or_default();
+        if w.is_empty() && pid != 0 {
+            if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+                if let Some(v1) = cgroup::parse_proc_cgroup(&s) {
+                    w = v1;
+                }
+            }
+        }
+        if !w.is_empty() {
+            for s in &self.sources {
+                s.fill(&mut w);
+            }
+        }
+        let workload = if w.is_empty() {
+            self.empty.clone()
+        } else {
+            Arc::new(w)
+        };
+        let path: Option<Arc<str>> = path.map(Arc::from);
+        self.cache.put(
+            id,
+            Entry {
+                path: path.clone(),
+                workload: workload.clone(),
+                at: Instant::now(),
+            },
+        );
+        (path, workload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Names;
+    impl MetadataSource for Names {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn fill(&self, w: &mut Workload) {
+            if w.pod_uid.as_deref() == Some("0b9a1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d") {
+                w.pod = Some("checkout-1".into());
+                w.namespace = Some("shop".into());
+            }
+        }
+    }
+
+    #[test]
+    fn resolves_through_a_fake_hierarchy_and_caches() {
+        let dir = std::env::temp_dir().join(format!("plumb-enrich-{}", std::process::id()));
+        let leaf = dir.join("kubepods/burstable/pod0b9a1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d");
+        std::fs::create_dir_all(&leaf).unwrap();
+        let fs = cgroupfs::CgroupFs::at(dir.clone());
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&leaf).unwrap());
+        let mut e = Enricher::with_fs(Some(fs), vec![Arc::new(Names)], 2);
+        let (path, w) = e.resolve(id, 0);
+        assert_eq!(
+            path.as_deref(),
+            Some("/kubepods/burstable/pod0b9a1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d")
+        );
+        assert_eq!(w.pod.as_deref(), Some("checkout-1"));
+        assert_eq!(w.namespace.as_deref(), Some("shop"));
+        let _ = e.resolve(id, 0);
+        assert_eq!(e.stats().hits, 1);
+        assert_eq!(e.stats().entries, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_ids_are_empty_not_guessed() {
+        let mut e = Enricher::with_fs(None, vec![], 8);
+        let (path, w) = e.resolve(123_456_789, 0);
+        assert!(path.is_none());
+        assert!(w.is_empty());
+    }
+}

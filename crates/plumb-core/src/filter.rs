@@ -1,0 +1,357 @@
+//! Which events the user asked for.
+//!
+//! A filter is checked twice: the parts the kernel can check cheaply (pid,
+//! uid, cgroup subtree) are handed to the BPF programs so unwanted events are
+//! never copied out; the whole filter is applied again in user space, so the
+//! kernel part is only ever an optimisation.
+
+use crate::error::{Error, Result};
+use crate::event::{Event, Workload};
+use crate::raw::{RawFilter, MAX_CGROUPS};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Filter values exactly as a user typed them (CLI flags or API fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FilterArgs {
+    pub pid: Option<String>,
+    pub comm: Option<String>,
+    pub uid: Option<String>,
+    pub cgroup: Vec<String>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// A cgroup subtree to keep, as the kernel knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupTarget {
+    /// Path relative to the cgroup v2 root, starting with `/`.
+    pub path: String,
+    pub id: u64,
+    /// Depth below the root (the root is level 0).
+    pub level: u32,
+}
+
+/// A validated filter.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub cgroups: Vec<CgroupTarget>,
+    pub container: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+}
+
+fn bad(flag: &'static str, reason: impl Into<String>) -> Error {
+    Error::BadFilter {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+impl Filter {
+    /// Validate what the user typed. Cgroup paths are resolved against the
+    /// cgroup v2 hierarchy mounted at `cgroup_root`.
+    pub fn parse(args: &FilterArgs, cgroup_root: Option<&Path>) -> Result<Filter> {
+        let pid = match &args.pid {
+            None => None,
+            Some(s) => match s.trim().parse::<u32>() {
+                Ok(0) => return Err(bad("pid", "0 is not a process id")),
+                Ok(p) => Some(p),
+                Err(_) => return Err(bad("pid", format!("'{s}' is not a process id"))),
+            },
+        };
+        let uid = match &args.uid {
+            None => None,
+            Some(s) => Some(
+                s.trim()
+                    .parse::<u32>()
+                    .map_err(|_| bad("uid", format!("'{s}' is not a numeric user id")))?,
+            ),
+        };
+        let comm =
+            match &args.comm {
+                None => None,
+                Some(c) if c.is_empty() => return Err(bad("comm", "empty name")),
+                Some(c) if c.len() > 15 => return Err(bad(
+                    "comm",
+                    format!(
+                        "'{c}' is longer than the 15 characters the kernel keeps of a command name"
+                    ),
+                )),
+                Some(c) => Some(c.clone()),
+            };
+        let container = match &args.container {
+            None => None,
+            Some(c) => {
+                let c = c.trim().to_ascii_lowercase();
+                let c = c.split("://").last().unwrap_or_default().to_string();
+                if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_hexdigit()) {
+                    return Err(bad(
+                        "container",
+                        format!("'{c}' is not a container id (hexadecimal, a prefix is enough)"),
+                    ));
+                }
+                Some(c)
+            }
+        };
+        for (flag, v) in [("pod", &args.pod), ("namespace", &args.namespace)] {
+            if let Some(v) = v {
+                if v.is_empty()
+                    || v.len() > 253
+                    || v.contains('/')
+                    || v.contains(char::is_whitespace)
+                {
+                    return Err(bad(flag, format!("'{v}' is not a Kubernetes object name")));
+                }
+            }
+        }
+        if args.cgroup.len() > MAX_CGROUPS {
+            return Err(bad("cgroup", format!("at most {MAX_CGROUPS} cgroups")));
+        }
+        let mut cgroups = Vec::new();
+        for c in &args.cgroup {
+            let root =
+                cgroup_root.ok_or_else(|| bad("cgroup", "no cgroup v2 hierarchy is mounted"))?;
+            cgroups.push(resolve_cgroup(root, c)?);
+        }
+        Ok(Filter {
+            pid,
+            comm,
+            uid,
+            cgroups,
+            container,
+            pod: args.pod.clone(),
+            namespace: args.namespace.clone(),
+        })
+    }
+
+    /// The part of the filter the kernel applies.
+    pub fn kernel(&self) -> RawFilter {
+        let mut f = RawFilter {
+            pid: self.pid.unwrap_or(0),
+            ..Default::default()
+        };
+        if let Some(uid) = self.uid {
+            f.uid = uid;
+            f.has_uid = 1;
+        }
+        f.n_cgroups = self.cgroups.len() as u32;
+        for (i, c) in self.cgroups.iter().enumerate() {
+            f.cgroup_ids[i] = c.id;
+            f.cgroup_levels[i] = c.level;
+        }
+        f
+    }
+
+    /// Does the filter select on anything that only user space can check?
+    pub fn needs_workload(&self) -> bool {
+        self.container.is_some() || self.pod.is_some() || self.namespace.is_some()
+    }
+
+    /// The complete check, applied to every decoded, enriched event.
+    /// Process filters only apply where the event has a process (pid != 0).
+    pub fn matches(&self, ev: &Event) -> bool {
+        let h = &ev.header;
+        if let Some(pid) = self.pid {
+            if h.pid != pid {
+                return false;
+            }
+        }
+        if let Some(uid) = self.uid {
+            if h.uid != uid {
+                return false;
+            }
+        }
+        if let Some(comm) = &self.comm {
+            if h.comm != *comm {
+                return false;
+            }
+        }
+        if !self.cgroups.is_empty() {
+            let inside = self.cgroups.iter().any(|t| {
+                h.cgroup_id == t.id
+                    || h.cgroup.as_deref().is_some_and(|p| {
+                        p == t.path || t.path == "/" || p.starts_with(&format!("{}/", t.path))
+                    })
+            });
+            if !inside {
+                return false;
+            }
+        }
+        if self.container.is_none() && self.pod.is_none() && self.namespace.is_none() {
+            return true;
+        }
+        std::iter::once(&*h.workload)
+            .chain(ev.body.workloads())
+            .any(|w| self.matches_workload(w))
+    }
+
+    fn matches_workload(&self, w: &Workload) -> bool {
+        if let Some(c) = &self.container {
+            if !w
+                .container_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with(c.as_str()))
+            {
+                return false;
+            }
+        }
+        if let Some(p) = &self.pod {
+            if w.pod.as_deref() != Some(p.as_str()) {
+                return false;
+            }
+        }
+        if let Some(n) = &self.namespace {
+            if w.namespace.as_deref() != Some(n.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Resolve a user's cgroup argument: a filesystem path inside the cgroup v2
+/// mount, or a path relative to its root.
+pub fn resolve_cgroup(root: &Path, arg: &str) -> Result<CgroupTarget> {
+    let given = PathBuf::from(arg);
+    let full = if given.starts_with(root) {
+        given
+    } else {
+        root.join(arg.trim_start_matches('/'))
+    };
+    let meta = std::fs::metadata(&full).map_err(|e| {
+        bad(
+            "cgroup",
+            format!(
+                "{}: {e} (give a path below {})",
+                full.display(),
+                root.display()
+            ),
+        )
+    })?;
+    if !meta.is_dir() || !full.join("cgroup.procs").exists() {
+        return Err(bad(
+            "cgroup",
+            format!("{} is not a cgroup v2 directory", full.display()),
+        ));
+    }
+    let rel = full.strip_prefix(root).unwrap_or(Path::new(""));
+    let path = format!("/{}", rel.display()).replace("//", "/");
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/').to_string()
+    } else {
+        path
+    };
+    let level = rel.components().count() as u32;
+    Ok(CgroupTarget {
+        path,
+        id: meta.ino(),
+        level,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> FilterArgs {
+        FilterArgs::default()
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = Filter::parse(
+            &FilterArgs {
+                pid: Some("abc".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bad value for --pid: 'abc' is not a process id"
+        );
+        let e = Filter::parse(
+            &FilterArgs {
+                uid: Some("root".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("bad value for --uid"));
+        let e = Filter::parse(
+            &FilterArgs {
+                comm: Some("a-very-long-command-name".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("15 characters"));
+        let e = Filter::parse(
+            &FilterArgs {
+                container: Some("xyz!".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("bad value for --container"));
+        let e = Filter::parse(
+            &FilterArgs {
+                cgroup: vec!["/x".into()],
+                ..args()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no cgroup v2"));
+    }
+
+    #[test]
+    fn kernel_part_carries_pid_uid_and_cgroups() {
+        let mut f = Filter::parse(
+            &FilterArgs {
+                pid: Some("42".into()),
+                uid: Some("0".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap();
+        f.cgroups.push(CgroupTarget {
+            path: "/a/b".into(),
+            id: 77,
+            level: 2,
+        });
+        let k = f.kernel();
+        assert_eq!((k.pid, k.uid, k.has_uid, k.n_cgroups), (42, 0, 1, 1));
+        assert_eq!((k.cgroup_ids[0], k.cgroup_levels[0]), (77, 2));
+    }
+
+    #[test]
+    fn container_prefix_accepts_runtime_urls() {
+        let f = Filter::parse(
+            &FilterArgs {
+                container: Some("containerd://ABC123".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(f.container.as_deref(), Some("abc123"));
+    }
+
+    #[test]
+    fn resolve_cgroup_rejects_non_cgroup_dirs() {
+        let dir = std::env::temp_dir();
+        let e = resolve_cgroup(&dir, "/").unwrap_err();
+        assert!(e.to_string().contains("not a cgroup v2 directory"), "{e}");
+    }
+}

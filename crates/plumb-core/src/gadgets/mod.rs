@@ -1,0 +1,268 @@
+//! The gadget registry: the one place a gadget is registered.
+//!
+//! A gadget is one folder below this one: its `NAME.bpf.c` (built into a
+//! skeleton by build.rs), its Rust owner (`mod.rs`: load, attach, decode,
+//! describe its columns and parameters) and its tests. Adding one means
+//! adding the folder, a line to [`REGISTRY`] and its variant of [`Body`].
+
+pub mod exec;
+pub mod open;
+pub mod tcp;
+
+use crate::error::{DecodeError, Error, Result};
+use crate::event::{Event, Workload};
+use crate::loader::StartCtx;
+use crate::raw::RawHdr;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Every gadget plumb knows, in the order `plumb gadgets` lists them.
+pub static REGISTRY: &[&GadgetDesc] = &[&exec::DESC, &open::DESC, &tcp::DESC];
+
+/// What a gadget saw; the `type` key of the JSON output.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    Exec(exec::Exec),
+    Open(open::Open),
+    Tcp(tcp::Tcp),
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Exec(_) => "exec",
+            Body::Open(_) => "open",
+            Body::Tcp(_) => "tcp",
+        }
+    }
+
+    /// Workloads named inside the body (network events name one per side),
+    /// for pod and container filters.
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        std::iter::empty()
+    }
+
+    /// Fill in body-side enrichment (per-side pods of network events).
+    pub fn enrich(&mut self, _enricher: &mut crate::enrich::Enricher) {}
+}
+
+/// Look a gadget up by name.
+pub fn find(name: &str) -> Result<&'static GadgetDesc> {
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|g| g.name == name)
+        .ok_or_else(|| Error::UnknownGadget {
+            name: name.to_string(),
+            known: REGISTRY
+                .iter()
+                .map(|g| g.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// A gadget's description: everything the CLI, the agent and `plumb
+/// gadgets` need, as data.
+pub struct GadgetDesc {
+    pub name: &'static str,
+    /// One line for `plumb gadgets` and `--help`.
+    pub summary: &'static str,
+    /// Longer help text (what is left out by default, caveats).
+    pub help: &'static str,
+    /// Gadget-specific options, beyond the common filters.
+    pub params: &'static [ParamSpec],
+    /// The columns of the table output.
+    pub columns: &'static [Column],
+    /// Keys `--summary` groups by.
+    pub summary_keys: &'static [&'static str],
+    /// Hooks it needs, to tell whether it can run here.
+    pub hooks: &'static [Hook],
+    /// Load and attach; dropping the result detaches everything.
+    pub start: fn(&StartCtx<'_>) -> Result<Box<dyn Attached>>,
+}
+
+impl std::fmt::Debug for GadgetDesc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GadgetDesc")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// One column of the table output: the JSON key it shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    pub key: &'static str,
+    pub header: &'static str,
+    pub width: usize,
+}
+
+impl Column {
+    pub const fn new(key: &'static str, header: &'static str, width: usize) -> Self {
+        Column { key, header, width }
+    }
+}
+
+/// A gadget-specific option.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// `None` for a switch, `Some(placeholder)` for an option with a value.
+    pub value: Option<&'static str>,
+}
+
+/// Gadget options as name → value (switches have the value `true`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params(pub BTreeMap<String, String>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|v| v != "false")
+    }
+
+    /// A comma-separated list option.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Reject options the gadget does not have (from the API, where no
+    /// argument parser checked them).
+    pub fn check(&self, desc: &GadgetDesc) -> Result<()> {
+        for k in self.0.keys() {
+            if !desc.params.iter().any(|p| p.name == k) {
+                return Err(Error::BadParam {
+                    param: k.clone(),
+                    reason: format!("gadget {} has no such option", desc.name),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A kernel hook a gadget needs.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    /// A tracefs tracepoint `category/name`.
+    Tracepoint(&'static str, &'static str),
+    /// A BTF-typed raw tracepoint (`tp_btf/name`).
+    TpBtf(&'static str),
+}
+
+impl Hook {
+    pub fn available(&self) -> bool {
+        match self {
+            Hook::Tracepoint(cat, name) => ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+                .iter()
+                .any(|root| Path::new(root).join("events").join(cat).join(name).exists()),
+            Hook::TpBtf(name) => crate::preflight::vmlinux_has_type(&format!("btf_trace_{name}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hook::Tracepoint(c, n) => write!(f, "tracepoint {c}:{n}"),
+            Hook::TpBtf(n) => write!(f, "tp_btf {n}"),
+        }
+    }
+}
+
+/// Can this gadget run on this kernel? `Err` says what is missing.
+pub fn availability(desc: &GadgetDesc) -> std::result::Result<(), String> {
+    match desc.hooks.iter().find(|h| !h.available()) {
+        None => Ok(()),
+        Some(h) => Err(format!("{h} not available on this kernel")),
+    }
+}
+
+/// A decoded record: its header as the kernel wrote it, and the body.
+pub struct Decoded {
+    pub hdr: RawHdr,
+    pub body: Body,
+}
+
+/// A gadget whose programs are loaded and attached. Dropping it detaches
+/// and unloads everything.
+pub trait Attached {
+    /// Ring buffers to read (every gadget has one, `events`).
+    fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore>;
+    /// Turn one record into an event body; never panics on bad input.
+    fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError>;
+    /// Records the kernel could not write (ring buffer full), so far.
+    fn lost(&self) -> u64;
+    /// Kernel ids of the loaded programs.
+    fn prog_ids(&self) -> Vec<u32>;
+    /// Hooks that could not be attached on this kernel and were skipped.
+    fn skipped(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// A gadget-specific check on the finished event (e.g. `--reason`).
+    fn keep(&self, _ev: &Event) -> bool {
+        true
+    }
+}
+
+/// The common part of an `Attached` implementation over a skeleton whose
+/// maps include `events` and `plumb_lost`.
+#[macro_export]
+macro_rules! impl_attached_common {
+    () => {
+        fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore> {
+            vec![&self.loaded.skel().maps.events]
+        }
+        fn lost(&self) -> u64 {
+            $crate::loader::percpu_sum(&self.loaded.skel().maps.plumb_lost)
+        }
+        fn prog_ids(&self) -> Vec<u32> {
+            self.loaded.prog_ids()
+        }
+        fn skipped(&self) -> Vec<String> {
+            self.loaded.skipped.clone()
+        }
+    };
+}
+
+/// Apply the common configuration (filter, wake-up threshold, ring size)
+/// to an open skeleton.
+#[macro_export]
+macro_rules! configure_common {
+    ($open:expr, $ctx:expr, $gadget:expr) => {{
+        let open = $open;
+        let ctx = $ctx;
+        let ro = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| $crate::Error::Open {
+                gadget: $gadget,
+                source: libbpf_rs::Error::from(std::io::Error::other("BPF object has no .rodata")),
+            })?;
+        $crate::loader::set_filter(&mut ro.plumb_filter, &ctx.filter);
+        ro.plumb_wakeup_bytes = ctx.wakeup_bytes;
+        open.maps
+            .events
+            .set_max_entries(ctx.ring_bytes)
+            .map_err(|source| $crate::Error::Open {
+                gadget: $gadget,
+                source,
+            })?;
+    }};
+}

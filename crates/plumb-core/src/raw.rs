@@ -1,0 +1,105 @@
+//! Rust mirrors of the records defined in C (`bpf/include/plumb.h` and each
+//! gadget's header), and the one bounds-checked way to read them.
+//!
+//! Every mirror derives `bytemuck::Pod`, which refuses to compile if the
+//! struct has implicit padding; its size is checked against the BPF object's
+//! own BTF at compile time (each gadget asserts it against the types its
+//! generated skeleton carries).
+
+use crate::error::DecodeError;
+use bytemuck::{Pod, Zeroable};
+
+pub const COMM_LEN: usize = 16;
+pub const MAX_CGROUPS: usize = 8;
+
+/// `enum plumb_kind`.
+pub mod kind {
+    pub const EXEC: u16 = 1;
+    pub const OPEN: u16 = 2;
+    pub const TCP: u16 = 3;
+    pub const DROP: u16 = 4;
+    pub const RETRANS: u16 = 5;
+    pub const RESET: u16 = 6;
+}
+
+/// `struct plumb_hdr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct RawHdr {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub kind: u16,
+    pub flags: u16,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(std::mem::size_of::<RawHdr>() == 48);
+
+/// `struct plumb_filter`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RawFilter {
+    pub pid: u32,
+    pub uid: u32,
+    pub has_uid: u32,
+    pub n_cgroups: u32,
+    pub cgroup_ids: [u64; MAX_CGROUPS],
+    pub cgroup_levels: [u32; MAX_CGROUPS],
+}
+const _: () = assert!(std::mem::size_of::<RawFilter>() == 112);
+
+/// Read a `T` from the front of `data`, or say how short the record was.
+pub fn read<T: Pod>(data: &[u8]) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    data.get(..need)
+        .map(bytemuck::pod_read_unaligned)
+        .ok_or(DecodeError::Short {
+            need,
+            got: data.len(),
+        })
+}
+
+/// The bytes after a fixed-size prefix `T`, limited to `len` (a length the
+/// kernel wrote, never trusted beyond the record's real size).
+pub fn tail<T>(data: &[u8], len: usize) -> Result<&[u8], DecodeError> {
+    let start = std::mem::size_of::<T>();
+    data.get(start..start.saturating_add(len))
+        .ok_or(DecodeError::Short {
+            need: start.saturating_add(len),
+            got: data.len(),
+        })
+}
+
+/// A C string in a fixed buffer: up to the first NUL, lossily decoded.
+pub fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_record_is_an_error_not_a_panic() {
+        let err = read::<RawHdr>(&[0u8; 10]).unwrap_err();
+        assert_eq!(err, DecodeError::Short { need: 48, got: 10 });
+    }
+
+    #[test]
+    fn tail_never_reads_past_the_record() {
+        let data = [1u8; 52];
+        assert_eq!(tail::<RawHdr>(&data, 4).unwrap(), &[1, 1, 1, 1]);
+        assert!(tail::<RawHdr>(&data, 5).is_err());
+        assert!(tail::<RawHdr>(&data, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn cstr_stops_at_nul_and_survives_garbage() {
+        assert_eq!(cstr(b"bash\0\0junk"), "bash");
+        assert_eq!(cstr(b"full"), "full");
+        assert_eq!(cstr(&[0xff, 0x41, 0]), "\u{fffd}A");
+    }
+}

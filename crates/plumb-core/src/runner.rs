@@ -1,0 +1,275 @@
+//! The pipeline: attach a gadget, read its ring buffer without busy polling
+//! (epoll via libbpf), decode, enrich, filter, hand to a sink; stop on the
+//! first of duration, event count, a stop request or a closed sink; detach.
+
+use crate::enrich::Enricher;
+use crate::error::{Error, Result};
+use crate::event::{Clock, Event, Header};
+use crate::filter::Filter;
+use crate::gadgets::{Attached, GadgetDesc, Params};
+use crate::loader::StartCtx;
+use crate::raw;
+use crate::sink::Sink;
+use std::cell::RefCell;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How to run a gadget.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub filter: Filter,
+    pub params: Params,
+    pub duration: Option<Duration>,
+    pub max_events: Option<u64>,
+    pub ring_bytes: u32,
+    pub wakeup_bytes: u32,
+    /// Longest wait for a wake-up before reading anyway.
+    pub poll_interval: Duration,
+    pub node: Arc<str>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            filter: Filter::default(),
+            params: Params::default(),
+            duration: None,
+            max_events: None,
+            ring_bytes: StartCtx::DEFAULT_RING_BYTES,
+            wakeup_bytes: StartCtx::DEFAULT_WAKEUP_BYTES,
+            poll_interval: Duration::from_millis(50),
+            node: Arc::from(node_name().as_str()),
+        }
+    }
+}
+
+/// This host's name (the `node` of every event).
+pub fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Duration,
+    MaxEvents,
+    Stopped,
+    SinkClosed,
+}
+
+/// What a run saw. `seen` events were delivered; `lost` never left the
+/// kernel; `malformed` records were skipped; `filtered` did not match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStats {
+    pub seen: u64,
+    pub lost: u64,
+    pub malformed: u64,
+    pub filtered: u64,
+    pub prog_ids: Vec<u32>,
+    pub skipped: Vec<String>,
+    pub reason: StopReason,
+}
+
+/// Hooks for whoever drives the run (CLI, agent, tests).
+#[derive(Default)]
+pub struct Control {
+    /// Set to stop the run (signal handler, disconnected client).
+    pub stop: Arc<AtomicBool>,
+    /// Called once everything is attached, with the program ids.
+    pub on_ready: Option<Box<dyn FnOnce(&[u32]) + Send>>,
+}
+
+struct State<'a> {
+    enricher: &'a mut Enricher,
+    filter: &'a Filter,
+    sink: &'a mut dyn Sink,
+    clock: Clock,
+    node: Arc<str>,
+    max: Option<u64>,
+    seen: u64,
+    malformed: u64,
+    filtered: u64,
+    done: Option<StopReason>,
+    error: Option<io::Error>,
+}
+
+impl State<'_> {
+    fn on_record(&mut self, attached: &dyn Attached, data: &[u8]) -> i32 {
+        if self.done.is_some() {
+            return 1;
+        }
+        let d = match attached.decode(data) {
+            Ok(d) => d,
+            Err(_) => {
+                self.malformed += 1;
+                return 0;
+            }
+        };
+        let (cgroup, workload) = self.enricher.resolve(d.hdr.cgroup_id, d.hdr.pid);
+        let mut ev = Event {
+            body: d.body,
+            header: Header {
+                timestamp: self.clock.wall(d.hdr.ts_ns),
+                node: self.node.clone(),
+                pid: d.hdr.pid,
+                tid: d.hdr.tid,
+                uid: d.hdr.uid,
+                comm: raw::cstr(&d.hdr.comm),
+                cgroup_id: d.hdr.cgroup_id,
+                cgroup,
+                workload,
+            },
+        };
+        ev.body.enrich(self.enricher);
+        if !self.filter.matches(&ev) || !attached.keep(&ev) {
+            self.filtered += 1;
+            return 0;
+        }
+        self.seen += 1;
+        if let Err(e) = self.sink.event(&ev) {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                self.done = Some(StopReason::SinkClosed);
+            } else {
+                self.error = Some(e);
+                self.done = Some(StopReason::SinkClosed);
+            }
+            return 1;
+        }
+        if self.max.is_some_and(|m| self.seen >= m) {
+            self.done = Some(StopReason::MaxEvents);
+            return 1;
+        }
+        0
+    }
+}
+
+fn sink_result(r: io::Result<()>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(Error::Output(e)),
+    }
+}
+
+/// Run `desc` until it is told to stop. Everything it attached is detached
+/// before this returns, on success and on error.
+pub fn run(
+    desc: &GadgetDesc,
+    opts: &RunOptions,
+    enricher: &mut Enricher,
+    sink: &mut dyn Sink,
+    control: Control,
+) -> Result<RunStats> {
+    let ctx = StartCtx {
+        filter: opts.filter.kernel(),
+        params: &opts.params,
+        ring_bytes: opts.ring_bytes,
+        wakeup_bytes: opts.wakeup_bytes,
+    };
+    let attached = (desc.start)(&ctx)?;
+    let prog_ids = attached.prog_ids();
+    let skipped = attached.skipped();
+    if let Some(f) = control.on_ready {
+        f(&prog_ids);
+    }
+    let started = Instant::now();
+    let state = RefCell::new(State {
+        enricher,
+        filter: &opts.filter,
+        sink,
+        clock: Clock::new(),
+        node: opts.node.clone(),
+        max: opts.max_events,
+        seen: 0,
+        malformed: 0,
+        filtered: 0,
+        done: None,
+        error: None,
+    });
+    let mut reported_lost = 0u64;
+    let reason;
+    {
+        let mut builder = libbpf_rs::RingBufferBuilder::new();
+        for map in attached.ring_buffers() {
+            builder
+                .add(map, |data: &[u8]| {
+                    state.borrow_mut().on_record(&*attached, data)
+                })
+                .map_err(|source| Error::RingBuffer {
+                    gadget: desc.name,
+                    source,
+                })?;
+        }
+        let rb = builder.build().map_err(|source| Error::RingBuffer {
+            gadget: desc.name,
+            source,
+        })?;
+        loop {
+            // A non-zero return from the callback also ends poll/consume
+            // early; that is our own stop, not an error.
+            let _ = rb.poll(opts.poll_interval);
+            if state.borrow().done.is_none() {
+                let _ = rb.consume();
+            }
+            let lost = attached.lost();
+            let mut st = state.borrow_mut();
+            if lost > reported_lost {
+                let open = sink_result(st.sink.lost(
+                    desc.name,
+                    lost - reported_lost,
+                    SystemTime::now(),
+                ))?;
+                reported_lost = lost;
+                if !open {
+                    st.done.get_or_insert(StopReason::SinkClosed);
+                }
+            }
+            if !sink_result(st.sink.flush())? || !sink_result(st.sink.tick())? {
+                st.done.get_or_insert(StopReason::SinkClosed);
+            }
+            if let Some(e) = st.error.take() {
+                return Err(Error::Output(e));
+            }
+            if let Some(r) = st.done {
+                reason = r;
+                break;
+            }
+            if control.stop.load(Ordering::Relaxed) {
+                reason = StopReason::Stopped;
+                break;
+            }
+            if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+                reason = StopReason::Duration;
+                // Read what is already in the buffer before detaching.
+                drop(st);
+                let _ = rb.consume();
+                break;
+            }
+        }
+    }
+    let lost = attached.lost();
+    drop(attached);
+    let st = state.into_inner();
+    if lost > reported_lost && reason != StopReason::SinkClosed {
+        sink_result(
+            st.sink
+                .lost(desc.name, lost - reported_lost, SystemTime::now()),
+        )?;
+    }
+    if reason != StopReason::SinkClosed {
+        sink_result(st.sink.finish())?;
+    }
+    Ok(RunStats {
+        seen: st.seen,
+        lost,
+        malformed: st.malformed,
+        filtered: st.filtered,
+        prog_ids,
+        skipped,
+        reason,
+    })
+}

@@ -1,0 +1,148 @@
+//! Options shared by every command that runs a gadget, described once as
+//! data (clap `Arg`s) so `trace`, `profile` and the kubectl plugin offer the
+//! same flags, and helpers for writing to stdout.
+
+use clap::{Arg, ArgAction, ArgMatches};
+use plumb_core::filter::FilterArgs;
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `--pid`, `--comm`, `--uid`, `--cgroup`, `--container`, `--pod`, `-n`.
+pub fn filter_args() -> Vec<Arg> {
+    vec![
+        Arg::new("pid").long("pid").value_name("PID").help("Only this process (checked in the kernel)").help_heading("Filters"),
+        Arg::new("comm").long("comm").value_name("NAME").help("Only processes with this command name").help_heading("Filters"),
+        Arg::new("uid").long("uid").value_name("UID").help("Only this user id (checked in the kernel)").help_heading("Filters"),
+        Arg::new("cgroup")
+            .long("cgroup")
+            .value_name("PATH")
+            .action(ArgAction::Append)
+            .help("Only this cgroup v2 and its descendants, a path below the cgroup2 mount (checked in the kernel; repeatable)")
+            .help_heading("Filters"),
+        Arg::new("container").long("container").value_name("ID").help("Only this container (id or prefix)").help_heading("Filters"),
+        Arg::new("pod").long("pod").value_name("NAME").help("Only this pod").help_heading("Filters"),
+        Arg::new("namespace").short('n').long("namespace").value_name("NS").help("Only pods of this Kubernetes namespace").help_heading("Filters"),
+    ]
+}
+
+pub fn filter_from(m: &ArgMatches) -> FilterArgs {
+    let one = |k: &str| m.get_one::<String>(k).cloned();
+    FilterArgs {
+        pid: one("pid"),
+        comm: one("comm"),
+        uid: one("uid"),
+        cgroup: m
+            .get_many::<String>("cgroup")
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default(),
+        container: one("container"),
+        pod: one("pod"),
+        namespace: one("namespace"),
+    }
+}
+
+/// `-o`, `--fields`, `--duration`, `--max-events`, `--summary`.
+pub fn output_args() -> Vec<Arg> {
+    vec![
+        Arg::new("output")
+            .short('o')
+            .long("output")
+            .value_name("FORMAT")
+            .value_parser(["columns", "json"])
+            .default_value("columns")
+            .help("columns: an aligned table; json: one object per line"),
+        Arg::new("fields")
+            .long("fields")
+            .value_name("a,b,c")
+            .help("Only these keys (columns or JSON keys)"),
+        Arg::new("duration")
+            .long("duration")
+            .value_name("TIME")
+            .value_parser(parse_duration)
+            .help("Stop after this long (10s, 2m, 1h)"),
+        Arg::new("max-events")
+            .long("max-events")
+            .value_name("N")
+            .value_parser(clap::value_parser!(u64).range(1..))
+            .help("Stop after N events"),
+        Arg::new("summary")
+            .long("summary")
+            .value_name("INTERVAL")
+            .value_parser(parse_duration)
+            .help("Print counts per key every INTERVAL instead of one line per event"),
+    ]
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration (like 10s, 500ms, 2m): {e}"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// Output options as parsed.
+#[derive(Debug, Clone)]
+pub struct OutputOpts {
+    pub json: bool,
+    pub fields: Vec<String>,
+    pub duration: Option<Duration>,
+    pub max_events: Option<u64>,
+    pub summary: Option<Duration>,
+}
+
+pub fn output_from(m: &ArgMatches) -> OutputOpts {
+    let get = |k: &str| m.try_get_one::<String>(k).ok().flatten();
+    OutputOpts {
+        json: get("output").map(String::as_str) == Some("json"),
+        fields: get("fields")
+            .map(|f| {
+                f.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        duration: m
+            .try_get_one::<Duration>("duration")
+            .ok()
+            .flatten()
+            .copied(),
+        max_events: m.try_get_one::<u64>("max-events").ok().flatten().copied(),
+        summary: m.try_get_one::<Duration>("summary").ok().flatten().copied(),
+    }
+}
+
+/// Width of the terminal on stdout, if stdout is one.
+pub fn terminal_width() -> Option<usize> {
+    if !io::stdout().is_terminal() {
+        return None;
+    }
+    // SAFETY: TIOCGWINSZ fills a winsize struct; stdout is a terminal.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0)
+            .then_some(ws.ws_col as usize)
+    }
+}
+
+/// A flag set by SIGINT and SIGTERM.
+pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error.
+pub fn print_stdout(s: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,47 @@
+//! `plumb gadgets`: one line per gadget, and whether it can run here.
+
+use plumb_core::gadgets::{availability, REGISTRY};
+
+#[derive(Debug, clap::Args)]
+pub struct GadgetsArgs {
+    /// Output format.
+    #[arg(short, long, value_parser = ["columns", "json"], default_value = "columns")]
+    pub output: String,
+}
+
+pub fn run(args: GadgetsArgs) -> anyhow::Result<()> {
+    // Tracepoints are listed in tracefs; mount it if we may (as `trace` would).
+    let _ = plumb_core::preflight::ensure_tracefs();
+    let mut out = String::new();
+    if args.output == "columns" {
+        out.push_str(&format!(
+            "{:<10} {:<13} {}\n",
+            "GADGET", "AVAILABLE", "DESCRIPTION"
+        ));
+    }
+    for g in REGISTRY {
+        let avail = availability(g);
+        if args.output == "json" {
+            let v = serde_json::json!({
+                "name": g.name,
+                "summary": g.summary,
+                "available": avail.is_ok(),
+                "reason": avail.as_ref().err(),
+                "params": g.params.iter().map(|p| p.name).collect::<Vec<_>>(),
+            });
+            out.push_str(&format!("{v}\n"));
+        } else {
+            let status = match &avail {
+                Ok(()) => "yes".to_string(),
+                Err(_) => "no".to_string(),
+            };
+            let mut line = format!("{:<10} {:<13} {}", g.name, status, g.summary);
+            if let Err(why) = avail {
+                line.push_str(&format!(" [{why}]"));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    super::common::print_stdout(&out)
+}

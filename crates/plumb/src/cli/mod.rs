@@ -1,0 +1,63 @@
+//! Command-line interface. Each command lives in its own module; this one
+//! holds the top-level parser and error reporting.
+
+mod common;
+mod gadgets;
+mod trace;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "plumb",
+    version,
+    about = "Why is this node slow or losing packets? eBPF tracing and datapath audits.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Say more: libbpf warnings, the verifier's log on load failures, skipped hooks.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace events on this host with one gadget (plumb gadgets lists them).
+    Trace(trace::TraceCmd),
+    /// List every gadget and whether it can run on this kernel.
+    Gadgets(gadgets::GadgetsArgs),
+}
+
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    plumb_core::error::show_verifier_log(cli.verbose);
+    match cli.command {
+        Command::Trace(t) => trace::run(t, cli.verbose),
+        Command::Gadgets(g) => gadgets::run(g),
+    }
+}
+
+/// The error and its causes on one line.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
+    }
+    line
+}
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<plumb_core::Error>())
+        .map(|e| e.exit_code() as u8)
+        .unwrap_or(1)
+}

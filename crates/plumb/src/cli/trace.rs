@@ -1,0 +1,186 @@
+//! `plumb trace GADGET`: run one gadget on this host and print its events.
+//!
+//! The gadget subcommands are generated from the registry, with the common
+//! filter and output flags plus each gadget's own parameters.
+
+use super::common::{self, OutputOpts};
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
+use plumb_core::enrich::{runtime::DockerApi, Enricher, MetadataSource};
+use plumb_core::filter::{Filter, FilterArgs};
+use plumb_core::gadgets::{self, GadgetDesc, Params, REGISTRY};
+use plumb_core::runner::{self, Control, RunOptions, StopReason};
+use plumb_core::sink::{ColumnsSink, JsonSink, Sink, SummarySink};
+use std::io::{self, BufWriter};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct TraceCmd {
+    /// The gadget asked for; an unknown name is reported by `run`, as one
+    /// line with the list of known gadgets.
+    pub gadget: Result<&'static GadgetDesc, String>,
+    pub filter: FilterArgs,
+    pub output: OutputOpts,
+    pub params: Params,
+}
+
+/// The clap command for one gadget.
+pub fn gadget_command(g: &'static GadgetDesc) -> Command {
+    let mut cmd = Command::new(g.name)
+        .about(g.summary)
+        .long_about(format!("{}\n\n{}", g.summary, g.help))
+        .args(common::filter_args())
+        .args(common::output_args());
+    for p in g.params {
+        let mut a = Arg::new(p.name)
+            .long(p.name)
+            .help(p.help)
+            .help_heading("Gadget options");
+        a = match p.value {
+            None => a.action(ArgAction::SetTrue),
+            Some(v) => a.value_name(v),
+        };
+        cmd = cmd.arg(a);
+    }
+    cmd
+}
+
+/// Gadget parameters from parsed flags.
+pub fn params_from(g: &GadgetDesc, m: &ArgMatches) -> Params {
+    let mut params = Params::default();
+    for p in g.params {
+        match p.value {
+            None if m.get_flag(p.name) => {
+                params.0.insert(p.name.to_string(), "true".into());
+            }
+            Some(_) => {
+                if let Some(v) = m.get_one::<String>(p.name) {
+                    params.0.insert(p.name.to_string(), v.clone());
+                }
+            }
+            None => {}
+        }
+    }
+    params
+}
+
+impl FromArgMatches for TraceCmd {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let Some((name, sub)) = m.subcommand() else {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingSubcommand,
+                "a gadget is required\n",
+            ));
+        };
+        let Ok(gadget) = gadgets::find(name) else {
+            return Ok(TraceCmd {
+                gadget: Err(name.to_string()),
+                filter: FilterArgs::default(),
+                output: common::output_from(&ArgMatches::default()),
+                params: Params::default(),
+            });
+        };
+        Ok(TraceCmd {
+            gadget: Ok(gadget),
+            filter: common::filter_from(sub),
+            output: common::output_from(sub),
+            params: params_from(gadget, sub),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for TraceCmd {
+    fn augment_args(cmd: Command) -> Command {
+        cmd.subcommands(REGISTRY.iter().map(|g| gadget_command(g)))
+            .subcommand_required(true)
+            .subcommand_value_name("GADGET")
+            .allow_external_subcommands(true)
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// Runtime metadata sources found on this host.
+pub fn local_sources() -> Vec<Arc<dyn MetadataSource>> {
+    let mut v: Vec<Arc<dyn MetadataSource>> = Vec::new();
+    if let Some(d) = DockerApi::discover() {
+        v.push(Arc::new(d));
+    }
+    v
+}
+
+/// Build the sink for these output options.
+pub fn make_sink(g: &GadgetDesc, o: &OutputOpts, node: &str) -> Box<dyn Sink> {
+    let out = BufWriter::with_capacity(64 << 10, io::stdout());
+    if let Some(interval) = o.summary {
+        let keys = if o.fields.is_empty() {
+            g.summary_keys.iter().map(|s| s.to_string()).collect()
+        } else {
+            o.fields.clone()
+        };
+        return Box::new(SummarySink::new(out, keys, interval, o.json));
+    }
+    if o.json {
+        return Box::new(JsonSink::new(out, o.fields.clone(), node.to_string()));
+    }
+    let columns = if o.fields.is_empty() {
+        g.columns.to_vec()
+    } else {
+        o.fields
+            .iter()
+            .map(|f| {
+                let key: &'static str = Box::leak(f.clone().into_boxed_str());
+                let header: &'static str = Box::leak(f.to_uppercase().into_boxed_str());
+                gadgets::Column::new(key, header, f.len().max(8))
+            })
+            .collect()
+    };
+    Box::new(ColumnsSink::new(out, columns, common::terminal_width()))
+}
+
+pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
+    let gadget = match cmd.gadget {
+        Ok(g) => g,
+        Err(name) => return Err(gadgets::find(&name).unwrap_err().into()),
+    };
+    plumb_core::preflight::check_all()?;
+    cmd.params.check(gadget)?;
+    let enricher_fs = plumb_core::enrich::cgroupfs::CgroupFs::discover();
+    let filter = Filter::parse(&cmd.filter, enricher_fs.as_ref().map(|f| f.root()))?;
+    let opts = RunOptions {
+        filter,
+        params: cmd.params.clone(),
+        duration: cmd.output.duration,
+        max_events: cmd.output.max_events,
+        ..RunOptions::default()
+    };
+    let mut enricher = Enricher::with_fs(enricher_fs, local_sources(), Enricher::DEFAULT_CAPACITY);
+    let mut sink = make_sink(gadget, &cmd.output, &opts.node);
+    let control = Control {
+        stop: common::stop_on_signals()?,
+        on_ready: None,
+    };
+    let stats = runner::run(gadget, &opts, &mut enricher, sink.as_mut(), control)?;
+    drop(sink);
+    if verbose && !stats.skipped.is_empty() {
+        eprintln!(
+            "plumb: not attached on this kernel: {}",
+            stats.skipped.join(", ")
+        );
+    }
+    let mut line = format!("plumb: {} events, {} lost", stats.seen, stats.lost);
+    if stats.malformed > 0 {
+        line.push_str(&format!(", {} malformed records skipped", stats.malformed));
+    }
+    if stats.reason == StopReason::SinkClosed {
+        line.push_str(" (output closed)");
+    }
+    eprintln!("{line}");
+    Ok(())
+}
