@@ -18,3 +18,5 @@ pub mod loader;
 pub mod preflight;
 pub mod runner;
 pub mod sink;
+#[doc(hidden)]
+pub mod testing;

@@ -1,0 +1,144 @@
+//! Helpers for root integration tests that run real BPF programs: run a
+//! gadget on a thread, do something, collect what it saw, and check that
+//! nothing it loaded is left in the kernel afterwards.
+//!
+//! Root tests never skip: without root they fail, saying why.
+
+use crate::enrich::Enricher;
+use crate::event::Event;
+use crate::gadgets::GadgetDesc;
+use crate::loader;
+use crate::runner::{self, Control, RunOptions, RunStats};
+use crate::sink::Sink;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Fail (never skip) when not root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test loads BPF programs and must run as root (CI runs it as root)");
+    crate::preflight::check_all().expect("tracing preflight");
+}
+
+/// A sink shared with the test thread.
+#[derive(Clone, Default)]
+pub struct SharedSink {
+    pub events: Arc<Mutex<Vec<Event>>>,
+    pub lost: Arc<Mutex<u64>>,
+}
+
+impl Sink for SharedSink {
+    fn event(&mut self, ev: &Event) -> std::io::Result<()> {
+        self.events.lock().map_err(|_| std::io::Error::other("poisoned"))?.push(ev.clone());
+        Ok(())
+    }
+    fn lost(&mut self, _g: &str, n: u64, _at: std::time::SystemTime) -> std::io::Result<()> {
+        *self.lost.lock().map_err(|_| std::io::Error::other("poisoned"))? += n;
+        Ok(())
+    }
+}
+
+/// A gadget running on its own thread.
+pub struct Traced {
+    pub sink: SharedSink,
+    pub prog_ids: Vec<u32>,
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<crate::Result<RunStats>>>,
+}
+
+/// Start `desc` with `opts`; returns once its programs are attached.
+pub fn start(desc: &'static GadgetDesc, opts: RunOptions) -> Traced {
+    let sink = SharedSink::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let (s2, stop2) = (sink.clone(), stop.clone());
+    let handle = std::thread::spawn(move || {
+        let mut enricher = Enricher::new(vec![]);
+        let mut sink = s2;
+        let ready_tx = tx.clone();
+        let control = Control {
+            stop: stop2,
+            on_ready: Some(Box::new(move |ids: &[u32]| {
+                let _ = ready_tx.send(Ok(ids.to_vec()));
+            })),
+        };
+        let r = runner::run(desc, &opts, &mut enricher, &mut sink, control);
+        if let Err(e) = &r {
+            let _ = tx.send(Err(e.to_string()));
+        }
+        r
+    });
+    let prog_ids = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(ids)) => ids,
+        Ok(Err(e)) => panic!("gadget {} failed to start: {e}", desc.name),
+        Err(_) => panic!("gadget {} did not start within 60s", desc.name),
+    };
+    assert!(!prog_ids.is_empty(), "gadget {} loaded no programs", desc.name);
+    Traced {
+        sink,
+        prog_ids,
+        stop,
+        handle: Some(handle),
+    }
+}
+
+impl Traced {
+    /// Wait until an event satisfies `pred` (or `timeout` passes); returns it.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.sink.events.lock().ok()?.iter().find(|e| pred(e)) {
+                return Some(e.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Events seen so far that satisfy `pred`.
+    pub fn matching(&self, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+        self.sink.events.lock().map(|v| v.iter().filter(|e| pred(e)).cloned().collect()).unwrap_or_default()
+    }
+
+    /// Stop, wait, and check that every program it loaded is gone.
+    pub fn finish(mut self) -> (Vec<Event>, RunStats) {
+        self.stop.store(true, Ordering::Relaxed);
+        let stats = self
+            .handle
+            .take()
+            .map(|h| h.join().expect("gadget thread panicked").expect("gadget run failed"))
+            .expect("already finished");
+        assert_no_programs_left(&self.prog_ids);
+        let events = std::mem::take(&mut *self.sink.events.lock().expect("events"));
+        (events, stats)
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Assert that none of these program ids exists in the kernel any more.
+pub fn assert_no_programs_left(ids: &[u32]) {
+    let left: Vec<u32> = ids.iter().copied().filter(|&id| loader::prog_exists(id)).collect();
+    assert!(left.is_empty(), "BPF programs still loaded after teardown: {left:?}");
+}
+
+/// A string unique to this test run, for markers.
+pub fn marker(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "plumb-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
