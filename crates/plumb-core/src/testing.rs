@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test loads BPF programs and must run as root (CI runs it as root)");
+    assert_eq!(
+        euid, 0,
+        "this test loads BPF programs and must run as root (CI runs it as root)"
+    );
     crate::preflight::check_all().expect("tracing preflight");
 }
 
@@ -31,11 +34,17 @@ pub struct SharedSink {
 
 impl Sink for SharedSink {
     fn event(&mut self, ev: &Event) -> std::io::Result<()> {
-        self.events.lock().map_err(|_| std::io::Error::other("poisoned"))?.push(ev.clone());
+        self.events
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .push(ev.clone());
         Ok(())
     }
     fn lost(&mut self, _g: &str, n: u64, _at: std::time::SystemTime) -> std::io::Result<()> {
-        *self.lost.lock().map_err(|_| std::io::Error::other("poisoned"))? += n;
+        *self
+            .lost
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))? += n;
         Ok(())
     }
 }
@@ -75,7 +84,11 @@ pub fn start(desc: &'static GadgetDesc, opts: RunOptions) -> Traced {
         Ok(Err(e)) => panic!("gadget {} failed to start: {e}", desc.name),
         Err(_) => panic!("gadget {} did not start within 60s", desc.name),
     };
-    assert!(!prog_ids.is_empty(), "gadget {} loaded no programs", desc.name);
+    assert!(
+        !prog_ids.is_empty(),
+        "gadget {} loaded no programs",
+        desc.name
+    );
     Traced {
         sink,
         prog_ids,
@@ -101,7 +114,11 @@ impl Traced {
 
     /// Events seen so far that satisfy `pred`.
     pub fn matching(&self, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
-        self.sink.events.lock().map(|v| v.iter().filter(|e| pred(e)).cloned().collect()).unwrap_or_default()
+        self.sink
+            .events
+            .lock()
+            .map(|v| v.iter().filter(|e| pred(e)).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Stop, wait, and check that every program it loaded is gone.
@@ -110,7 +127,11 @@ impl Traced {
         let stats = self
             .handle
             .take()
-            .map(|h| h.join().expect("gadget thread panicked").expect("gadget run failed"))
+            .map(|h| {
+                h.join()
+                    .expect("gadget thread panicked")
+                    .expect("gadget run failed")
+            })
             .expect("already finished");
         assert_no_programs_left(&self.prog_ids);
         let events = std::mem::take(&mut *self.sink.events.lock().expect("events"));
@@ -129,8 +150,20 @@ impl Drop for Traced {
 
 /// Assert that none of these program ids exists in the kernel any more.
 pub fn assert_no_programs_left(ids: &[u32]) {
-    let left: Vec<u32> = ids.iter().copied().filter(|&id| loader::prog_exists(id)).collect();
-    assert!(left.is_empty(), "BPF programs still loaded after teardown: {left:?}");
+    // The kernel frees a program asynchronously (after an RCU grace period)
+    // once its last reference is gone: give it a moment.
+    let mut left: Vec<u32> = ids.to_vec();
+    for _ in 0..100 {
+        left.retain(|&id| loader::prog_exists(id));
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        left.is_empty(),
+        "BPF programs still loaded after teardown: {left:?}"
+    );
 }
 
 /// A string unique to this test run, for markers.

@@ -184,3 +184,6 @@ mod tests {
         assert!(split_args(b"").is_empty());
     }
 }
+
+#[cfg(test)]
+mod root_tests;

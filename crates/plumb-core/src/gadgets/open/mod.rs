@@ -206,3 +206,6 @@ mod tests {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
     }
 }
+
+#[cfg(test)]
+mod root_tests;

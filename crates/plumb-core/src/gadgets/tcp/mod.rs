@@ -210,3 +210,6 @@ mod tests {
         assert!(decode(bytemuck::bytes_of(&r)).is_err());
     }
 }
+
+#[cfg(test)]
+mod root_tests;

@@ -67,7 +67,8 @@ static __always_inline void emit(const struct sock *sk, const struct tcp_owner *
 	e->error = error;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e->family = family;
-	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* inet_sport, not skc_num: the bound port is released before CLOSE. */
+	e->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	if (family == AF_INET) {

@@ -1,0 +1,114 @@
+//! Root tests: the tcp gadget against loopback connections made by this
+//! process (loopback only; nothing leaves the machine).
+
+use super::{Tcp, TcpEvent};
+use crate::event::Event;
+use crate::gadgets::Body;
+use crate::runner::RunOptions;
+use crate::testing::{self, require_root};
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+fn tcp_of(e: &Event) -> Option<&Tcp> {
+    match &e.body {
+        Body::Tcp(x) => Some(x),
+        _ => None,
+    }
+}
+
+fn lifecycle(bind: &str) {
+    let t = testing::start(&super::DESC, RunOptions::default());
+    let listener = TcpListener::bind(bind).expect("bind");
+    let server: SocketAddr = listener.local_addr().expect("addr");
+    let client = TcpStream::connect(server).expect("connect");
+    let local: SocketAddr = client.local_addr().expect("local");
+    let (accepted, _) = listener.accept().expect("accept");
+    std::thread::sleep(Duration::from_millis(20));
+    drop(client);
+    let mut buf = [0u8; 1];
+    let _ = (&accepted).read(&mut buf); // sees the FIN
+    drop(accepted);
+    let ip: IpAddr = server.ip();
+    let is = |e: &Event, ev: TcpEvent, sport: u16, dport: u16| {
+        tcp_of(e).is_some_and(|x| {
+            x.event == ev && x.sport == sport && x.dport == dport && x.saddr == ip && x.daddr == ip
+        })
+    };
+    let wait = Duration::from_secs(10);
+    let c = t
+        .wait_for(wait, |e| {
+            is(e, TcpEvent::Connect, local.port(), server.port())
+        })
+        .expect("connect not seen");
+    let a = t
+        .wait_for(wait, |e| {
+            is(e, TcpEvent::Accept, server.port(), local.port())
+        })
+        .expect("accept not seen");
+    let cc = t
+        .wait_for(wait, |e| {
+            is(e, TcpEvent::Close, local.port(), server.port())
+        })
+        .expect("client close not seen");
+    let sc = t
+        .wait_for(wait, |e| {
+            is(e, TcpEvent::Close, server.port(), local.port())
+        })
+        .expect("server close not seen");
+    let me = std::process::id();
+    for e in [&c, &a, &cc, &sc] {
+        assert_eq!(
+            e.header.pid,
+            me,
+            "owner of {:?}",
+            tcp_of(e).map(|x| x.event)
+        );
+    }
+    let family = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    assert_eq!(tcp_of(&c).unwrap().family, family);
+    let d = tcp_of(&cc)
+        .unwrap()
+        .duration_ns
+        .expect("client close has a duration");
+    assert!(
+        d >= 20_000_000,
+        "duration {d} ns is shorter than the 20 ms the connection lived"
+    );
+    assert!(tcp_of(&sc).unwrap().duration_ns.is_some());
+    t.finish();
+}
+
+#[test]
+fn connect_accept_close_ipv4() {
+    require_root();
+    lifecycle("127.0.0.1:0");
+}
+
+#[test]
+fn connect_accept_close_ipv6() {
+    require_root();
+    lifecycle("[::1]:0");
+}
+
+#[test]
+fn connect_to_a_closed_port_is_connect_failed() {
+    require_root();
+    let t = testing::start(&super::DESC, RunOptions::default());
+    // A port that was just free: bind, note it, close it.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let err = TcpStream::connect(("127.0.0.1", port)).expect_err("nobody listens");
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    let ev = t
+        .wait_for(Duration::from_secs(10), |e| {
+            tcp_of(e).is_some_and(|x| x.event == TcpEvent::ConnectFailed && x.dport == port)
+        })
+        .expect("connect_failed not seen");
+    assert_eq!(tcp_of(&ev).unwrap().error.as_deref(), Some("ECONNREFUSED"));
+    assert_eq!(ev.header.pid, std::process::id());
+    t.finish();
+}
