@@ -162,9 +162,15 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
     };
     let mut enricher = Enricher::with_fs(enricher_fs, local_sources(), Enricher::DEFAULT_CAPACITY);
     let mut sink = make_sink(gadget, &cmd.output, &opts.node);
+    let name = gadget.name;
     let control = Control {
         stop: common::stop_on_signals()?,
-        on_ready: None,
+        on_ready: verbose.then(|| {
+            Box::new(move |ids: &[u32]| {
+                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                eprintln!("plumb: {name} attached, BPF program ids {}", ids.join(","));
+            }) as Box<dyn FnOnce(&[u32]) + Send>
+        }),
     };
     let stats = runner::run(gadget, &opts, &mut enricher, sink.as_mut(), control)?;
     drop(sink);

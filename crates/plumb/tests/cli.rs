@@ -1,0 +1,233 @@
+//! End-to-end tests of the `plumb` binary: errors a user can meet, JSON
+//! output, and clean exits (closed pipe, SIGTERM) that leave nothing loaded.
+//! Tests that load BPF programs need root and fail without it.
+
+use plumb_core::testing::{assert_no_programs_left, marker, require_root};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn plumb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_plumb"))
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = plumb().args(args).output().expect("run plumb");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unknown_gadget_is_one_line_listing_the_known_ones() {
+    let (code, _, err) = run(&["trace", "nosuch"]);
+    assert_eq!(code, 2);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("plumb: unknown gadget 'nosuch'; known gadgets: exec, open, tcp"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_filter_names_the_flag() {
+    let (code, _, err) = run(&["trace", "exec", "--pid", "12x"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err.trim(),
+        "plumb: bad value for --pid: '12x' is not a process id"
+    );
+    let (code, _, err) = run(&["trace", "open", "--cgroup", "/no-such-cgroup-here"]);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("plumb: bad value for --cgroup"), "{err}");
+}
+
+#[test]
+fn without_privileges_the_missing_capability_is_named() {
+    let out = plumb()
+        .args(["trace", "exec", "--duration", "1s"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(
+        err.trim(),
+        "plumb: plumb needs root or the CAP_BPF capability (run with sudo, or grant CAP_BPF)"
+    );
+}
+
+/// Start `plumb -v trace ...`, wait for its "attached" line, return the
+/// child, its program ids and the rest of stderr.
+fn start_traced(args: &[&str]) -> (Child, Vec<u32>, BufReader<std::process::ChildStderr>) {
+    let mut child = plumb()
+        .arg("-v")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plumb");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("read stderr") > 0,
+            "plumb exited before attaching"
+        );
+        if let Some(ids) = line.trim().split("BPF program ids ").nth(1) {
+            let ids = ids.split(',').map(|i| i.parse().expect("id")).collect();
+            return (child, ids, err);
+        }
+        assert!(Instant::now() < deadline, "no 'attached' line");
+    }
+}
+
+#[test]
+fn json_exec_event_has_every_required_key() {
+    require_root();
+    let (mut child, ids, mut err) =
+        start_traced(&["trace", "exec", "-o", "json", "--comm", "true"]);
+    let m = marker("cli");
+    let mut t = Command::new("/bin/true").arg(&m).spawn().expect("true");
+    let tpid = t.id();
+    t.wait().expect("wait");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let v: serde_json::Value = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).expect("read") > 0, "stdout closed");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("each line is JSON");
+        if v["args"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == m.as_str()))
+        {
+            break v;
+        }
+    };
+    // SAFETY: plain kill(2) of the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait plumb");
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("stderr");
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(
+        rest.contains(" events, 0 lost"),
+        "summary line missing: {rest}"
+    );
+    assert_no_programs_left(&ids);
+
+    assert_eq!(v["type"], "exec");
+    assert_eq!(v["pid"], tpid);
+    assert_eq!(v["ppid"], std::process::id());
+    assert_eq!(v["comm"], "true");
+    assert_eq!(v["filename"], "/bin/true");
+    assert_eq!(v["args"], serde_json::json!(["/bin/true", m]));
+    assert_eq!(v["uid"], 0);
+    let ts = v["timestamp"].as_str().expect("timestamp");
+    humantime::parse_rfc3339(ts).expect("RFC 3339");
+    assert_eq!(
+        ts.len(),
+        "2026-11-22T15:45:58.046847481Z".len(),
+        "nanosecond precision: {ts}"
+    );
+    assert_eq!(
+        v["node"],
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+    );
+    assert!(v["cgroup_id"].as_u64().is_some());
+    for k in [
+        "container_id",
+        "container_runtime",
+        "pod_uid",
+        "pod",
+        "namespace",
+    ] {
+        assert!(v.get(k).is_some(), "key {k} missing");
+    }
+}
+
+#[test]
+fn closed_pipe_exits_zero_and_detaches() {
+    require_root();
+    let (mut child, ids, mut err) = start_traced(&["trace", "exec", "-o", "json"]);
+    // Read one line then close our end, as `| head -1` does.
+    let stdout = child.stdout.take().expect("stdout");
+    let mut out = BufReader::new(stdout);
+    let m = marker("pipe");
+    for _ in 0..3 {
+        Command::new("/bin/true").arg(&m).status().expect("true");
+    }
+    let mut line = String::new();
+    out.read_line(&mut line).expect("one line");
+    drop(out);
+    // More events so plumb writes into the closed pipe.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        Command::new("/bin/true").arg(&m).status().expect("true");
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plumb did not stop on a closed pipe"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("stderr");
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(rest.contains("(output closed)"), "{rest}");
+    assert_no_programs_left(&ids);
+}
+
+#[test]
+fn duration_ends_the_run_with_a_summary() {
+    require_root();
+    let t0 = Instant::now();
+    let (code, out, err) = run(&[
+        "trace",
+        "open",
+        "--duration",
+        "1s",
+        "--comm",
+        "no-such-comm",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    assert_eq!(
+        out.lines()
+            .next()
+            .map(str::split_whitespace)
+            .map(|w| w.collect::<Vec<_>>()),
+        Some(vec!["TIME", "PID", "COMM", "FD", "ERR", "FLAGS", "PATH"])
+    );
+    assert_eq!(err.trim(), "plumb: 0 events, 0 lost");
+}
+
+#[test]
+fn gadgets_lists_every_gadget_with_availability() {
+    let (code, out, _) = run(&["gadgets", "-o", "json"]);
+    assert_eq!(code, 0);
+    let names: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let known: Vec<&str> = plumb_core::gadgets::REGISTRY
+        .iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(names, known);
+}
