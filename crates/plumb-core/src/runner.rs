@@ -74,13 +74,16 @@ pub struct RunStats {
     pub reason: StopReason,
 }
 
+/// Called once a gadget is attached, with its kernel program ids.
+pub type OnReady = Box<dyn FnOnce(&[u32]) + Send>;
+
 /// Hooks for whoever drives the run (CLI, agent, tests).
 #[derive(Default)]
 pub struct Control {
     /// Set to stop the run (signal handler, disconnected client).
     pub stop: Arc<AtomicBool>,
     /// Called once everything is attached, with the program ids.
-    pub on_ready: Option<Box<dyn FnOnce(&[u32]) + Send>>,
+    pub on_ready: Option<OnReady>,
 }
 
 struct State<'a> {

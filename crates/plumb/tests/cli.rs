@@ -61,16 +61,42 @@ fn without_privileges_the_missing_capability_is_named() {
     );
 }
 
+/// A plumb process that is killed (by its pid) if a test fails early.
+struct Plumb(Child);
+
+impl Drop for Plumb {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Plumb {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Plumb {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Start `plumb -v trace ...`, wait for its "attached" line, return the
 /// child, its program ids and the rest of stderr.
-fn start_traced(args: &[&str]) -> (Child, Vec<u32>, BufReader<std::process::ChildStderr>) {
-    let mut child = plumb()
+fn start_traced(args: &[&str]) -> (Plumb, Vec<u32>, BufReader<std::process::ChildStderr>) {
+    let spawned = plumb()
         .arg("-v")
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn plumb");
+    let mut child = Plumb(spawned);
     let mut err = BufReader::new(child.stderr.take().expect("stderr"));
     let mut line = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);

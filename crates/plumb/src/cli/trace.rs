@@ -169,7 +169,7 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
             Box::new(move |ids: &[u32]| {
                 let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                 eprintln!("plumb: {name} attached, BPF program ids {}", ids.join(","));
-            }) as Box<dyn FnOnce(&[u32]) + Send>
+            }) as runner::OnReady
         }),
     };
     let stats = runner::run(gadget, &opts, &mut enricher, sink.as_mut(), control)?;
