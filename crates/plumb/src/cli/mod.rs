@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace events on this host with one gadget (plumb gadgets lists them).
-    Trace(trace::TraceCmd),
+    Trace(Box<trace::TraceCmd>),
     /// List every gadget and whether it can run on this kernel.
     Gadgets(gadgets::GadgetsArgs),
 }
@@ -37,7 +37,7 @@ pub fn parse() -> Cli {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     plumb_core::error::show_verifier_log(cli.verbose);
     match cli.command {
-        Command::Trace(t) => trace::run(t, cli.verbose),
+        Command::Trace(t) => trace::run(*t, cli.verbose),
         Command::Gadgets(g) => gadgets::run(g),
     }
 }
