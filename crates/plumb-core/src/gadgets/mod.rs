@@ -14,6 +14,7 @@ use crate::event::{Event, Workload};
 use crate::loader::StartCtx;
 use crate::raw::RawHdr;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -93,16 +94,30 @@ impl std::fmt::Debug for GadgetDesc {
 }
 
 /// One column of the table output: the JSON key it shows.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Column {
-    pub key: &'static str,
-    pub header: &'static str,
+    pub key: Cow<'static, str>,
+    pub header: Cow<'static, str>,
+    /// Minimum width; 0 for a last column that takes the rest of the line.
     pub width: usize,
 }
 
 impl Column {
     pub const fn new(key: &'static str, header: &'static str, width: usize) -> Self {
-        Column { key, header, width }
+        Column {
+            key: Cow::Borrowed(key),
+            header: Cow::Borrowed(header),
+            width,
+        }
+    }
+
+    /// A column for a key the user named (`--fields`).
+    pub fn for_key(key: &str) -> Self {
+        Column {
+            key: Cow::Owned(key.to_string()),
+            header: Cow::Owned(key.to_uppercase()),
+            width: key.len().max(8),
+        }
     }
 }
 

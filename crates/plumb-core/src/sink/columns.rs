@@ -73,7 +73,7 @@ impl<W: Write> Sink for ColumnsSink<W> {
             .columns
             .iter()
             .map(|c| {
-                let x = v.get(c.key);
+                let x = v.get(&*c.key);
                 if c.key == "timestamp" {
                     time_of_day(&cell(x))
                 } else {

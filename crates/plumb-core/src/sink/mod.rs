@@ -105,3 +105,129 @@ impl<F: FnMut(&Event) -> bool> Sink for FnSink<F> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Header, Workload};
+    use crate::gadgets::{exec::Exec, Body, Column};
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn ev(pid: u32, comm: &str, file: &str) -> Event {
+        Event {
+            body: Body::Exec(Exec {
+                ppid: 1,
+                filename: file.into(),
+                args: vec![file.into(), "--x".into()],
+                args_truncated: false,
+                retval: 0,
+                error: None,
+            }),
+            header: Header {
+                timestamp: UNIX_EPOCH + Duration::from_nanos(1_790_000_000_123_456_789),
+                node: Arc::from("node-a"),
+                pid,
+                tid: pid,
+                uid: 0,
+                comm: comm.into(),
+                cgroup_id: 7,
+                cgroup: None,
+                workload: Arc::new(Workload {
+                    pod: Some("web-1".into()),
+                    namespace: Some("shop".into()),
+                    ..Default::default()
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_type_timestamp_and_pod() {
+        let mut s = JsonSink::new(Vec::new(), vec![], "node-a".into());
+        s.event(&ev(10, "sh", "/bin/sh")).unwrap();
+        s.lost("exec", 3, UNIX_EPOCH).unwrap();
+        let out = String::from_utf8(s.into_inner()).unwrap();
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["type"], "exec");
+        assert_eq!(lines[0]["timestamp"], "2026-09-21T14:13:20.123456789Z");
+        assert_eq!(lines[0]["pod"], "web-1");
+        assert_eq!(lines[0]["container_id"], serde_json::Value::Null);
+        assert_eq!(lines[0]["args"], serde_json::json!(["/bin/sh", "--x"]));
+        assert_eq!(
+            lines[1],
+            serde_json::json!({"type":"lost","timestamp":"1970-01-01T00:00:00.000000000Z","node":"node-a","gadget":"exec","count":3})
+        );
+    }
+
+    #[test]
+    fn fields_select_keys_in_order() {
+        let mut s = JsonSink::new(Vec::new(), vec!["pid".into(), "nope".into()], "n".into());
+        s.event(&ev(10, "sh", "/bin/sh")).unwrap();
+        assert_eq!(
+            String::from_utf8(s.into_inner()).unwrap(),
+            "{\"pid\":10,\"nope\":null}\n"
+        );
+    }
+
+    #[test]
+    fn columns_are_aligned_under_a_header() {
+        let cols = vec![
+            Column::new("pid", "PID", 6),
+            Column::new("comm", "COMM", 8),
+            Column::new("args", "ARGS", 0),
+        ];
+        let mut s = ColumnsSink::new(Vec::new(), cols, None);
+        s.event(&ev(10, "sh", "/bin/sh")).unwrap();
+        s.event(&ev(123456, "bash", "/bin/bash")).unwrap();
+        let out = String::from_utf8(s.into_inner()).unwrap();
+        assert_eq!(
+            out,
+            "PID    COMM     ARGS\n10     sh       /bin/sh --x\n123456 bash     /bin/bash --x\n"
+        );
+    }
+
+    #[test]
+    fn columns_are_cut_to_the_terminal() {
+        let mut s = ColumnsSink::new(Vec::new(), vec![Column::new("args", "ARGS", 0)], Some(6));
+        s.event(&ev(1, "sh", "/bin/sh")).unwrap();
+        assert_eq!(String::from_utf8(s.into_inner()).unwrap(), "ARGS\n/bin/s\n");
+    }
+
+    #[test]
+    fn summary_counts_by_key_busiest_first() {
+        let mut s = SummarySink::new(
+            Vec::new(),
+            vec!["comm".into()],
+            Duration::from_secs(3600),
+            true,
+        );
+        for (c, n) in [("a", 2), ("b", 5), ("c", 2)] {
+            for _ in 0..n {
+                s.event(&ev(1, c, "/x")).unwrap();
+            }
+        }
+        assert_eq!(
+            s.sorted(),
+            vec![
+                (vec!["b".to_string()], 5),
+                (vec!["a".to_string()], 2),
+                (vec!["c".to_string()], 2)
+            ]
+        );
+        s.finish().unwrap();
+        let out = String::from_utf8(s.into_inner()).unwrap();
+        let counts: Vec<u64> = out
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["count"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(counts, [5, 2, 2]);
+    }
+}

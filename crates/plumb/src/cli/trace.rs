@@ -134,11 +134,7 @@ pub fn make_sink(g: &GadgetDesc, o: &OutputOpts, node: &str) -> Box<dyn Sink> {
     } else {
         o.fields
             .iter()
-            .map(|f| {
-                let key: &'static str = Box::leak(f.clone().into_boxed_str());
-                let header: &'static str = Box::leak(f.to_uppercase().into_boxed_str());
-                gadgets::Column::new(key, header, f.len().max(8))
-            })
+            .map(|f| gadgets::Column::for_key(f))
             .collect()
     };
     Box::new(ColumnsSink::new(out, columns, common::terminal_width()))
