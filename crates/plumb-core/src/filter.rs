@@ -5,6 +5,7 @@
 //! never copied out; the whole filter is applied again in user space, so the
 //! kernel part is only ever an optimisation.
 
+use crate::enrich::cgroupfs::CgroupFs;
 use crate::error::{Error, Result};
 use crate::event::{Event, Workload};
 use crate::raw::{RawFilter, MAX_CGROUPS};
@@ -43,6 +44,9 @@ pub struct Filter {
     pub container: Option<String>,
     pub pod: Option<String>,
     pub namespace: Option<String>,
+    /// Cgroups found to hold the selected container(s): a kernel-side
+    /// narrowing only; the user-space check stays on the container id.
+    pub kernel_cgroups: Vec<CgroupTarget>,
 }
 
 fn bad(flag: &'static str, reason: impl Into<String>) -> Error {
@@ -72,18 +76,19 @@ impl Filter {
                     .map_err(|_| bad("uid", format!("'{s}' is not a numeric user id")))?,
             ),
         };
-        let comm =
-            match &args.comm {
-                None => None,
-                Some(c) if c.is_empty() => return Err(bad("comm", "empty name")),
-                Some(c) if c.len() > 15 => return Err(bad(
+        let comm = match &args.comm {
+            None => None,
+            Some(c) if c.is_empty() => return Err(bad("comm", "empty name")),
+            Some(c) if c.len() > 15 => {
+                return Err(bad(
                     "comm",
                     format!(
                         "'{c}' is longer than the 15 characters the kernel keeps of a command name"
                     ),
-                )),
-                Some(c) => Some(c.clone()),
-            };
+                ))
+            }
+            Some(c) => Some(c.clone()),
+        };
         let container = match &args.container {
             None => None,
             Some(c) => {
@@ -126,7 +131,53 @@ impl Filter {
             container,
             pod: args.pod.clone(),
             namespace: args.namespace.clone(),
+            kernel_cgroups: Vec::new(),
         })
+    }
+
+    /// With `--container` and no explicit cgroup, find the container's
+    /// cgroup(s) in the hierarchy so the kernel drops other tasks' events
+    /// early. Nothing changes when none or too many match.
+    pub fn narrow_to_containers(&mut self, fs: &CgroupFs) {
+        let Some(prefix) = self.container.clone() else {
+            return;
+        };
+        if !self.cgroups.is_empty() {
+            return;
+        }
+        let mut found = Vec::new();
+        let mut stack = vec![fs.root().to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let path = e.path();
+                let rel = path
+                    .strip_prefix(fs.root())
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                let w = crate::enrich::cgroup::parse(&rel);
+                if w.container_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with(prefix.as_str()))
+                {
+                    if let Ok(t) = resolve_cgroup(fs.root(), &rel) {
+                        found.push(t);
+                    }
+                    // Its sub-cgroups are covered by the ancestor check.
+                    continue;
+                }
+                stack.push(path);
+            }
+        }
+        if !found.is_empty() && found.len() <= MAX_CGROUPS {
+            self.kernel_cgroups = found;
+        }
     }
 
     /// The part of the filter the kernel applies.
@@ -139,8 +190,13 @@ impl Filter {
             f.uid = uid;
             f.has_uid = 1;
         }
-        f.n_cgroups = self.cgroups.len() as u32;
-        for (i, c) in self.cgroups.iter().enumerate() {
+        let cgroups = if self.cgroups.is_empty() {
+            &self.kernel_cgroups
+        } else {
+            &self.cgroups
+        };
+        f.n_cgroups = cgroups.len() as u32;
+        for (i, c) in cgroups.iter().enumerate() {
             f.cgroup_ids[i] = c.id;
             f.cgroup_levels[i] = c.level;
         }
@@ -346,6 +402,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.container.as_deref(), Some("abc123"));
+    }
+
+    #[test]
+    fn container_filter_narrows_to_its_cgroup_in_the_kernel() {
+        let id = "7c3ad5e8c1f4d1b8b5e9f0e3c2a1b4d6e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3";
+        let root = std::env::temp_dir().join(format!("plumb-narrow-{}", std::process::id()));
+        let dir = root.join(format!("system.slice/docker-{id}.scope"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        std::fs::create_dir_all(root.join("system.slice/sshd.service")).unwrap();
+        let mut f = Filter::parse(
+            &FilterArgs {
+                container: Some("7c3ad5".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap();
+        f.narrow_to_containers(&CgroupFs::at(root.clone()));
+        let k = f.kernel();
+        assert_eq!(k.n_cgroups, 1);
+        assert_eq!(k.cgroup_levels[0], 2);
+        assert_eq!(
+            k.cgroup_ids[0],
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&dir).unwrap())
+        );
+        let mut none = Filter::parse(
+            &FilterArgs {
+                container: Some("ffff".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap();
+        none.narrow_to_containers(&CgroupFs::at(root.clone()));
+        assert_eq!(none.kernel().n_cgroups, 0);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

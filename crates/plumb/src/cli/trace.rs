@@ -148,7 +148,10 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
     plumb_core::preflight::check_all()?;
     cmd.params.check(gadget)?;
     let enricher_fs = plumb_core::enrich::cgroupfs::CgroupFs::discover();
-    let filter = Filter::parse(&cmd.filter, enricher_fs.as_ref().map(|f| f.root()))?;
+    let mut filter = Filter::parse(&cmd.filter, enricher_fs.as_ref().map(|f| f.root()))?;
+    if let Some(fs) = &enricher_fs {
+        filter.narrow_to_containers(fs);
+    }
     let opts = RunOptions {
         filter,
         params: cmd.params.clone(),
