@@ -20,3 +20,4 @@ pub mod runner;
 pub mod sink;
 #[doc(hidden)]
 pub mod testing;
+pub mod kernel;

@@ -9,10 +9,12 @@
 
 pub mod cgroup;
 pub mod cgroupfs;
+pub mod netns;
 pub mod runtime;
 
 use crate::event::Workload;
 use lru::LruCache;
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +50,10 @@ pub struct Enricher {
     ttl_unknown: Duration,
     empty: Arc<Workload>,
     stats: EnrichStats,
+    /// Built on first use: only network gadgets need it.
+    net: Option<netns::NetResolver>,
+    /// Namespace owners with names filled in, per namespace inode.
+    netns_owners: HashMap<u32, (Instant, Option<netns::NetnsInfo>)>,
 }
 
 impl Enricher {
@@ -75,12 +81,57 @@ impl Enricher {
             ttl_unknown: Duration::from_secs(10),
             empty: Arc::new(Workload::default()),
             stats: EnrichStats::default(),
+            net: None,
+            netns_owners: HashMap::new(),
         }
     }
 
     /// The cgroup v2 hierarchy in use, if any.
     pub fn cgroupfs(&self) -> Option<&cgroupfs::CgroupFs> {
         self.fs.as_ref()
+    }
+
+    /// Network attribution (address → namespace → owner).
+    pub fn net(&mut self) -> &mut netns::NetResolver {
+        self.net.get_or_insert_with(netns::NetResolver::new)
+    }
+
+    /// Namespace `inode` with its owner's names filled in (cached).
+    pub fn netns(&mut self, inode: u32) -> Option<netns::NetnsInfo> {
+        if let Some((at, info)) = self.netns_owners.get(&inode) {
+            if at.elapsed() < self.ttl_unknown
+                || info.as_ref().is_some_and(|i| i.workload.pod.is_some())
+            {
+                return info.clone();
+            }
+        }
+        let mut info = self.net().info(inode);
+        if let Some(i) = info.as_mut() {
+            if !i.workload.is_empty() {
+                let mut w = (*i.workload).clone();
+                self.fill_names(&mut w);
+                i.workload = Arc::new(w);
+            }
+        }
+        if self.netns_owners.len() > 4096 {
+            self.netns_owners.clear();
+        }
+        self.netns_owners
+            .insert(inode, (Instant::now(), info.clone()));
+        info
+    }
+
+    /// The namespace holding address `ip`, with its owner.
+    pub fn netns_of_ip(&mut self, ip: std::net::IpAddr) -> Option<netns::NetnsInfo> {
+        let inode = self.net().netns_of(ip)?;
+        self.netns(inode)
+    }
+
+    /// Fill a workload's names from the metadata sources.
+    pub fn fill_names(&self, w: &mut Workload) {
+        for s in &self.sources {
+            s.fill(w);
+        }
     }
 
     pub fn add_source(&mut self, s: Arc<dyn MetadataSource>) {

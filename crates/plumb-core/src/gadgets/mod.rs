@@ -5,7 +5,9 @@
 //! describe its columns and parameters) and its tests. Adding one means
 //! adding the folder, a line to [`REGISTRY`] and its variant of [`Body`].
 
+pub mod drop;
 pub mod exec;
+pub mod net;
 pub mod open;
 pub mod tcp;
 
@@ -19,15 +21,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Every gadget plumb knows, in the order `plumb gadgets` lists them.
-pub static REGISTRY: &[&GadgetDesc] = &[&exec::DESC, &open::DESC, &tcp::DESC];
+pub static REGISTRY: &[&GadgetDesc] = &[&exec::DESC, &open::DESC, &tcp::DESC, &drop::DESC];
 
 /// What a gadget saw; the `type` key of the JSON output.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// Events are built once and handed on by reference; boxing the larger
+// network variants would only add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 pub enum Body {
     Exec(exec::Exec),
     Open(open::Open),
     Tcp(tcp::Tcp),
+    Drop(drop::Drop),
 }
 
 impl Body {
@@ -36,17 +42,30 @@ impl Body {
             Body::Exec(_) => "exec",
             Body::Open(_) => "open",
             Body::Tcp(_) => "tcp",
+            Body::Drop(_) => "drop",
         }
     }
 
     /// Workloads named inside the body (network events name one per side),
     /// for pod and container filters.
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
-        std::iter::empty()
+        self.flow().into_iter().flat_map(|f| f.workloads())
+    }
+
+    /// The flow of a network event.
+    pub fn flow(&self) -> Option<&net::Flow> {
+        match self {
+            Body::Drop(d) => Some(&d.flow),
+            _ => None,
+        }
     }
 
     /// Fill in body-side enrichment (per-side pods of network events).
-    pub fn enrich(&mut self, _enricher: &mut crate::enrich::Enricher) {}
+    pub fn enrich(&mut self, enricher: &mut crate::enrich::Enricher) {
+        if let Body::Drop(d) = self {
+            d.flow.enrich(enricher)
+        }
+    }
 }
 
 /// Look a gadget up by name.

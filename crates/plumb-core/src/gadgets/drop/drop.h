@@ -1,0 +1,20 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Record layout of the drop gadget; mirrored in drop/mod.rs (size checked). */
+#ifndef __PLUMB_DROP_H
+#define __PLUMB_DROP_H
+
+#include "plumb_net.h"
+
+#define DROP_MAX_STACK 32
+#define DROP_REASON_WORDS 16 /* bitmap of reasons 0..1023 */
+
+struct drop_event {
+	struct plumb_hdr hdr;
+	struct plumb_flow flow;
+	__u64 location;      /* address of the freeing call site */
+	__u32 reason;        /* enum skb_drop_reason (names from the kernel's BTF) */
+	__u32 stack_len;     /* bytes of stack below */
+	__u64 stack[DROP_MAX_STACK];
+};
+
+#endif
