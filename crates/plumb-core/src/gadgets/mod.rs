@@ -9,6 +9,8 @@ pub mod drop;
 pub mod exec;
 pub mod net;
 pub mod open;
+pub mod reset;
+pub mod retrans;
 pub mod tcp;
 
 use crate::error::{DecodeError, Error, Result};
@@ -21,7 +23,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Every gadget plumb knows, in the order `plumb gadgets` lists them.
-pub static REGISTRY: &[&GadgetDesc] = &[&exec::DESC, &open::DESC, &tcp::DESC, &drop::DESC];
+pub static REGISTRY: &[&GadgetDesc] = &[
+    &exec::DESC,
+    &open::DESC,
+    &tcp::DESC,
+    &drop::DESC,
+    &retrans::DESC,
+    &reset::DESC,
+];
 
 /// What a gadget saw; the `type` key of the JSON output.
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +43,8 @@ pub enum Body {
     Open(open::Open),
     Tcp(tcp::Tcp),
     Drop(drop::Drop),
+    Retrans(retrans::Retrans),
+    Reset(reset::Reset),
 }
 
 impl Body {
@@ -43,6 +54,8 @@ impl Body {
             Body::Open(_) => "open",
             Body::Tcp(_) => "tcp",
             Body::Drop(_) => "drop",
+            Body::Retrans(_) => "retrans",
+            Body::Reset(_) => "reset",
         }
     }
 
@@ -56,14 +69,19 @@ impl Body {
     pub fn flow(&self) -> Option<&net::Flow> {
         match self {
             Body::Drop(d) => Some(&d.flow),
+            Body::Retrans(r) => Some(&r.flow),
+            Body::Reset(r) => Some(&r.flow),
             _ => None,
         }
     }
 
     /// Fill in body-side enrichment (per-side pods of network events).
     pub fn enrich(&mut self, enricher: &mut crate::enrich::Enricher) {
-        if let Body::Drop(d) = self {
-            d.flow.enrich(enricher)
+        match self {
+            Body::Drop(d) => d.flow.enrich(enricher),
+            Body::Retrans(r) => r.flow.enrich(enricher),
+            Body::Reset(r) => r.flow.enrich(enricher),
+            _ => {}
         }
     }
 }

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * reset: every TCP RST sent (tcp_send_reset, with the kernel's reason) or
+ * received (tcp_receive_reset). The flow is given in the RST's own
+ * direction (source = the side that sent it), so the "sent" record of one
+ * side and the "received" record of the other carry the same tuple.
+ */
+#include "plumb.h"
+#include "plumb_net.h"
+#include "reset.h"
+
+/* Never written: gives the skeleton the record's layout for a size check. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct reset_event);
+} reset_layout SEC(".maps");
+
+/* Swap source and destination: a flow read from a socket has the local end
+ * as source; a received RST came from the remote end. */
+static __always_inline void flow_reverse(struct plumb_flow *f)
+{
+	__u32 a[4];
+	__u16 p;
+
+	__builtin_memcpy(a, f->saddr, sizeof(a));
+	__builtin_memcpy(f->saddr, f->daddr, sizeof(a));
+	__builtin_memcpy(f->daddr, a, sizeof(a));
+	p = f->sport;
+	f->sport = f->dport;
+	f->dport = p;
+}
+
+static __always_inline struct reset_event *start_event(__u8 dir)
+{
+	struct reset_event *e = plumb_reserve(sizeof(*e));
+
+	if (!e)
+		return NULL;
+	__builtin_memset(e, 0, sizeof(*e));
+	plumb_fill_hdr_notask(&e->hdr, PLUMB_KIND_RESET);
+	e->direction = dir;
+	return e;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(reset_send, const struct sock *sk, const struct sk_buff *skb, int reason)
+{
+	struct reset_event *e = start_event(RESET_SENT);
+
+	if (!e)
+		return 0;
+	if (skb) {
+		/* The packet that caused the RST; the RST goes back to its source. */
+		flow_from_skb(&e->flow, skb);
+		flow_reverse(&e->flow);
+	} else if (sk) {
+		flow_from_sock(&e->flow, sk);
+	}
+	if (sk) {
+		flow_sock_owner(&e->flow, sk);
+		e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	}
+	e->hdr.cgroup_id = e->flow.sk_cgroup;
+	e->reason = reason;
+	e->has_reason = 1;
+	plumb_submit(e);
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(reset_receive, struct sock *sk)
+{
+	struct reset_event *e = start_event(RESET_RECEIVED);
+
+	if (!e)
+		return 0;
+	flow_from_sock(&e->flow, sk);
+	flow_reverse(&e->flow);
+	e->hdr.cgroup_id = e->flow.sk_cgroup;
+	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	plumb_submit(e);
+	return 0;
+}

@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * retrans: every TCP retransmission (tcp_retransmit_skb, and SYN-ACKs
+ * retransmitted for pending connections), with the flow, the socket's state
+ * and the number of segments, which is what the kernel's TcpRetransSegs
+ * counter adds up. Failed attempts (err != 0) are not retransmissions and
+ * are not reported.
+ */
+#include "plumb.h"
+#include "plumb_net.h"
+#include "retrans.h"
+
+/* Never written: gives the skeleton the record's layout for a size check. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct retrans_event);
+} retrans_layout SEC(".maps");
+
+static __always_inline struct retrans_event *start_event(void)
+{
+	struct retrans_event *e = plumb_reserve(sizeof(*e));
+
+	if (!e)
+		return NULL;
+	__builtin_memset(e, 0, sizeof(*e));
+	plumb_fill_hdr_notask(&e->hdr, PLUMB_KIND_RETRANS);
+	return e;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(retrans_skb, const struct sock *sk, const struct sk_buff *skb, int err)
+{
+	struct retrans_event *e;
+	struct tcp_skb_cb *cb;
+	__u16 segs;
+
+	if (err)
+		return 0;
+	e = start_event();
+	if (!e)
+		return 0;
+	flow_from_sock(&e->flow, sk);
+	e->hdr.cgroup_id = e->flow.sk_cgroup;
+	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	cb = (struct tcp_skb_cb *)&skb->cb[0];
+	segs = BPF_CORE_READ(cb, tcp_gso_segs);
+	e->segs = segs ? segs : 1;
+	e->tcp_flags = BPF_CORE_READ(cb, tcp_flags);
+	plumb_submit(e);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(retrans_synack, const struct sock *sk, const struct request_sock *req)
+{
+	struct retrans_event *e = start_event();
+	const struct sock_common *c = &req->__req_common;
+	__u16 family;
+
+	if (!e)
+		return 0;
+	family = BPF_CORE_READ(c, skc_family);
+	e->flow.family = family;
+	e->flow.proto = PLUMB_IPPROTO_TCP;
+	e->flow.sport = BPF_CORE_READ(c, skc_num);
+	e->flow.dport = bpf_ntohs(BPF_CORE_READ(c, skc_dport));
+	e->flow.has_ports = 1;
+	e->flow.netns = BPF_CORE_READ(c, skc_net.net, ns.inum);
+	if (family == PLUMB_AF_INET) {
+		e->flow.saddr[0] = BPF_CORE_READ(c, skc_rcv_saddr);
+		e->flow.daddr[0] = BPF_CORE_READ(c, skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&e->flow.saddr, c, skc_v6_rcv_saddr.in6_u.u6_addr32);
+		BPF_CORE_READ_INTO(&e->flow.daddr, c, skc_v6_daddr.in6_u.u6_addr32);
+	}
+	flow_sock_owner(&e->flow, sk);
+	e->hdr.cgroup_id = e->flow.sk_cgroup;
+	e->state = TCP_SYN_RECV;
+	e->synack = 1;
+	e->segs = 1;
+	plumb_submit(e);
+	return 0;
+}
