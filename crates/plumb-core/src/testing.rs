@@ -175,3 +175,23 @@ pub fn marker(tag: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Run options for `desc` with these gadget parameters.
+pub fn with_params(pairs: &[(&str, &str)]) -> RunOptions {
+    let mut o = RunOptions::default();
+    for (k, v) in pairs {
+        o.params.0.insert(k.to_string(), v.to_string());
+    }
+    o
+}
+
+/// Packets counted by the first iptables rule of `chain` whose text
+/// contains `needle`, read with `iptables -vnxL` through `run` (a command
+/// runner inside the right namespace).
+pub fn iptables_packets(listing: &str, needle: &str) -> Option<u64> {
+    listing
+        .lines()
+        .find(|l| l.contains(needle))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}

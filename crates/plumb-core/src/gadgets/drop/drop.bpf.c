@@ -29,9 +29,15 @@ int BPF_PROG(drop_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_
 	struct drop_event *e;
 	__u64 size;
 
-	if (drop_filter_reasons && r < DROP_REASON_WORDS * 64 &&
-	    !(drop_reasons[(r >> 6) & (DROP_REASON_WORDS - 1)] & (1ULL << (r & 63))))
-		return 0;
+	if (drop_filter_reasons && r < DROP_REASON_WORDS * 64) {
+		__u32 word = r >> 6;
+
+		/* Mask after the barrier so the verifier sees the bound. */
+		barrier_var(word);
+		word &= DROP_REASON_WORDS - 1;
+		if (!(drop_reasons[word] & (1ULL << (r & 63))))
+			return 0;
+	}
 	e = bpf_map_lookup_elem(&drop_scratch, &zero);
 	if (!e)
 		return 0;
