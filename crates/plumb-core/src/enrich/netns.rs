@@ -220,6 +220,11 @@ impl NetResolver {
         }
     }
 
+    /// Every namespace found by the last scan.
+    pub fn all(&self) -> Vec<NetnsInfo> {
+        self.by_ns.values().cloned().collect()
+    }
+
     /// The namespace in which `ip` is a local address.
     pub fn netns_of(&mut self, ip: IpAddr) -> Option<u32> {
         if !attributable(&ip) {
