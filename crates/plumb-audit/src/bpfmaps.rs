@@ -41,7 +41,7 @@ pub fn count_entries(map: &MapHandle, ty: MapType, budget: Duration) -> (u64, bo
         if let Ok(it) = map.lookup_batch(256, MapFlags::ANY, MapFlags::ANY) {
             for _ in it {
                 n += 1;
-                if n % 256 == 0 && start.elapsed() > budget {
+                if n.is_multiple_of(256) && start.elapsed() > budget {
                     return (n, true);
                 }
             }
@@ -53,7 +53,7 @@ pub fn count_entries(map: &MapHandle, ty: MapType, budget: Duration) -> (u64, bo
     n = 0;
     for _ in map.keys() {
         n += 1;
-        if n % 256 == 0 && start.elapsed() > budget {
+        if n.is_multiple_of(256) && start.elapsed() > budget {
             return (n, true);
         }
     }

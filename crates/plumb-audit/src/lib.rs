@@ -250,7 +250,7 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
             notes,
         });
     }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Ok(Report {
         scopes: report_scopes,
         findings,

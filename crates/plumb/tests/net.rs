@@ -103,7 +103,10 @@ fn summary_counts_equal_event_counts_and_the_rule_counter() {
         .collect();
     let summed: u64 = finish(summary)
         .iter()
-        .filter(|v| v["type"] == "summary" && v["netns"] == server.ns.inode.to_string())
+        .filter(|v| {
+            v["type"] == "summary"
+                && v["netns"].as_str().and_then(|s| s.parse::<u32>().ok()) == Some(server.ns.inode)
+        })
         .map(|v| v["count"].as_u64().expect("count"))
         .sum();
     assert_eq!(per_event.len() as u64, rule, "events == rule counter");

@@ -1,8 +1,11 @@
 //! Command-line interface. Each command lives in its own module; this one
 //! holds the top-level parser and error reporting.
 
+mod audit;
 mod common;
+mod doctor;
 mod gadgets;
+mod profile_hook;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +31,10 @@ pub enum Command {
     Trace(Box<trace::TraceCmd>),
     /// List every gadget and whether it can run on this kernel.
     Gadgets(gadgets::GadgetsArgs),
+    /// Find what is wrong with this node's datapath (netfilter, conntrack, BPF maps, interfaces).
+    Audit(audit::AuditArgs),
+    /// Answer "why is this node slow or losing packets?" in one report.
+    Doctor(doctor::DoctorArgs),
 }
 
 pub fn parse() -> Cli {
@@ -39,6 +46,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(t) => trace::run(*t, cli.verbose),
         Command::Gadgets(g) => gadgets::run(g),
+        Command::Audit(a) => audit::run(a, cli.verbose),
+        Command::Doctor(d) => doctor::run(d),
     }
 }
 
