@@ -143,15 +143,14 @@ impl Sink for TallySink {
 }
 
 /// Run one gadget for `d` on its own thread, tallying what it sees.
-fn watch(
-    name: &'static str,
-    d: Duration,
-    stop: Arc<AtomicBool>,
-) -> (
+/// A gadget watching on its thread: its tally, its lost count, its thread.
+type Watcher = (
     Arc<Mutex<Tally>>,
     Arc<Mutex<u64>>,
     std::thread::JoinHandle<Result<(), String>>,
-) {
+);
+
+fn watch(name: &'static str, d: Duration, stop: Arc<AtomicBool>) -> Watcher {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let lost = Arc::new(Mutex::new(0));
     let (t2, l2) = (tally.clone(), lost.clone());
