@@ -7,7 +7,7 @@
 
 use crate::enrich::cgroupfs::CgroupFs;
 use crate::error::{Error, Result};
-use crate::event::{Event, Workload};
+use crate::event::{Event, Header, Workload};
 use crate::raw::{RawFilter, MAX_CGROUPS};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -211,7 +211,20 @@ impl Filter {
     /// The complete check, applied to every decoded, enriched event.
     /// Process filters only apply where the event has a process (pid != 0).
     pub fn matches(&self, ev: &Event) -> bool {
-        let h = &ev.header;
+        self.matches_process(&ev.header)
+            && (!self.needs_workload()
+                || std::iter::once(&*ev.header.workload)
+                    .chain(ev.body.workloads())
+                    .any(|w| self.matches_workload(w)))
+    }
+
+    /// The check for a sample that has only a header (a CPU profile's
+    /// stacks): process filters and the header's own workload.
+    pub fn matches_header(&self, h: &Header) -> bool {
+        self.matches_process(h) && (!self.needs_workload() || self.matches_workload(&h.workload))
+    }
+
+    fn matches_process(&self, h: &Header) -> bool {
         if let Some(pid) = self.pid {
             if h.pid != pid {
                 return false;
@@ -238,12 +251,7 @@ impl Filter {
                 return false;
             }
         }
-        if self.container.is_none() && self.pod.is_none() && self.namespace.is_none() {
-            return true;
-        }
-        std::iter::once(&*h.workload)
-            .chain(ev.body.workloads())
-            .any(|w| self.matches_workload(w))
+        true
     }
 
     fn matches_workload(&self, w: &Workload) -> bool {

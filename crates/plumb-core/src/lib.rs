@@ -14,10 +14,10 @@ pub mod gadgets;
 pub mod raw;
 
 pub use error::{Error, Result};
+pub mod kernel;
 pub mod loader;
 pub mod preflight;
 pub mod runner;
 pub mod sink;
 #[doc(hidden)]
 pub mod testing;
-pub mod kernel;

@@ -44,6 +44,16 @@ impl<S> Loaded<S> {
     pub fn skel(&self) -> &S {
         &self.skel
     }
+
+    pub fn skel_mut(&mut self) -> &mut S {
+        &mut self.skel
+    }
+
+    /// Keep a link made outside [`Loaded::attach`] (a perf event, per CPU):
+    /// it is detached with the others, before the skeleton is freed.
+    pub fn keep_link(&mut self, link: Link) {
+        self.links.push(link);
+    }
 }
 
 impl<S> Drop for Loaded<S> {

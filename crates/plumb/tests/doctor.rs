@@ -15,14 +15,24 @@ fn doctor_reports_duplicates_and_the_drop_reason_with_the_pod() {
     let client = lab.add_pod("cli").expect("client");
     let server = lab.add_pod("srv").expect("server");
     let port = 8443;
-    server.ns.sh(&format!("iptables -w -A INPUT -p tcp --dport {port} -j DROP")).expect("drop rule");
+    server
+        .ns
+        .sh(&format!(
+            "iptables -w -A INPUT -p tcp --dport {port} -j DROP"
+        ))
+        .expect("drop rule");
     let mut rules = String::from("*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\n");
     for _ in 0..500 {
         rules.push_str("-A FORWARD -p IPv4 --ip-src 10.2.207.1/24 -j ACCEPT\n");
     }
     let file = std::env::temp_dir().join(format!("plumb-doctor-{}.rules", std::process::id()));
-    std::fs::File::create(&file).and_then(|mut f| f.write_all(rules.as_bytes())).expect("rules");
-    server.ns.sh(&format!("ebtables-restore < {}", file.display())).expect("ebtables");
+    std::fs::File::create(&file)
+        .and_then(|mut f| f.write_all(rules.as_bytes()))
+        .expect("rules");
+    server
+        .ns
+        .sh(&format!("ebtables-restore < {}", file.display()))
+        .expect("ebtables");
     std::fs::remove_file(&file).expect("cleanup");
 
     let doctor = Command::new(env!("CARGO_BIN_EXE_plumb"))
@@ -33,7 +43,10 @@ fn doctor_reports_duplicates_and_the_drop_reason_with_the_pod() {
     // Let the tracers attach, then knock on the closed port.
     std::thread::sleep(Duration::from_secs(2));
     let target = SocketAddr::from((server.ip, port));
-    let r = client.ns.run(move || TcpStream::connect_timeout(&target, Duration::from_millis(1500))).expect("run");
+    let r = client
+        .ns
+        .run(move || TcpStream::connect_timeout(&target, Duration::from_millis(1500)))
+        .expect("run");
     assert!(r.is_err());
     let out = doctor.wait_with_output().expect("doctor");
     assert!(out.status.success());
@@ -57,9 +70,16 @@ fn doctor_reports_duplicates_and_the_drop_reason_with_the_pod() {
     assert!(drop["count"].as_u64().unwrap() >= 1);
     let hit = format!("netns {}", server.ns.name);
     assert!(
-        drop["hit"].as_array().unwrap().iter().any(|h| h.as_str().unwrap().starts_with(&hit)),
+        drop["hit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h.as_str().unwrap().starts_with(&hit)),
         "the drop names the namespace it hit: {}",
         drop["hit"]
     );
-    assert_eq!(drop["more"], "plumb trace drop --reason NETFILTER_DROP --stack");
+    assert_eq!(
+        drop["more"],
+        "plumb trace drop --reason NETFILTER_DROP --stack"
+    );
 }

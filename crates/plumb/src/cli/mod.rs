@@ -5,6 +5,7 @@ mod audit;
 mod common;
 mod doctor;
 mod gadgets;
+mod profile;
 mod profile_hook;
 mod trace;
 
@@ -35,6 +36,9 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Answer "why is this node slow or losing packets?" in one report.
     Doctor(doctor::DoctorArgs),
+    /// CPU profiles with kernel and user stacks, and differential profiles.
+    #[command(subcommand)]
+    Profile(profile::ProfileCmd),
 }
 
 pub fn parse() -> Cli {
@@ -48,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gadgets(g) => gadgets::run(g),
         Command::Audit(a) => audit::run(a, cli.verbose),
         Command::Doctor(d) => doctor::run(d),
+        Command::Profile(p) => profile::run(p, cli.verbose),
     }
 }
 
@@ -68,5 +73,10 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     e.chain()
         .find_map(|c| c.downcast_ref::<plumb_core::Error>())
         .map(|e| e.exit_code() as u8)
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| c.downcast_ref::<profile::ProfileFailed>())
+                .map(|p| p.0.exit_code())
+        })
         .unwrap_or(1)
 }

@@ -1,0 +1,3 @@
+fn main() {
+    plumb_build::build_gadgets("src/bpf");
+}

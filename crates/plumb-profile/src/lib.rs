@@ -1,0 +1,191 @@
+//! `plumb profile`: CPU profiles with kernel and user stacks.
+//!
+//! A perf_event program on each CPU's software clock counts samples in the
+//! kernel, keyed by thread and stack ids ([`sampler`]). At the end the
+//! stacks are read once and symbolized with blazesym ([`symbols`]): kernel
+//! frames through kallsyms, user frames through the binaries each process
+//! had mapped, captured while it ran so that processes which exit before the
+//! end are still named. [`output`] renders a [`Profile`] as folded stacks,
+//! an SVG flame graph, pprof, JSON or a `top` table; [`diff`] compares two.
+
+pub mod diff;
+pub mod output;
+pub mod pprof;
+mod sampler;
+mod symbols;
+
+use plumb_core::enrich::MetadataSource;
+use plumb_core::event::Workload;
+use plumb_core::filter::FilterArgs;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub use sampler::Progress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] plumb_core::Error),
+    #[error("cannot open the CPU clock perf event on CPU {cpu}: {source}")]
+    PerfEvent {
+        cpu: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad value for --frequency: {0}")]
+    Frequency(String),
+    #[error("{}: {reason}", .path.display())]
+    BadProfile { path: PathBuf, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Exit code for the binary, on the same scale as plumb-core's.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Core(e) => e.exit_code() as u8,
+            Error::Frequency(_) | Error::BadProfile { .. } => 2,
+            Error::PerfEvent { .. } => 4,
+            Error::Io { .. } => 1,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What to sample.
+#[derive(Clone)]
+pub struct ProfileOptions {
+    /// Samples per second on each CPU.
+    pub frequency: u32,
+    pub duration: Duration,
+    pub filter: FilterArgs,
+    /// Take kernel stacks.
+    pub kernel: bool,
+    /// Take user stacks.
+    pub user: bool,
+    /// Container runtime metadata (names) for attribution.
+    pub sources: Vec<Arc<dyn MetadataSource>>,
+}
+
+impl Default for ProfileOptions {
+    fn default() -> Self {
+        ProfileOptions {
+            frequency: 99,
+            duration: Duration::from_secs(10),
+            filter: FilterArgs::default(),
+            kernel: true,
+            user: true,
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// One symbolized frame.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Frame {
+    /// Function name, or `module+0xoffset` when it could not be named.
+    pub name: Arc<str>,
+    /// Binary (user frames) or `kernel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<Arc<str>>,
+    pub kernel: bool,
+    /// False when `name` is only a module and an offset.
+    pub symbolized: bool,
+}
+
+/// One distinct stack of one process, and how often it was sampled.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stack {
+    pub comm: String,
+    pub pid: u32,
+    pub cgroup_id: u64,
+    #[serde(flatten)]
+    pub workload: Arc<Workload>,
+    /// Root first: user frames from `main` (or the thread start) down, then
+    /// kernel frames from the system call or interrupt entry down.
+    pub frames: Vec<Frame>,
+    pub count: u64,
+}
+
+/// Counts that say how complete the profile is.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Completeness {
+    /// Samples aggregated into stacks.
+    pub samples: u64,
+    /// Samples lost: the kernel's count map was full.
+    pub lost: u64,
+    /// Samples of idle CPUs (not in any stack).
+    pub idle: u64,
+    /// Samples of tasks the kernel-side filter left out.
+    pub filtered_in_kernel: u64,
+    /// Samples dropped by the user-space part of the filter (pod, comm...).
+    pub filtered_in_user_space: u64,
+    /// Kernel / user stacks the kernel could not record (stack map full or
+    /// hash collision): those samples count, with a truncated stack.
+    pub kernel_stacks_lost: u64,
+    pub user_stacks_lost: u64,
+    /// Processes whose mappings were not captured in time (their user
+    /// frames show as addresses).
+    pub process_notes_lost: u64,
+    /// Frames shown as module+offset or a bare address.
+    pub frames_unsymbolized: u64,
+    /// Frames in all stacks (for the share above).
+    pub frames_total: u64,
+}
+
+/// A finished CPU profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub node: String,
+    pub frequency_hz: u32,
+    #[serde(serialize_with = "rfc3339")]
+    pub started: SystemTime,
+    pub duration_ns: u64,
+    pub cpus: u32,
+    #[serde(flatten)]
+    pub completeness: Completeness,
+    pub stacks: Vec<Stack>,
+    /// Kernel ids of the BPF programs the profile used (all unloaded by
+    /// the time the profile is returned).
+    #[serde(skip)]
+    pub prog_ids: Vec<u32>,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+}
+
+impl Profile {
+    /// Folded stacks: `comm;frame;frame count`, one line per distinct stack.
+    pub fn folded(&self) -> String {
+        output::folded(self)
+    }
+
+    /// Samples the profile holds.
+    pub fn samples(&self) -> u64 {
+        self.stacks.iter().map(|s| s.count).sum()
+    }
+}
+
+/// Sample CPU stacks on every CPU for `opts.duration` or until `stop`.
+pub fn profile(opts: &ProfileOptions, stop: &AtomicBool) -> Result<Profile> {
+    profile_with_progress(opts, stop, &mut |_| {})
+}
+
+/// [`profile`], calling `progress` about once a second.
+pub fn profile_with_progress(
+    opts: &ProfileOptions,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Profile> {
+    sampler::run(opts, stop, progress)
+}

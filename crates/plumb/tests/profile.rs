@@ -1,0 +1,442 @@
+//! `plumb profile cpu` against programs this test builds and runs: a hot
+//! function with frame pointers, a system-call workload, a process that
+//! exits (and whose binary is deleted) before the profile ends, and the pid
+//! and cgroup filters. Root: these load BPF programs.
+
+use plumb_core::testing::{assert_no_programs_left, require_root};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const HOT_C: &str = r#"
+#include <stdlib.h>
+#include <time.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+__attribute__((noinline)) unsigned long plumb_hot_spin(unsigned long n)
+{
+	volatile unsigned long x = 0;
+	for (unsigned long i = 0; i < n; i++)
+		x += i * i;
+	return x;
+}
+int main(int argc, char **argv)
+{
+	double end = now() + atof(argv[1]);
+	unsigned long s = 0;
+	while (now() < end)
+		s += plumb_hot_spin(200000);
+	return (int)(s & 1);
+}
+"#;
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("plumb-prof-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Build the hot program as `dir/name` with frame pointers and symbols.
+fn build_hot(dir: &Path, name: &str) -> PathBuf {
+    let src = dir.join("hot.c");
+    std::fs::write(&src, HOT_C).expect("write source");
+    let bin = dir.join(name);
+    let st = Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("run cc");
+    assert!(st.success(), "cc failed");
+    bin
+}
+
+fn spawn(cmd: &mut Command) -> Proc {
+    Proc(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn workload"),
+    )
+}
+
+fn plumb(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(args)
+        .output()
+        .expect("run plumb");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Program ids from the `-v` summary line, and a check they are gone.
+fn assert_detached(stderr: &str) {
+    let ids: Vec<u32> = stderr
+        .split("BPF program ids ")
+        .nth(1)
+        .and_then(|s| s.split(',').next().map(|_| s))
+        .map(|s| {
+            s.split(|c: char| !c.is_ascii_digit())
+                .take_while(|t| !t.is_empty())
+                .map(|t| t.parse().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!ids.is_empty(), "no program ids in: {stderr}");
+    assert_no_programs_left(&ids);
+}
+
+fn frames(stack: &Value) -> Vec<&str> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn hot_function_carries_the_samples_with_main_below_it() {
+    require_root();
+    let dir = TempDir::new("hot");
+    let bin = build_hot(&dir.0, "plumbhot");
+    let hot = spawn(Command::new(&bin).arg("5"));
+    let pid = hot.0.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, out, err) = plumb(&[
+        "-v",
+        "profile",
+        "cpu",
+        "--pid",
+        &pid.to_string(),
+        "-d",
+        "3s",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_detached(&err);
+    let p: Value = serde_json::from_str(&out).expect("JSON profile");
+    let stacks = p["stacks"].as_array().unwrap();
+    assert!(!stacks.is_empty(), "no stacks: {out}");
+    let mut total = 0;
+    let mut hot_samples = 0;
+    for s in stacks {
+        // --pid: nothing but the program.
+        assert_eq!(s["pid"].as_u64(), Some(pid as u64), "{s}");
+        assert_eq!(s["comm"], "plumbhot");
+        let n = s["count"].as_u64().unwrap();
+        total += n;
+        let f = frames(s);
+        if f.last() == Some(&"plumb_hot_spin") {
+            hot_samples += n;
+            let main = f[f.len() - 2];
+            assert_eq!(main, "main", "frame below the hot function: {f:?}");
+            let m = &s["frames"].as_array().unwrap()[f.len() - 1]["module"];
+            assert_eq!(m.as_str(), Some(bin.to_str().unwrap()));
+        }
+    }
+    assert_eq!(p["samples"].as_u64(), Some(total));
+    // One CPU busy at 99 Hz for 3 s: about 297 samples.
+    assert!((100..=320).contains(&total), "{total} samples");
+    assert!(
+        hot_samples * 100 >= total * 90,
+        "{hot_samples} of {total} in the hot function"
+    );
+    assert_eq!(p["lost"], 0);
+}
+
+#[test]
+fn syscall_workload_shows_the_kernel_functions() {
+    require_root();
+    let dd =
+        spawn(Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=20000000"]));
+    let pid = dd.0.id().to_string();
+    std::thread::sleep(Duration::from_millis(100));
+    let (code, out, err) = plumb(&[
+        "profile",
+        "cpu",
+        "--pid",
+        &pid,
+        "-d",
+        "2s",
+        "--kernel-only",
+        "-o",
+        "folded",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(!lines.is_empty(), "no samples: {err}");
+    let mut read = 0;
+    let mut write = 0;
+    for l in &lines {
+        assert!(l.starts_with("dd;"), "{l}");
+        // Samples taken in user mode have no kernel stack.
+        if l.starts_with("dd;[user space] ") {
+            continue;
+        }
+        // --kernel-only: no user frames (libc's read/write wrappers).
+        assert!(!l.contains("libc"), "{l}");
+        let n: u64 = l.rsplit(' ').next().unwrap().parse().unwrap();
+        if l.contains(";ksys_read;") || l.contains(";ksys_read ") {
+            read += n;
+            assert!(l.contains("entry_SYSCALL_64"), "{l}");
+        }
+        if l.contains(";ksys_write") {
+            write += n;
+        }
+    }
+    assert!(read > 0 && write > 0, "read {read} write {write}\n{out}");
+}
+
+#[test]
+fn a_process_that_exits_before_the_end_is_still_symbolized() {
+    require_root();
+    let dir = TempDir::new("exit");
+    let bin = build_hot(&dir.0, "plumbshort");
+    let prof = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args([
+            "profile",
+            "cpu",
+            "--comm",
+            "plumbshort",
+            "-d",
+            "4s",
+            "-o",
+            "folded",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start plumb");
+    std::thread::sleep(Duration::from_millis(1000));
+    let st = Command::new(&bin)
+        .arg("1")
+        .status()
+        .expect("run short program");
+    assert!(st.code().is_some());
+    // Gone, and its binary with it: only what was captured remains.
+    std::fs::remove_file(&bin).expect("delete the binary");
+    let out = prof.wait_with_output().expect("plumb");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hot: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("plumbshort;") && l.contains(";main;plumb_hot_spin "))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    // 1 s at 99 Hz.
+    assert!(hot >= 30, "{hot} symbolized samples\n{text}");
+}
+
+/// A cgroup v2 directory removed on drop (after its processes are gone).
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts).
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+#[test]
+fn cgroup_filter_yields_only_that_cgroups_samples() {
+    require_root();
+    let dir = TempDir::new("cg");
+    let bin = build_hot(&dir.0, "plumbcg");
+    let cg = Cgroup(cgroup2_root().join(format!("plumb-test-prof-{}", std::process::id())));
+    std::fs::create_dir(&cg.0).expect("create cgroup");
+    let inside = spawn(Command::new(&bin).arg("5"));
+    let outside = spawn(Command::new(&bin).arg("5"));
+    std::fs::write(cg.0.join("cgroup.procs"), inside.0.id().to_string()).expect("move into cgroup");
+    let (code, out, err) = plumb(&[
+        "profile",
+        "cpu",
+        "--cgroup",
+        cg.0.to_str().unwrap(),
+        "-d",
+        "2s",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let p: Value = serde_json::from_str(&out).unwrap();
+    let mut by_pid: HashMap<u64, u64> = HashMap::new();
+    for s in p["stacks"].as_array().unwrap() {
+        *by_pid.entry(s["pid"].as_u64().unwrap()).or_default() += s["count"].as_u64().unwrap();
+    }
+    assert_eq!(
+        by_pid.keys().copied().collect::<Vec<_>>(),
+        [inside.0.id() as u64],
+        "{by_pid:?}"
+    );
+    // 2 s at 99 Hz is ~198 samples on an idle CPU; the machine is shared.
+    assert!(by_pid[&(inside.0.id() as u64)] >= 30, "{by_pid:?}");
+    assert!(
+        p["filtered_in_kernel"].as_u64().unwrap() >= 30,
+        "the other process was sampled and left out in the kernel"
+    );
+    drop(inside);
+    drop(outside);
+}
+
+#[test]
+fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
+    require_root();
+    let dir = TempDir::new("out");
+    let bin = build_hot(&dir.0, "plumbout");
+    let hot = spawn(Command::new(&bin).arg("6"));
+    let pid = hot.0.id().to_string();
+    // SVG without --output: a file in the working directory, its path printed.
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["profile", "cpu", "--pid", &pid, "-d", "1s", "-o", "svg"])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let path = dir.0.join(String::from_utf8_lossy(&out.stdout).trim());
+    let svg = std::fs::read_to_string(&path).expect("svg written where it said");
+    assert!(
+        svg.contains("<svg") && svg.contains("plumb_hot_spin"),
+        "flame graph without the hot function"
+    );
+    // pprof by extension, folded explicitly; diff of the two agrees (same program).
+    let pb = dir.0.join("a.pb.gz");
+    let (code, _, err) = plumb(&[
+        "profile",
+        "cpu",
+        "--pid",
+        &pid,
+        "-d",
+        "1s",
+        "--output",
+        pb.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(&std::fs::read(&pb).unwrap()[..2], &[0x1f, 0x8b]);
+    let folded = dir.0.join("b.folded");
+    let (code, _, err) = plumb(&[
+        "profile",
+        "cpu",
+        "--pid",
+        &pid,
+        "-d",
+        "1s",
+        "-o",
+        "folded",
+        "--output",
+        folded.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, table, err) = plumb(&[
+        "profile",
+        "diff",
+        pb.to_str().unwrap(),
+        folded.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let row = table
+        .lines()
+        .find(|l| l.ends_with(" plumb_hot_spin"))
+        .expect(&table);
+    // Nearly all samples on both sides: the share barely moves.
+    let change: f64 = row.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(change.abs() < 5.0, "{row}");
+
+    // SIGTERM ends a long profile early; the profile is still written.
+    let child = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args([
+            "-v", "profile", "cpu", "--pid", &pid, "-d", "60s", "-o", "folded",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling the child we started, by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("plumbout;"),
+        "no stacks after SIGTERM"
+    );
+    assert!(err.contains(" samples on "), "{err}");
+    assert_detached(&err);
+}
+
+#[test]
+fn bad_input_is_one_line_and_a_usage_exit_code() {
+    let dir = TempDir::new("bad");
+    let garbage = dir.0.join("garbage");
+    std::fs::write(&garbage, "garbage\n").unwrap();
+    let (code, _, err) = plumb(&[
+        "profile",
+        "diff",
+        garbage.to_str().unwrap(),
+        garbage.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "plumb: {}: line 1: expected 'frame;frame;... count'",
+            garbage.display()
+        )
+    );
+    let (code, _, err) = plumb(&["profile", "cpu", "--frequency", "0"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = plumb(&["profile", "cpu", "--pid", "x1"]);
+    assert_eq!(
+        (code, err.trim()),
+        (2, "plumb: bad value for --pid: 'x1' is not a process id")
+    );
+}
