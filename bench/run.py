@@ -1,0 +1,1050 @@
+#!/usr/bin/env python3
+"""plumb side by side with bpftrace: one command, as root.
+
+    sudo python3 bench/run.py [--quick] [--out bench/results]
+
+Every scenario runs a load generator (bench/load/loadgen.c, built here with
+cc) that counts what it generated, three ways: alone (the baseline), under
+plumb and under bpftrace, interleaved, for several repetitions. For each
+tool it measures events delivered (the tool's own output, counted by the
+load's marker), events the tool reported lost, tool CPU (utime+stime from
+/proc/PID/stat) per million events, the kernel-side run time of the tool's
+BPF programs (kernel.bpf_stats_enabled), peak RSS (VmHWM), time from start
+to the first event delivered, and the load's throughput against the
+baseline. Medians go to results.md and every run to results.json.
+
+Everything the harness creates (processes, network namespaces, the iptables
+rules inside them, its cgroup, the bpf_stats sysctl) is undone on exit, on
+failure and on Ctrl-C. The exit status is non-zero when plumb's accounting
+does not add up (delivered + lost != generated); speed never fails a run.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+TOOL_CPU = 0  # the tracer runs here
+LOAD_CPU = 1  # the load runs here (when there are two CPUs or more)
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+class Fatal(Exception):
+    """A setup problem: one line on stderr, exit 1."""
+
+
+# ---------------------------------------------------------------- cleanup
+
+
+class Cleanup:
+    """Undo actions, run last-in first-out, each once, whatever happens."""
+
+    def __init__(self):
+        self.actions = []
+
+    def push(self, what, fn):
+        self.actions.append((what, fn))
+
+    def run(self):
+        while self.actions:
+            what, fn = self.actions.pop()
+            try:
+                fn()
+            except Exception as e:  # keep undoing the rest
+                log(f"cleanup: {what}: {e}")
+
+
+CLEANUP = Cleanup()
+CHILDREN = set()  # pids this harness started and has not reaped yet
+
+
+def kill_children():
+    for pid in list(CHILDREN):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        CHILDREN.discard(pid)
+
+
+def sh(*cmd, check=True, quiet=False):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if check and r.returncode != 0:
+        raise Fatal(f"{' '.join(cmd)}: {r.stderr.strip() or r.stdout.strip()}")
+    return r.stdout
+
+
+# ---------------------------------------------------------------- process helpers
+
+
+def preexec(cpu=None, cgroup_procs=None):
+    """Child set-up: CPU pinning, no memlock limit (bpftrace asks), cgroup."""
+
+    def fn():
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (ValueError, OSError):
+            pass
+        if cgroup_procs:
+            with open(cgroup_procs, "w") as f:
+                f.write(str(os.getpid()))
+
+    return fn
+
+
+def spawn(cmd, stdout, stderr, cpu=None, cgroup_procs=None):
+    p = subprocess.Popen(
+        cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, preexec_fn=preexec(cpu, cgroup_procs)
+    )
+    CHILDREN.add(p.pid)
+    return p
+
+
+def reap(p, timeout):
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    CHILDREN.discard(p.pid)
+
+
+def clk_tck():
+    return os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime+stime of pid (all its threads) plus its live and reaped children."""
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
+        total += sum(int(x) for x in fields[11:15])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for child in os.listdir("/proc"):
+        if not child.isdigit():
+            continue
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            if int(rest[1]) == pid:
+                total += int(rest[11]) + int(rest[12])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return total / clk_tck()
+
+
+def vm_hwm_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def bpf_prog_ids(pid):
+    """Ids of the BPF programs pid holds (prog and link fds name them)."""
+    ids = set()
+    d = f"/proc/{pid}/fdinfo"
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return ids
+    for n in names:
+        try:
+            with open(f"{d}/{n}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except (FileNotFoundError, ValueError, OSError):
+            continue
+    return ids
+
+
+def bpf_run_stats(ids):
+    """Sum of run_time_ns and run_cnt over these programs (bpftool prog show -j)."""
+    if not ids:
+        return 0, 0
+    out = sh("bpftool", "prog", "show", "-j")
+    t = c = 0
+    for prog in json.loads(out):
+        if prog.get("id") in ids:
+            t += prog.get("run_time_ns", 0)
+            c += prog.get("run_cnt", 0)
+    return t, c
+
+
+# ---------------------------------------------------------------- host set-up
+
+
+def cgroup2_root():
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            if post.split()[:1] == ["cgroup2"]:
+                return pre.split()[4]
+    raise Fatal("no cgroup2 mount: the benchmark filters both tools by a cgroup v2 id")
+
+
+def set_sysctl(name, value):
+    path = "/proc/sys/" + name.replace(".", "/")
+    with open(path) as f:
+        old = f.read().strip()
+    if old != value:
+        with open(path, "w") as f:
+            f.write(value)
+        CLEANUP.push(f"restore {name}={old}", lambda: open(path, "w").write(old))
+    return old
+
+
+def build_loads(work):
+    cc = shutil.which("cc")
+    if not cc:
+        raise Fatal("cc not found: the load generators are C (apt-get install gcc libc6-dev)")
+    load = os.path.join(work, "bnch_load")
+    target = os.path.join(work, "bnch_target")
+    sh(cc, "-O2", "-Wall", "-static", "-o", load, os.path.join(HERE, "load", "loadgen.c"))
+    sh(cc, "-O2", "-static", "-nostdlib", "-o", target, os.path.join(HERE, "load", "target.c"))
+    # The exec ping is the same binary under another name (another comm).
+    shutil.copy(target, os.path.join(work, "bnch_ping"))
+    os.makedirs(os.path.join(work, "ping"))
+    for d in (work, os.path.join(work, "ping")):
+        open(os.path.join(d, "bnch_exists"), "w").close()
+    return load
+
+
+class Lab:
+    """Two network namespaces joined by a veth: a client and a server side."""
+
+    def __init__(self):
+        tag = f"pb{os.getpid() % 100000}"
+        self.a, self.b = f"{tag}a", f"{tag}b"
+        self.ip_a, self.ip_b = "10.251.0.1", "10.251.0.2"
+        for ns in (self.a, self.b):
+            sh("ip", "netns", "add", ns)
+            CLEANUP.push(f"ip netns del {ns}", lambda ns=ns: sh("ip", "netns", "del", ns, check=False))
+        sh("ip", "link", "add", f"{tag}va", "netns", self.a, "type", "veth", "peer", "name", f"{tag}vb", "netns", self.b)
+        for ns, dev, ip in ((self.a, f"{tag}va", self.ip_a), (self.b, f"{tag}vb", self.ip_b)):
+            self.sh(ns, "ip", "addr", "add", f"{ip}/30", "dev", dev)
+            self.sh(ns, "ip", "link", "set", dev, "up")
+            self.sh(ns, "ip", "link", "set", "lo", "up")
+
+    @staticmethod
+    def path(ns):
+        return f"/run/netns/{ns}"
+
+    def sh(self, ns, *cmd, check=True):
+        return sh("nsenter", f"--net={self.path(ns)}", "--", *cmd, check=check)
+
+    def add_drop(self, port):
+        rule = ["INPUT", "-p", "udp", "--dport", str(port), "-j", "DROP"]
+        self.sh(self.b, "iptables", "-w", "-A", *rule)
+        CLEANUP.push(
+            f"iptables -D {' '.join(rule)} in {self.b}",
+            lambda: self.sh(self.b, "iptables", "-w", "-D", *rule, check=False),
+        )
+
+    def drop_count(self, port):
+        out = self.sh(self.b, "iptables", "-w", "-L", "INPUT", "-v", "-n", "-x")
+        for line in out.splitlines():
+            if f"dpt:{port}" in line and "DROP" in line:
+                return int(line.split()[0])
+        raise Fatal(f"DROP rule for udp/{port} not found in {self.b}")
+
+    def zero_counters(self):
+        self.sh(self.b, "iptables", "-w", "-Z", "INPUT")
+
+
+# ---------------------------------------------------------------- output scanning
+
+
+def scan(path, fn, start=0, chunk=1 << 24):
+    """Call fn(bytes) on the whole lines of path from offset start.
+
+    Returns the offset just after the last whole line seen."""
+    end = start
+    with open(path, "rb") as f:
+        f.seek(start)
+        tail = b""
+        while True:
+            data = f.read(chunk)
+            if not data:
+                break
+            data = tail + data
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                fn(data[:cut])
+                end += cut
+            tail = data[cut:]
+    return end
+
+
+def count_matches(path, pattern):
+    n = 0
+
+    def fn(buf):
+        nonlocal n
+        n += sum(1 for _ in pattern.finditer(buf))
+
+    scan(path, fn)
+    return n
+
+
+def first_match(path, pattern, start):
+    """(found, offset to continue from) for pattern in path's lines after start."""
+    found = False
+
+    def fn(buf):
+        nonlocal found
+        if pattern.search(buf):
+            found = True
+
+    try:
+        off = scan(path, fn, start)
+    except FileNotFoundError:
+        return False, start
+    return found, off
+
+
+def plumb_lost(out_path, err_path):
+    """plumb's reported losses: `type: lost` records and its stderr summary line."""
+    records = 0
+
+    def fn(buf):
+        nonlocal records
+        if b'"lost"' not in buf:
+            return
+        for line in buf.splitlines():
+            if b'"type":"lost"' in line:
+                records += int(json.loads(line).get("count", 0))
+
+    scan(out_path, fn)
+    summary = None
+    with open(err_path, errors="replace") as f:
+        for line in f:
+            m = re.match(r"plumb: (\d+) events, (\d+) lost", line)
+            if m:
+                summary = int(m.group(2))
+    return records, summary
+
+
+def bpftrace_lost(out_path, err_path):
+    n = 0
+    for p in (out_path, err_path):
+        with open(p, "rb") as f:
+            for line in f:
+                m = re.search(rb"Lost (\d+) events", line)
+                if m:
+                    n += int(m.group(1))
+    return n
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+class Scenario:
+    """One workload, its marker, and how each tool is asked to watch it."""
+
+    name = ""
+    title = ""
+    rate = 0
+
+    def __init__(self, h):
+        self.h = h
+
+    def prepare(self):
+        """Once, before any run (e.g. the iptables rule)."""
+
+    def before_run(self):
+        """Before each run, before the tool starts (e.g. servers)."""
+
+    def after_run(self):
+        """After each run: extra generated counts (e.g. server accepts)."""
+        return {}
+
+    def ping(self):
+        """A short burst of ping-marked events (not counted as load)."""
+        raise NotImplementedError
+
+    def load_cmd(self, seconds):
+        raise NotImplementedError
+
+    def generated(self, load, extra):
+        return load["ops"]
+
+
+class ExecStorm(Scenario):
+    def __init__(self, h, rate):
+        super().__init__(h)
+        self.rate = rate
+        label = f"{rate // 1000}k/s" if rate else "unthrottled"
+        self.name = f"exec-{label.replace('/s', '')}"
+        self.title = f"exec storm {label}"
+
+    def plumb_args(self):
+        return ["trace", "exec", "-o", "json", "--fields", "pid,comm,filename", "--cgroup", self.h.cgroup]
+
+    def bpftrace_prog(self):
+        return (
+            f'tracepoint:sched:sched_process_exec /cgroup == cgroupid("{self.h.cgroup}")/ '
+            '{ printf("pid=%d comm=%s filename=%s\\n", pid, comm, str(args->filename)); }'
+        )
+
+    def pattern(self, tool, ping=False):
+        name = b"bnch_ping" if ping else b"bnch_target"
+        return re.compile(b'"comm":"' + name + b'"' if tool == "plumb" else b"comm=" + name + b" ")
+
+    def ping(self):
+        return [self.h.load, "--cgroup", self.h.procs, "exec", os.path.join(self.h.work, "bnch_ping"), "0", "0.02"]
+
+    def load_cmd(self, seconds):
+        return [self.h.load, "--cgroup", self.h.procs, "exec", os.path.join(self.h.work, "bnch_target"), str(self.rate), str(seconds)]
+
+
+class OpenStorm(Scenario):
+    def __init__(self, h, rate):
+        super().__init__(h)
+        self.rate = rate
+        label = f"{rate // 1000}k/s" if rate else "unthrottled"
+        self.name = f"open-{label.replace('/s', '')}"
+        self.title = f"open storm {label} (existing + missing)"
+
+    def plumb_args(self):
+        return ["trace", "open", "-o", "json", "--fields", "pid,comm,flags,fd,errno,path", "--cgroup", self.h.cgroup]
+
+    def bpftrace_prog(self):
+        cg = f'cgroup == cgroupid("{self.h.cgroup}")'
+        return (
+            f"tracepoint:syscalls:sys_enter_openat /{cg}/ "
+            "{ @path[tid] = str(args->filename); @flags[tid] = args->flags; } "
+            f"tracepoint:syscalls:sys_exit_openat /{cg}/ "
+            '{ printf("pid=%d comm=%s flags=%d ret=%d path=%s\\n", pid, comm, @flags[tid], args->ret, @path[tid]); '
+            "delete(@path[tid]); delete(@flags[tid]); } "
+            "END { clear(@path); clear(@flags); }"
+        )
+
+    def pattern(self, tool, ping=False):
+        d = os.path.join(self.h.work, "ping") if ping else self.h.work
+        paths = re.escape(os.path.join(d, "bnch_").encode()) + rb"(?:exists|missing)"
+        if tool == "plumb":
+            return re.compile(rb'"path":"' + paths + rb'"')
+        return re.compile(rb"path=" + paths + rb"$", re.M)
+
+    def ping(self):
+        return [self.h.load, "--cgroup", self.h.procs, "open", os.path.join(self.h.work, "ping"), "5000", "0.02"]
+
+    def load_cmd(self, seconds):
+        return [self.h.load, "--cgroup", self.h.procs, "open", self.h.work, str(self.rate), str(seconds)]
+
+
+class TcpStorm(Scenario):
+    """connect/accept/close over a veth between two lab namespaces."""
+
+    port, ping_port = 7000, 7001
+
+    def __init__(self, h, rate):
+        super().__init__(h)
+        self.rate = rate
+        label = f"{rate // 1000}k/s" if rate else "unthrottled"
+        self.name = f"tcp-{label.replace('/s', '')}"
+        self.title = f"TCP connect/accept/close {label} (veth)"
+        self.servers = []
+
+    def plumb_args(self):
+        return [
+            "trace", "tcp", "-o", "json", "--fields", "pid,comm,event,saddr,sport,daddr,dport", "--cgroup", self.h.cgroup
+        ]
+
+    def bpftrace_prog(self):
+        # The same three transitions plumb reports; no comm filter in either.
+        # plumb keeps the socket's owner from connect()/accept(); a one-liner
+        # prints the interrupted task, as bpftrace users usually do.
+        return (
+            "tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->family == 2/ { "
+            "$o = args->oldstate; $n = args->newstate; "
+            'if ($o == 2 && $n == 1) { printf("pid=%d comm=%s event=connect saddr=%s sport=%d daddr=%s dport=%d\\n", '
+            "pid, comm, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport); } "
+            'if ($o == 3 && $n == 1) { printf("pid=%d comm=%s event=accept saddr=%s sport=%d daddr=%s dport=%d\\n", '
+            "pid, comm, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport); } "
+            'if ($n == 7 && $o != 2 && $o != 10) { printf("pid=%d comm=%s event=close saddr=%s sport=%d daddr=%s dport=%d\\n", '
+            "pid, comm, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport); } }"
+        )
+
+    def pattern(self, tool, ping=False):
+        # The client's socket has dport = the server port, the server's sport.
+        port = str(self.ping_port if ping else self.port).encode()
+        ip = rb"10\.251\.0\.[12]"
+        if tool == "plumb":
+            return re.compile(
+                rb'"event":"(?:connect|accept|close)","saddr":"' + ip + rb'","sport":(?:' + port
+                + rb',|\d+,"daddr":"' + ip + rb'","dport":' + port + rb"\})"
+            )
+        return re.compile(
+            rb"event=(?:connect|accept|close) saddr=" + ip + rb" sport=(?:" + port
+            + rb" |\d+ daddr=" + ip + rb" dport=" + port + rb"$)",
+            re.M,
+        )
+
+    def server(self, port, seconds):
+        cmd = [self.h.load, "--cgroup", self.h.procs, "--netns", Lab.path(self.h.lab.b), "tcp-server", str(port), str(seconds)]
+        p = spawn(cmd, subprocess.PIPE, subprocess.PIPE, cpu=self.h.load_cpu)
+        line = p.stdout.readline()
+        if line.strip() != b"ready":
+            reap(p, 1)
+            raise Fatal(f"tcp server on port {port} did not start: {p.stderr.read().decode().strip()}")
+        return p
+
+    def before_run(self):
+        self.servers = [self.server(self.port, 3600), self.server(self.ping_port, 3600)]
+
+    def after_run(self):
+        results = []
+        for p in self.servers:
+            p.send_signal(signal.SIGTERM)
+            out, _ = p.communicate(timeout=10)
+            CHILDREN.discard(p.pid)
+            results.append(json.loads(out.decode().strip().splitlines()[-1]))
+        self.servers = []
+        return {"accepted": results[0]["ops"]}
+
+    def ping(self):
+        return [
+            self.h.load, "--cgroup", self.h.procs, "--netns", Lab.path(self.h.lab.a),
+            "tcp-client", self.h.lab.ip_b, str(self.ping_port), "0", "0.02",
+        ]
+
+    def load_cmd(self, seconds):
+        return [
+            self.h.load, "--cgroup", self.h.procs, "--netns", Lab.path(self.h.lab.a),
+            "tcp-client", self.h.lab.ip_b, str(self.port), str(self.rate), str(seconds),
+        ]
+
+    def generated(self, load, extra):
+        # connect + close on the client, accept + close on the server
+        return 2 * load["ops"] + 2 * extra.get("accepted", 0)
+
+
+class DropStorm(Scenario):
+    """UDP datagrams into an iptables DROP rule in the server namespace."""
+
+    port, ping_port = 9000, 9001
+    filtered = False  # drops happen in softirq: no task, no cgroup to filter on
+
+    def __init__(self, h, rate):
+        super().__init__(h)
+        self.rate = rate
+        label = f"{rate // 1000}k/s" if rate else "unthrottled"
+        self.name = f"drop-{label.replace('/s', '')}"
+        self.title = f"drop storm {label} (iptables DROP)"
+
+    def prepare(self):
+        if not self.h.drop_rules:
+            self.h.lab.add_drop(self.port)
+            self.h.lab.add_drop(self.ping_port)
+            self.h.drop_rules = True
+        self.reason = self.h.drop_reason_number("NETFILTER_DROP")
+
+    def before_run(self):
+        self.h.lab.zero_counters()
+
+    def after_run(self):
+        return {"rule_packets": self.h.lab.drop_count(self.port)}
+
+    def plumb_args(self):
+        return ["trace", "drop", "-o", "json", "--fields", "reason,proto,saddr,sport,daddr,dport,location"]
+
+    def bpftrace_prog(self):
+        # Same tracepoint and reason filter as plumb (NOT_SPECIFIED left out),
+        # the flow read from the packet, the location symbolized.
+        return (
+            "tracepoint:skb:kfree_skb /args->reason > 2/ { "
+            "$skb = (struct sk_buff *)args->skbaddr; "
+            "$ip = (struct iphdr *)($skb->head + $skb->network_header); "
+            "$th = $skb->head + $skb->transport_header; "
+            "$sp = *(uint16 *)$th; $dp = *(uint16 *)($th + 2); "
+            'printf("reason=%d proto=%d saddr=%s sport=%d daddr=%s dport=%d location=%s\\n", '
+            "args->reason, $ip->protocol, ntop($ip->saddr), (($sp & 0xff) << 8) | ($sp >> 8), "
+            "ntop($ip->daddr), (($dp & 0xff) << 8) | ($dp >> 8), ksym(args->location)); }"
+        )
+
+    def pattern(self, tool, ping=False):
+        port = str(self.ping_port if ping else self.port).encode()
+        flow = rb"10\.251\.0\.1\D.{0,12}\d+\D.{0,12}10\.251\.0\.2\D.{0,12}" + port + rb"\D"
+        if tool == "plumb":
+            return re.compile(rb'"reason":"NETFILTER_DROP","proto":"udp","saddr":"' + flow)
+        return re.compile(b"reason=%d proto=17 saddr=" % self.reason + flow)
+
+    def ping(self):
+        return [
+            self.h.load, "--netns", Lab.path(self.h.lab.a), "udp", self.h.lab.ip_b, str(self.ping_port), "20000", "0.02",
+        ]
+
+    def load_cmd(self, seconds):
+        return [
+            self.h.load, "--netns", Lab.path(self.h.lab.a), "udp", self.h.lab.ip_b, str(self.port), str(self.rate), str(seconds),
+        ]
+
+    def generated(self, load, extra):
+        # The kernel's own count of what the rule dropped.
+        return extra["rule_packets"]
+
+
+# ---------------------------------------------------------------- the harness
+
+
+class Harness:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.seconds = args.seconds or (2.0 if args.quick else 5.0)
+        self.reps = args.reps or (1 if args.quick else 3)
+        self.plumb = args.plumb
+        self.ncpu = os.cpu_count() or 1
+        self.tool_cpu = TOOL_CPU if self.ncpu > 1 else None
+        self.load_cpu = LOAD_CPU if self.ncpu > 1 else None
+        self.drop_rules = False
+        self.work = tempfile.mkdtemp(prefix="plumb-bench-")
+        CLEANUP.push(f"rm -r {self.work}", lambda: shutil.rmtree(self.work, ignore_errors=True))
+        self.load = build_loads(self.work)
+        root = cgroup2_root()
+        self.cgroup = os.path.join(root, f"plumb-bench-{os.getpid()}")
+        os.mkdir(self.cgroup)
+        CLEANUP.push(f"rmdir {self.cgroup}", self.remove_cgroup)
+        self.procs = os.path.join(self.cgroup, "cgroup.procs")
+        self.lab = None
+
+    def remove_cgroup(self):
+        # Anything still inside is ours: kill it by pid before removing.
+        for _ in range(50):
+            with open(self.procs) as f:
+                pids = [int(x) for x in f.read().split()]
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        os.rmdir(self.cgroup)
+
+    def need_lab(self):
+        if self.lab is None:
+            self.lab = Lab()
+        return self.lab
+
+    def drop_reason_number(self, name):
+        """The kernel's number for a drop reason, from the tracepoint's format."""
+        for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+            try:
+                with open(f"{base}/events/skb/kfree_skb/format") as f:
+                    m = re.search(r'\{ (\d+), "' + name + r'" \}', f.read())
+                    if m:
+                        return int(m.group(1))
+            except FileNotFoundError:
+                continue
+        raise Fatal(f"drop reason {name} not found in the kfree_skb tracepoint format")
+
+    # -------------------------------------------------------- one run
+
+    def run_load(self, sc, seconds):
+        p = spawn(sc.load_cmd(seconds), subprocess.PIPE, subprocess.PIPE, cpu=self.load_cpu)
+        out, err = p.communicate(timeout=seconds + 120)
+        CHILDREN.discard(p.pid)
+        if p.returncode != 0:
+            raise Fatal(f"load {' '.join(sc.load_cmd(seconds))} failed: {err.decode().strip()}")
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+    def ping(self, sc):
+        p = spawn(sc.ping(), subprocess.DEVNULL, subprocess.PIPE, cpu=self.load_cpu)
+        _, err = p.communicate(timeout=30)
+        CHILDREN.discard(p.pid)
+        if p.returncode != 0:
+            raise Fatal(f"ping {' '.join(sc.ping())} failed: {err.decode().strip()}")
+
+    def tool_cmd(self, sc, tool):
+        if tool == "plumb":
+            return [self.plumb] + sc.plumb_args()
+        return ["bpftrace", "-e", sc.bpftrace_prog()]
+
+    def run_one(self, sc, tool, rep):
+        r = {"scenario": sc.name, "tool": tool, "rep": rep}
+        sc.before_run()
+        tool_p = None
+        try:
+            if tool == "baseline":
+                r["load"] = self.run_load(sc, self.seconds)
+                r["extra"] = sc.after_run()
+                r["generated"] = sc.generated(r["load"], r["extra"])
+                return r
+            out = os.path.join(self.work, f"{sc.name}.{tool}.{rep}.out")
+            err = os.path.join(self.work, f"{sc.name}.{tool}.{rep}.err")
+            with open(out, "wb") as fo, open(err, "wb") as fe:
+                t0 = time.monotonic()
+                tool_p = spawn(self.tool_cmd(sc, tool), fo, fe, cpu=self.tool_cpu)
+            ping_re = sc.pattern(tool, ping=True)
+            off, ready = 0, None
+            while time.monotonic() - t0 < 120:
+                if tool_p.poll() is not None:
+                    raise Fatal(f"{tool} exited with {tool_p.returncode} before its first event: {tail(err)}")
+                self.ping(sc)
+                found, off = first_match(out, ping_re, off)
+                if found:
+                    ready = time.monotonic() - t0
+                    break
+                time.sleep(0.01)
+            if ready is None:
+                raise Fatal(f"{tool} delivered no event within 120 s: {tail(err)}")
+            r["first_event_s"] = ready
+            cpu0 = cpu_seconds(tool_p.pid)
+            ids = bpf_prog_ids(tool_p.pid)
+            bpf0 = bpf_run_stats(ids)
+            r["startup_cpu_s"] = cpu0
+            r["load"] = self.run_load(sc, self.seconds)
+            r["extra"] = sc.after_run()
+            r["generated"] = sc.generated(r["load"], r["extra"])
+            wait_quiet(out)
+            cpu1 = cpu_seconds(tool_p.pid)
+            bpf1 = bpf_run_stats(ids)
+            r["peak_rss_kib"] = vm_hwm_kib(tool_p.pid)
+            r["cpu_s"] = cpu1 - cpu0
+            r["bpf_run_ns"] = bpf1[0] - bpf0[0]
+            r["bpf_run_cnt"] = bpf1[1] - bpf0[1]
+            r["bpf_progs"] = len(ids)
+            tool_p.send_signal(signal.SIGINT)
+            reap(tool_p, 60)
+            r["exit_code"] = tool_p.returncode
+            tool_p = None
+            r["delivered"] = count_matches(out, sc.pattern(tool))
+            if tool == "plumb":
+                records, summary = plumb_lost(out, err)
+                r["lost_records"], r["lost_summary"] = records, summary
+                r["lost"] = summary if summary is not None else records
+            else:
+                r["lost"] = bpftrace_lost(out, err)
+            r["accounted"] = accounted(sc, r)
+            if not self.args.keep:
+                os.unlink(out)
+            return r
+        finally:
+            if tool_p is not None:
+                tool_p.kill()
+                reap(tool_p, 10)
+            for p in getattr(sc, "servers", []):
+                p.kill()
+                reap(p, 10)
+            if hasattr(sc, "servers"):
+                sc.servers = []
+
+
+def tail(path, n=3):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [x.strip() for x in f if x.strip() and "RLIMIT_MEMLOCK" not in x]
+        return " | ".join(lines[-n:]) or "(no output)"
+    except FileNotFoundError:
+        return "(no output)"
+
+
+def wait_quiet(path, quiet=0.5, limit=120):
+    """Wait until the tool has written everything it had queued."""
+    last, since, start = -1, time.monotonic(), time.monotonic()
+    while time.monotonic() - start < limit:
+        size = os.path.getsize(path)
+        if size != last:
+            last, since = size, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.05)
+
+
+def accounted(sc, r):
+    """delivered + lost == generated; for unfiltered gadgets (drop) the loss
+    count may include other hosts' packets, so only bound it."""
+    d, lost, g = r["delivered"], r["lost"], r["generated"]
+    if getattr(sc, "filtered", True):
+        return d + lost == g
+    return d <= g <= d + lost
+
+
+# ---------------------------------------------------------------- report
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(runs):
+    """Medians per scenario and tool, and the plumb/bpftrace ratios."""
+    out = {}
+    for r in runs:
+        out.setdefault(r["scenario"], {}).setdefault(r["tool"], []).append(r)
+    table = {}
+    for name, tools in out.items():
+        base_rate = median([r["load"]["rate"] for r in tools.get("baseline", [])])
+        row = {"baseline_rate": base_rate}
+        for tool in ("plumb", "bpftrace"):
+            rs = tools.get(tool, [])
+            if not rs:
+                continue
+            gen = [r["generated"] for r in rs]
+            m = {
+                "reps": len(rs),
+                "generated": median(gen),
+                "delivered": median([r["delivered"] for r in rs]),
+                "lost": median([r["lost"] for r in rs]),
+                "accounted_all_reps": all(r["accounted"] for r in rs),
+                "cpu_s_per_M": median([r["cpu_s"] / g * 1e6 if g else None for r, g in zip(rs, gen)]),
+                "bpf_ns_per_event": median([r["bpf_run_ns"] / g if g else None for r, g in zip(rs, gen)]),
+                "peak_rss_mib": median([r["peak_rss_kib"] / 1024 for r in rs if r.get("peak_rss_kib")]),
+                "first_event_s": median([r["first_event_s"] for r in rs]),
+                "startup_cpu_s": median([r["startup_cpu_s"] for r in rs]),
+                "load_rate": median([r["load"]["rate"] for r in rs]),
+            }
+            m["delivered_pct"] = 100.0 * m["delivered"] / m["generated"] if m["generated"] else None
+            if base_rate and m["load_rate"] is not None:
+                m["slowdown_pct"] = 100.0 * (1 - m["load_rate"] / base_rate)
+            row[tool] = m
+        if "plumb" in row and "bpftrace" in row:
+            ratio = {}
+            for k in ("cpu_s_per_M", "bpf_ns_per_event", "peak_rss_mib", "first_event_s"):
+                a, b = row["plumb"].get(k), row["bpftrace"].get(k)
+                ratio[k] = a / b if a is not None and b else None
+            row["ratio_plumb_over_bpftrace"] = ratio
+        table[name] = row
+    return table
+
+
+def fmt(v, spec="{:.2f}"):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    return spec.format(v)
+
+
+def machine():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except FileNotFoundError:
+        pass
+    bt = sh("bpftrace", "--version", check=False).strip()
+    return {
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "cpu": model,
+        "bpftrace": bt,
+        "plumb": sh(BENCH_PLUMB[0], "--version", check=False).strip() if BENCH_PLUMB else "",
+    }
+
+
+BENCH_PLUMB = []
+
+
+def markdown(h, scenarios, table, skipped, m):
+    lines = [
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['bpftrace']}, {m['plumb']}.",
+        f"Mode: {'quick' if h.quick else 'full'}; {h.seconds:g} s of load per run, {h.reps} repetition(s), "
+        "medians; baseline, plumb and bpftrace interleaved in each repetition.",
+        "",
+        "| scenario | tool | generated | delivered | lost | adds up | CPU s / M events | BPF ns / event "
+        "| peak RSS MiB | first event s | load rate /s | load slowdown |",
+        "|---|---|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for sc in scenarios:
+        row = table.get(sc.name)
+        if not row:
+            continue
+        for tool in ("plumb", "bpftrace"):
+            t = row.get(tool)
+            if not t:
+                continue
+            lines.append(
+                f"| {sc.title} | {tool} | {fmt(t['generated'], '{:.0f}')} | {fmt(t['delivered'], '{:.0f}')} "
+                f"| {fmt(t['lost'], '{:.0f}')} | {fmt(t['accounted_all_reps'])} | {fmt(t['cpu_s_per_M'])} "
+                f"| {fmt(t['bpf_ns_per_event'], '{:.0f}')} | {fmt(t['peak_rss_mib'], '{:.1f}')} "
+                f"| {fmt(t['first_event_s'])} | {fmt(t['load_rate'], '{:.0f}')} | {fmt(t.get('slowdown_pct'), '{:.1f}%')} |"
+            )
+    lines += [
+        "",
+        "plumb / bpftrace (below 1: plumb uses less):",
+        "",
+        "| scenario | CPU per event | BPF time per event | peak RSS | time to first event | delivered (plumb vs bpftrace) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for sc in scenarios:
+        row = table.get(sc.name, {})
+        ratio = row.get("ratio_plumb_over_bpftrace")
+        if not ratio:
+            continue
+        lines.append(
+            f"| {sc.title} | {fmt(ratio['cpu_s_per_M'])} | {fmt(ratio['bpf_ns_per_event'])} "
+            f"| {fmt(ratio['peak_rss_mib'])} | {fmt(ratio['first_event_s'])} "
+            f"| {fmt(row['plumb']['delivered_pct'], '{:.1f}%')} vs {fmt(row['bpftrace']['delivered_pct'], '{:.1f}%')} |"
+        )
+    for name, why in skipped:
+        lines.append(f"\nNot measured: {name}: {why}.")
+    lines += ["", NOTES.strip(), ""]
+    return "\n".join(lines)
+
+
+NOTES = """
+Notes. Generated is the load generator's own count (for drops, the DROP
+rule's packet counter). Delivered counts only the load's marker events in
+the tool's output (its comm, paths, ports). Lost is what the tool reported:
+plumb's `N lost` summary and `type: lost` records, bpftrace's `Lost N
+events`. Both tools print the same fields per event on the same hook, and
+for exec, open and TCP both filter on the load's cgroup v2 in the kernel
+(plumb `--cgroup`, bpftrace `cgroup == cgroupid(...)`); drops are not
+filtered by either. CPU is the tool's utime+stime from /proc/PID/stat while
+the load ran (start-up excluded), per million generated events. BPF time is
+the kernel's run_time_ns for the tool's programs (kernel.bpf_stats_enabled)
+over the same window, per generated event. The tool is pinned to CPU 0 and
+the load to CPU 1; with two CPUs the tool, the load and the kernel's
+softirq work still compete, so slowdowns include that contention.
+First event is measured from the tool's start by repeated 20 ms bursts of
+ping events, so its resolution is about 30 ms.
+"""
+
+
+def scenario_list(h):
+    q = h.quick
+    out = [ExecStorm(h, 1000), ExecStorm(h, 5000), ExecStorm(h, 0)]
+    out += [OpenStorm(h, 10000), OpenStorm(h, 0)] if not q else [OpenStorm(h, 10000), OpenStorm(h, 0)]
+    out += [TcpStorm(h, 1000), TcpStorm(h, 0)]
+    out += [DropStorm(h, r) for r in (1000, 10000, 100000, 0)]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a few seconds per scenario, one repetition (CI)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for results.md and results.json")
+    ap.add_argument("--plumb", default=os.path.join(REPO, "target", "release", "plumb"), help="the plumb binary")
+    ap.add_argument("--seconds", type=float, help="load seconds per run (default 5, quick 2)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
+    ap.add_argument("--only", help="comma-separated scenario name prefixes (exec,open,tcp,drop,profile,agent)")
+    ap.add_argument("--keep", action="store_true", help="keep the tools' raw output in the work directory")
+    args = ap.parse_args()
+
+    if os.geteuid() != 0:
+        print("bench: run as root (sudo python3 bench/run.py)", file=sys.stderr)
+        return 3
+    for tool in ("bpftrace", "bpftool", "ip", "iptables", "nsenter"):
+        if not shutil.which(tool):
+            print(f"bench: {tool} not found (bash scripts/setup.sh installs it)", file=sys.stderr)
+            return 3
+    if not os.access(args.plumb, os.X_OK):
+        print(f"bench: {args.plumb} not found: cargo build --release --locked -p plumb", file=sys.stderr)
+        return 3
+    BENCH_PLUMB.append(args.plumb)
+
+    def on_signal(sig, _frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    failures = []
+    try:
+        h = Harness(args)
+        set_sysctl("kernel.bpf_stats_enabled", "1")
+        scenarios = scenario_list(h)
+        skipped = []
+        if args.only:
+            want = args.only.split(",")
+            scenarios = [s for s in scenarios if any(s.name.startswith(w) for w in want)]
+        for sc in scenarios:
+            if isinstance(sc, (TcpStorm, DropStorm)):
+                h.need_lab()
+            sc.prepare()
+        runs = []
+        for rep in range(h.reps):
+            for sc in scenarios:
+                # Alternate who goes first so warm caches favour neither.
+                order = ["baseline", "plumb", "bpftrace"] if rep % 2 == 0 else ["baseline", "bpftrace", "plumb"]
+                for tool in order:
+                    log(f"rep {rep + 1}/{h.reps} {sc.name} {tool}")
+                    r = h.run_one(sc, tool, rep)
+                    runs.append(r)
+                    if tool != "baseline":
+                        log(
+                            f"  generated {r['generated']} delivered {r['delivered']} lost {r['lost']} "
+                            f"cpu {r['cpu_s']:.2f}s first {r['first_event_s']:.2f}s rss {r['peak_rss_kib']} KiB"
+                        )
+                    if tool == "plumb" and not r["accounted"]:
+                        failures.append(
+                            f"{sc.name} rep {rep + 1}: plumb delivered {r['delivered']} + lost {r['lost']} "
+                            f"!= generated {r['generated']}"
+                        )
+        table = summarize(runs)
+        m = machine()
+        os.makedirs(args.out, exist_ok=True)
+        md = markdown(h, scenarios, table, skipped, m)
+        with open(os.path.join(args.out, "results.md"), "w") as f:
+            f.write(md)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(
+                {
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    "machine": m,
+                    "mode": "quick" if h.quick else "full",
+                    "seconds": h.seconds,
+                    "reps": h.reps,
+                    "summary": table,
+                    "skipped": dict(skipped),
+                    "runs": runs,
+                    "plumb_accounting_failures": failures,
+                },
+                f,
+                indent=1,
+            )
+        print(md)
+        log(f"wrote {args.out}/results.md and results.json")
+    except Fatal as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"bench: interrupted ({e}); cleaned up", file=sys.stderr)
+        return 130
+    finally:
+        kill_children()
+        CLEANUP.run()
+    if failures:
+        for f in failures:
+            print(f"bench: accounting: {f}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
