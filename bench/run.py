@@ -128,6 +128,25 @@ def reap(p, timeout):
     CHILDREN.discard(p.pid)
 
 
+def reap_rusage(p, timeout):
+    """Wait for p (killing it after timeout); its exit code and rusage.
+
+    ru_maxrss is the peak RSS over the whole life, exit work included."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            p.kill()
+            pid, status, ru = os.wait4(p.pid, 0)
+            break
+        time.sleep(0.02)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    CHILDREN.discard(p.pid)
+    return p.returncode, ru
+
+
 def clk_tck():
     return os.sysconf("SC_CLK_TCK")
 
@@ -372,6 +391,7 @@ class Scenario:
     name = ""
     title = ""
     rate = 0
+    tools = ("baseline", "plumb", "bpftrace")
 
     def __init__(self, h):
         self.h = h
@@ -613,6 +633,73 @@ class DropStorm(Scenario):
         return extra["rule_packets"]
 
 
+class ProfileCpu(Scenario):
+    """A CPU-bound load sampled at hz: samples received vs expected."""
+
+    aggregated = True  # both tools count stacks in the kernel and print at the end
+
+    def __init__(self, h, hz):
+        super().__init__(h)
+        self.hz = hz
+        self.name = f"profile-{hz}hz"
+        self.title = f"CPU profile {hz} Hz (1 busy CPU)"
+
+    def tool_cmd(self, tool, seconds):
+        if tool == "plumb":
+            return [
+                self.h.plumb, "profile", "cpu", "-F", str(self.hz), "-d", f"{int(seconds) + 120}s",
+                "-o", "json", "--cgroup", self.h.cgroup,
+            ]
+        return [
+            "bpftrace", "-e",
+            f'profile:hz:{self.hz} /cgroup == cgroupid("{self.h.cgroup}")/ {{ @[kstack, ustack, comm, pid] = count(); }}',
+        ]
+
+    def load_cmd(self, seconds):
+        return [self.h.load, "--cgroup", self.h.procs, "burn", str(seconds)]
+
+    def generated(self, load, extra):
+        # Expected samples: hz x seconds x CPUs busy. The load is one thread,
+        # and its own CPU time says how long it really ran (other work on
+        # the host may have taken its CPU for a while).
+        return round(self.hz * load["cpu_s"])
+
+    @staticmethod
+    def samples(tool, out, err):
+        """(samples delivered, samples reported lost) from the tool's output."""
+        if tool == "plumb":
+            with open(out) as f:
+                d = json.load(f)
+            return d["samples"], d["lost"]
+        total = 0
+
+        def fn(buf):
+            nonlocal total
+            total += sum(int(m.group(1)) for m in re.finditer(rb"\]: (\d+)$", buf, re.M))
+
+        scan(out, fn)
+        return total, bpftrace_lost(out, err)
+
+
+class IdleAgent(Scenario):
+    """plumb agent on an idle host: CPU and memory over a minute."""
+
+    name = "agent-idle"
+    title = "idle agent"
+    tools = ("plumb",)  # bpftrace has no always-on agent to compare with
+
+    def __init__(self, h, usage):
+        super().__init__(h)
+        self.usage = usage
+
+    def tool_cmd(self):
+        cmd = [self.h.plumb, "agent"]
+        # Keep the agent's listener on loopback when it has one.
+        if "--listen" in self.usage:
+            cmd += ["--listen", "127.0.0.1:0"]
+        return cmd
+
+
 # ---------------------------------------------------------------- the harness
 
 
@@ -692,6 +779,10 @@ class Harness:
         return ["bpftrace", "-e", sc.bpftrace_prog()]
 
     def run_one(self, sc, tool, rep):
+        if getattr(sc, "aggregated", False):
+            return self.run_profile(sc, tool, rep)
+        if isinstance(sc, IdleAgent):
+            return self.run_agent(sc, rep)
         r = {"scenario": sc.name, "tool": tool, "rep": rep}
         sc.before_run()
         tool_p = None
@@ -736,8 +827,9 @@ class Harness:
             r["bpf_run_cnt"] = bpf1[1] - bpf0[1]
             r["bpf_progs"] = len(ids)
             tool_p.send_signal(signal.SIGINT)
-            reap(tool_p, 60)
-            r["exit_code"] = tool_p.returncode
+            r["exit_code"], ru = reap_rusage(tool_p, 60)
+            r["total_cpu_s"] = ru.ru_utime + ru.ru_stime
+            r["peak_rss_kib"] = max(r["peak_rss_kib"] or 0, ru.ru_maxrss)
             tool_p = None
             r["delivered"] = count_matches(out, sc.pattern(tool))
             if tool == "plumb":
@@ -759,6 +851,106 @@ class Harness:
                 reap(p, 10)
             if hasattr(sc, "servers"):
                 sc.servers = []
+
+    def run_profile(self, sc, tool, rep):
+        """Aggregating tools print once at the end: no first event to time.
+
+        The load starts once the tool's sampling programs are attached (its
+        perf_event fds, one per CPU, exist); `first event` is that time."""
+        r = {"scenario": sc.name, "tool": tool, "rep": rep, "extra": {}}
+        if tool == "baseline":
+            r["load"] = self.run_load(sc, self.seconds)
+            r["generated"] = sc.generated(r["load"], {})
+            return r
+        out = os.path.join(self.work, f"{sc.name}.{tool}.{rep}.out")
+        err = os.path.join(self.work, f"{sc.name}.{tool}.{rep}.err")
+        tool_p = None
+        try:
+            with open(out, "wb") as fo, open(err, "wb") as fe:
+                t0 = time.monotonic()
+                tool_p = spawn(sc.tool_cmd(tool, self.seconds), fo, fe, cpu=self.tool_cpu)
+            while perf_event_fds(tool_p.pid) < self.ncpu:
+                if tool_p.poll() is not None:
+                    raise Fatal(f"{tool} exited with {tool_p.returncode} before sampling: {tail(err)}")
+                if time.monotonic() - t0 > 120:
+                    raise Fatal(f"{tool} did not attach its sampling programs within 120 s: {tail(err)}")
+                time.sleep(0.01)
+            r["first_event_s"] = time.monotonic() - t0
+            r["first_event_is_attach"] = True
+            time.sleep(0.2)  # attach of the last CPU's program
+            cpu0 = cpu_seconds(tool_p.pid)
+            ids = bpf_prog_ids(tool_p.pid)
+            bpf0 = bpf_run_stats(ids)
+            r["startup_cpu_s"] = cpu0
+            r["load"] = self.run_load(sc, self.seconds)
+            r["generated"] = sc.generated(r["load"], {})
+            bpf1 = bpf_run_stats(ids)
+            r["peak_rss_kib"] = vm_hwm_kib(tool_p.pid)
+            r["bpf_run_ns"] = bpf1[0] - bpf0[0]
+            r["bpf_run_cnt"] = bpf1[1] - bpf0[1]
+            r["bpf_progs"] = len(ids)
+            # The profile (stack walk results, symbols) is written on SIGINT:
+            # that work is part of the tool's cost, so CPU runs to its exit.
+            tool_p.send_signal(signal.SIGINT)
+            r["exit_code"], ru = reap_rusage(tool_p, 120)
+            tool_p = None
+            r["total_cpu_s"] = ru.ru_utime + ru.ru_stime
+            r["cpu_s"] = r["total_cpu_s"] - cpu0
+            r["peak_rss_kib"] = max(r["peak_rss_kib"] or 0, ru.ru_maxrss)
+            r["delivered"], r["lost"] = sc.samples(tool, out, err)
+            # Timer sampling: expected is approximate, allow 3%.
+            g = r["generated"]
+            r["accounted"] = abs(r["delivered"] + r["lost"] - g) <= max(2, 0.03 * g)
+            if not self.args.keep:
+                os.unlink(out)
+            return r
+        finally:
+            if tool_p is not None:
+                tool_p.kill()
+                reap(tool_p, 10)
+
+    def run_agent(self, sc, rep):
+        """CPU and peak memory of an agent left alone (warm-up excluded)."""
+        seconds = 5.0 if self.quick else 60.0
+        err = os.path.join(self.work, f"{sc.name}.{rep}.err")
+        r = {"scenario": sc.name, "tool": "plumb", "rep": rep, "seconds": seconds}
+        p = None
+        try:
+            with open(err, "wb") as fe:
+                p = spawn(sc.tool_cmd(), subprocess.DEVNULL, fe, cpu=self.tool_cpu)
+            time.sleep(2.0)
+            if p.poll() is not None:
+                raise Fatal(f"plumb agent exited with {p.returncode}: {tail(err)}")
+            cpu0 = cpu_seconds(p.pid)
+            time.sleep(seconds)
+            if p.poll() is not None:
+                raise Fatal(f"plumb agent exited with {p.returncode}: {tail(err)}")
+            r["cpu_s"] = cpu_seconds(p.pid) - cpu0
+            r["cpu_pct"] = 100.0 * r["cpu_s"] / seconds
+            r["peak_rss_kib"] = vm_hwm_kib(p.pid)
+            p.send_signal(signal.SIGTERM)
+            r["exit_code"], ru = reap_rusage(p, 30)
+            p = None
+            r["peak_rss_kib"] = max(r["peak_rss_kib"] or 0, ru.ru_maxrss)
+            return r
+        finally:
+            if p is not None:
+                p.kill()
+                reap(p, 10)
+
+
+def perf_event_fds(pid):
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[perf_event]":
+                    n += 1
+            except OSError:
+                continue
+    except FileNotFoundError:
+        pass
+    return n
 
 
 def tail(path, n=3):
@@ -806,6 +998,17 @@ def summarize(runs):
         out.setdefault(r["scenario"], {}).setdefault(r["tool"], []).append(r)
     table = {}
     for name, tools in out.items():
+        if name == IdleAgent.name:
+            rs = tools["plumb"]
+            table[name] = {
+                "plumb": {
+                    "reps": len(rs),
+                    "seconds": rs[0]["seconds"],
+                    "cpu_pct": median([r["cpu_pct"] for r in rs]),
+                    "peak_rss_mib": median([r["peak_rss_kib"] / 1024 for r in rs]),
+                }
+            }
+            continue
         base_rate = median([r["load"]["rate"] for r in tools.get("baseline", [])])
         row = {"baseline_rate": base_rate}
         for tool in ("plumb", "bpftrace"):
@@ -893,7 +1096,7 @@ def markdown(h, scenarios, table, skipped, m):
                 f"| {sc.title} | {tool} | {fmt(t['generated'], '{:.0f}')} | {fmt(t['delivered'], '{:.0f}')} "
                 f"| {fmt(t['lost'], '{:.0f}')} | {fmt(t['accounted_all_reps'])} | {fmt(t['cpu_s_per_M'])} "
                 f"| {fmt(t['bpf_ns_per_event'], '{:.0f}')} | {fmt(t['peak_rss_mib'], '{:.1f}')} "
-                f"| {fmt(t['first_event_s'])} | {fmt(t['load_rate'], '{:.0f}')} | {fmt(t.get('slowdown_pct'), '{:.1f}%')} |"
+                f"| {fmt(t['first_event_s'])}{' ¹' if getattr(sc, 'aggregated', False) else ''} | {fmt(t['load_rate'], '{:.0f}')} | {fmt(t.get('slowdown_pct'), '{:.1f}%')} |"
             )
     lines += [
         "",
@@ -911,6 +1114,12 @@ def markdown(h, scenarios, table, skipped, m):
             f"| {sc.title} | {fmt(ratio['cpu_s_per_M'])} | {fmt(ratio['bpf_ns_per_event'])} "
             f"| {fmt(ratio['peak_rss_mib'])} | {fmt(ratio['first_event_s'])} "
             f"| {fmt(row['plumb']['delivered_pct'], '{:.1f}%')} vs {fmt(row['bpftrace']['delivered_pct'], '{:.1f}%')} |"
+        )
+    agent = table.get(IdleAgent.name, {}).get("plumb")
+    if agent:
+        lines.append(
+            f"\nIdle agent (`plumb agent`, no load, {agent['seconds']:g} s after a 2 s warm-up): "
+            f"{agent['cpu_pct']:.2f}% of one CPU, peak RSS {agent['peak_rss_mib']:.1f} MiB."
         )
     for name, why in skipped:
         lines.append(f"\nNot measured: {name}: {why}.")
@@ -933,17 +1142,42 @@ over the same window, per generated event. The tool is pinned to CPU 0 and
 the load to CPU 1; with two CPUs the tool, the load and the kernel's
 softirq work still compete, so slowdowns include that contention.
 First event is measured from the tool's start by repeated 20 ms bursts of
-ping events, so its resolution is about 30 ms.
+ping events, so its resolution is about 30 ms. CPU time comes in clock
+ticks (10 ms), so at low rates CPU per event is coarse.
+
+CPU profiles: generated is the expected sample count (Hz x the CPU
+seconds the one-thread load itself consumed, by CLOCK_PROCESS_CPUTIME_ID), delivered is the samples the tool attributed to the
+load's cgroup; "adds up" allows 3% for timer jitter. Both tools count stacks
+in the kernel and print once at the end, so CPU runs to the tool's exit
+(symbolization included), load rate is the load's millions of loop
+iterations per second, and ¹ marks the time until the tool's sampling
+programs were attached (one perf event per CPU), not a first event.
 """
 
 
+def plumb_has(h, *sub):
+    """Does this plumb build have the subcommand (`plumb SUB --help` works)?"""
+    r = subprocess.run([h.plumb, *sub, "--help"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return r.returncode == 0, r.stdout
+
+
 def scenario_list(h):
-    q = h.quick
+    """The scenarios, and those this plumb build cannot run yet (name, why)."""
     out = [ExecStorm(h, 1000), ExecStorm(h, 5000), ExecStorm(h, 0)]
-    out += [OpenStorm(h, 10000), OpenStorm(h, 0)] if not q else [OpenStorm(h, 10000), OpenStorm(h, 0)]
+    out += [OpenStorm(h, 10000), OpenStorm(h, 0)]
     out += [TcpStorm(h, 1000), TcpStorm(h, 0)]
     out += [DropStorm(h, r) for r in (1000, 10000, 100000, 0)]
-    return out
+    skipped = []
+    if plumb_has(h, "profile", "cpu")[0]:
+        out += [ProfileCpu(h, 99), ProfileCpu(h, 999)]
+    else:
+        skipped.append(("CPU profile 99/999 Hz", "profile not built (`plumb profile cpu` missing)"))
+    ok, usage = plumb_has(h, "agent")
+    if ok:
+        out.append(IdleAgent(h, usage))
+    else:
+        skipped.append(("idle agent", "agent not built (`plumb agent` missing)"))
+    return out, skipped
 
 
 def main():
@@ -978,8 +1212,7 @@ def main():
     try:
         h = Harness(args)
         set_sysctl("kernel.bpf_stats_enabled", "1")
-        scenarios = scenario_list(h)
-        skipped = []
+        scenarios, skipped = scenario_list(h)
         if args.only:
             want = args.only.split(",")
             scenarios = [s for s in scenarios if any(s.name.startswith(w) for w in want)]
@@ -992,16 +1225,16 @@ def main():
             for sc in scenarios:
                 # Alternate who goes first so warm caches favour neither.
                 order = ["baseline", "plumb", "bpftrace"] if rep % 2 == 0 else ["baseline", "bpftrace", "plumb"]
-                for tool in order:
+                for tool in [t for t in order if t in sc.tools]:
                     log(f"rep {rep + 1}/{h.reps} {sc.name} {tool}")
                     r = h.run_one(sc, tool, rep)
                     runs.append(r)
-                    if tool != "baseline":
+                    if tool != "baseline" and "delivered" in r:
                         log(
                             f"  generated {r['generated']} delivered {r['delivered']} lost {r['lost']} "
                             f"cpu {r['cpu_s']:.2f}s first {r['first_event_s']:.2f}s rss {r['peak_rss_kib']} KiB"
                         )
-                    if tool == "plumb" and not r["accounted"]:
+                    if tool == "plumb" and not r.get("accounted", True) and not getattr(sc, "aggregated", False):
                         failures.append(
                             f"{sc.name} rep {rep + 1}: plumb delivered {r['delivered']} + lost {r['lost']} "
                             f"!= generated {r['generated']}"
