@@ -99,7 +99,7 @@ fn describe(d: &Datapath) -> String {
             d.tc_xdp_programs.len()
         ));
     }
-    format!("datapath: {}", parts.join(", "))
+    parts.join(", ")
 }
 
 #[cfg(test)]

@@ -217,6 +217,16 @@ impl Running {
     }
 }
 
+/// A frame that stands for something other than a function.
+fn placeholder(name: &str, kernel: bool) -> Frame {
+    Frame {
+        name: Arc::from(name),
+        module: None,
+        kernel,
+        symbolized: true,
+    }
+}
+
 /// `_IO('$', 1)`: PERF_EVENT_IOC_DISABLE.
 fn perf_ioc_disable() -> libc::c_ulong {
     ((b'$' as libc::c_ulong) << 8) | 1
@@ -376,14 +386,21 @@ pub fn run(
             continue;
         }
         let mut frames: Vec<Frame> = Vec::new();
+        // A stack the kernel could not record (its map bucket was taken by
+        // another stack, or the map was full) is named as such.
+        let lost = |id: i32, want: bool| want && id < 0 && id != -libc::EFAULT;
+        if lost(k.ustack, opts.user) {
+            frames.push(placeholder("[user stack lost]", false));
+        }
         for addr in stacks_u[&k.ustack].iter().rev() {
-            frames.push(
-                user[&UserAddr {
-                    pid: k.pid,
-                    addr: *addr,
-                }]
-                    .clone(),
-            );
+            let ua = UserAddr {
+                pid: k.pid,
+                addr: *addr,
+            };
+            frames.push(user[&ua].clone());
+        }
+        if lost(k.kstack, opts.kernel) {
+            frames.push(placeholder("[kernel stack lost]", true));
         }
         for addr in stacks_k[&k.kstack].iter().rev() {
             frames.push(kernel[addr].clone());
@@ -396,12 +413,7 @@ pub fn run(
                 (false, true) => "[kernel]",
                 _ => "[no stack]",
             };
-            frames.push(Frame {
-                name: Arc::from(name),
-                module: None,
-                kernel: !opts.user,
-                symbolized: true,
-            });
+            frames.push(placeholder(name, !opts.user));
         }
         *merged
             .entry((k.pid, comm, k.cgroup_id, frames))

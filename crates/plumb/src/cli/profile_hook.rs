@@ -25,7 +25,8 @@ pub fn hottest(p: &Profile, n: usize) -> Vec<Count> {
     let total = p.samples().max(1);
     let mut by_fn: HashMap<&str, (u64, HashMap<String, u64>)> = HashMap::new();
     for s in &p.stacks {
-        let Some(leaf) = s.frames.last() else {
+        // Bracketed names ("[user stack lost]") are not functions.
+        let Some(leaf) = s.frames.last().filter(|f| !f.name.starts_with('[')) else {
             continue;
         };
         let who = match (&s.workload.namespace, &s.workload.pod) {
