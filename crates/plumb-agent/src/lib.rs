@@ -1,0 +1,26 @@
+//! plumb-agent: plumb on every node of a cluster.
+//!
+//! The agent runs the same pipeline as the local commands, with a sink that
+//! forwards events into a gRPC stream ([`server`]), guarded by a bearer
+//! token or mutual TLS ([`auth`]). Next to it, always-on counters
+//! aggregated in the kernel ([`counters`]) are exported to Prometheus
+//! ([`metrics`]). [`client`] is the other end: it runs a gadget on many
+//! agents at once and merges their streams.
+
+pub mod auth;
+pub mod client;
+pub mod counters;
+pub mod error;
+pub mod listen;
+pub mod logs;
+pub mod metrics;
+pub mod server;
+mod session;
+
+pub use error::{AgentError, Result};
+
+/// Code generated from `proto/plumb/agent/v1/agent.proto`.
+pub mod proto {
+    #![allow(clippy::all)]
+    tonic::include_proto!("plumb.agent.v1");
+}

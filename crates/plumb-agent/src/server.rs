@@ -1,0 +1,363 @@
+//! The agent: binds the API and metrics listeners, serves until told to
+//! stop, then stops every client's run and unloads everything.
+
+use crate::auth::{self, Token};
+use crate::counters::NodeCounters;
+use crate::error::{AgentError, Result};
+use crate::listen::ListenAddr;
+use crate::logs::LogHub;
+use crate::metrics::{self, AgentStats, Attribution, CounterSource, NodeCollector};
+use crate::proto::agent_server::{Agent, AgentServer};
+use crate::proto::{
+    Gadget, ListGadgetsRequest, ListGadgetsResponse, LogLine, LogsRequest, ProfileRequest,
+    ProfileResponse, TraceMessage, TraceRequest,
+};
+use crate::session::{self, Shared};
+use plumb_core::enrich::{Enricher, MetadataSource};
+use plumb_core::gadgets;
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tokio_stream::Stream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+/// Files for mutual TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// How to run the agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub listen: ListenAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub node: String,
+    pub token: Option<Token>,
+    pub tls: Option<TlsFiles>,
+    /// Distinct pods in metric labels before folding into `other`.
+    pub max_pods: usize,
+    /// Load the always-on kernel counters.
+    pub counters: bool,
+}
+
+impl AgentConfig {
+    pub fn new(listen: ListenAddr) -> Self {
+        AgentConfig {
+            listen,
+            metrics_listen: None,
+            node: plumb_core::runner::node_name(),
+            token: None,
+            tls: None,
+            max_pods: Attribution::DEFAULT_MAX_PODS,
+            counters: true,
+        }
+    }
+}
+
+struct Service {
+    shared: Shared,
+    logs: LogHub,
+    /// Turns true at shutdown: log followers' streams end then, so the
+    /// server's graceful stop does not wait for them forever.
+    stopping: watch::Receiver<bool>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for Service {
+    async fn list_gadgets(
+        &self,
+        _req: Request<ListGadgetsRequest>,
+    ) -> std::result::Result<Response<ListGadgetsResponse>, Status> {
+        let gadgets = gadgets::REGISTRY
+            .iter()
+            .map(|g| {
+                let avail = gadgets::availability(g);
+                Gadget {
+                    name: g.name.to_string(),
+                    summary: g.summary.to_string(),
+                    available: avail.is_ok(),
+                    unavailable_reason: avail.err().unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Response::new(ListGadgetsResponse {
+            node: self.shared.node.to_string(),
+            gadgets,
+        }))
+    }
+
+    type TraceStream = BoxStream<TraceMessage>;
+
+    async fn trace(
+        &self,
+        req: Request<TraceRequest>,
+    ) -> std::result::Result<Response<Self::TraceStream>, Status> {
+        let rx = session::start(req.into_inner(), self.shared.clone())?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn profile(
+        &self,
+        _req: Request<ProfileRequest>,
+    ) -> std::result::Result<Response<ProfileResponse>, Status> {
+        Err(Status::unimplemented(
+            "CPU profiling is not part of this agent build yet",
+        ))
+    }
+
+    type LogsStream = BoxStream<LogLine>;
+
+    async fn logs(
+        &self,
+        _req: Request<LogsRequest>,
+    ) -> std::result::Result<Response<Self::LogsStream>, Status> {
+        let mut rx = self.logs.subscribe();
+        let mut stopping = self.stopping.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = stopping.wait_for(|v| *v) => return,
+                };
+                let line = match next {
+                    Ok(l) => l,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => LogLine {
+                        level: "WARN".into(),
+                        target: "plumb_agent::logs".into(),
+                        message: format!("{n} log lines skipped: this client read too slowly"),
+                        ..Default::default()
+                    },
+                    Err(_) => return,
+                };
+                if tx.send(Ok(line)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}
+
+/// An agent whose listeners are bound (so their addresses are known).
+pub struct BoundAgent {
+    cfg: AgentConfig,
+    api: Incoming,
+    metrics: Option<tokio::net::TcpListener>,
+    collector: Arc<NodeCollector>,
+    registry: Arc<Registry>,
+    shared: Shared,
+    shutdown: Arc<AtomicBool>,
+}
+
+enum Incoming {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+impl BoundAgent {
+    /// Check the configuration, load the counters, bind the listeners.
+    pub async fn bind(
+        cfg: AgentConfig,
+        sources: Vec<Arc<dyn MetadataSource>>,
+    ) -> Result<BoundAgent> {
+        cfg.listen
+            .check_auth(cfg.token.is_some() || cfg.tls.is_some())?;
+        let api = match &cfg.listen {
+            ListenAddr::Tcp(a) => {
+                Incoming::Tcp(tokio::net::TcpListener::bind(a).await.map_err(|source| {
+                    AgentError::Listen {
+                        addr: a.to_string(),
+                        source,
+                    }
+                })?)
+            }
+            ListenAddr::Unix(p) => {
+                // A socket left by an earlier run would make bind fail.
+                let _ = std::fs::remove_file(p);
+                let l = tokio::net::UnixListener::bind(p).map_err(|source| AgentError::Listen {
+                    addr: cfg.listen.to_string(),
+                    source,
+                })?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(
+                    |source| AgentError::Listen {
+                        addr: cfg.listen.to_string(),
+                        source,
+                    },
+                )?;
+                Incoming::Unix(l, p.clone())
+            }
+        };
+        let metrics = match cfg.metrics_listen {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|source| {
+                AgentError::Listen {
+                    addr: a.to_string(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        let counters = if cfg.counters {
+            match tokio::task::block_in_place(NodeCounters::start) {
+                Ok(c) => {
+                    for s in &c.skipped {
+                        tracing::warn!(program = %s, "hook not available on this kernel; its counter stays at zero");
+                    }
+                    CounterSource::Kernel(c)
+                }
+                Err(e) => return Err(AgentError::Counters(e)),
+            }
+        } else {
+            CounterSource::None
+        };
+        let stats = Arc::new(AgentStats::default());
+        let attribution = Attribution::new(Enricher::new(sources.clone()), cfg.max_pods);
+        let collector = Arc::new(NodeCollector::new(counters, attribution, stats.clone()));
+        let registry = Arc::new(metrics::registry(collector.clone()));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let shared = Shared {
+            stats,
+            sources,
+            node: Arc::from(cfg.node.as_str()),
+            shutdown: shutdown.clone(),
+        };
+        Ok(BoundAgent {
+            cfg,
+            api,
+            metrics,
+            collector,
+            registry,
+            shared,
+            shutdown,
+        })
+    }
+
+    /// The API's TCP address (when it listens on TCP).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        match &self.api {
+            Incoming::Tcp(l) => l.local_addr().ok(),
+            Incoming::Unix(..) => None,
+        }
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Programs of the always-on counters.
+    pub fn counter_prog_ids(&self) -> Vec<u32> {
+        self.collector.prog_ids()
+    }
+
+    /// Serve until `stop` resolves; then stop every run and unload.
+    pub async fn serve(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let flag = self.shutdown.clone();
+        tokio::spawn(async move {
+            stop.await;
+            // Runs see the flag at their next poll and end their streams,
+            // which lets the gRPC server finish gracefully.
+            flag.store(true, Ordering::Relaxed);
+            let _ = stop_tx.send(true);
+        });
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let mut metrics_task = None;
+        if let Some(l) = self.metrics {
+            let reg = self.registry.clone();
+            let app = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let reg = reg.clone();
+                        async move {
+                            let body = tokio::task::spawn_blocking(move || metrics::render(&reg))
+                                .await
+                                .unwrap_or_default();
+                            (
+                                [(
+                                    axum::http::header::CONTENT_TYPE,
+                                    "text/plain; version=0.0.4; charset=utf-8",
+                                )],
+                                body,
+                            )
+                        }
+                    }),
+                )
+                .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+            let rx = stop_rx.clone();
+            metrics_task = Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(wait(rx)).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            }));
+        }
+        let token = self.cfg.token.clone();
+        let svc = Service {
+            shared: self.shared.clone(),
+            logs: crate::logs::hub(),
+            stopping: stop_rx.clone(),
+        };
+        let svc = AgentServer::with_interceptor(
+            svc,
+            auth::interceptor(token, self.shared.stats.auth.clone()),
+        );
+        let mut builder = Server::builder();
+        if let Some(tls) = &self.cfg.tls {
+            let read = |what: &'static str, p: &PathBuf| {
+                std::fs::read(p).map_err(|source| AgentError::ReadFile {
+                    what,
+                    path: p.clone(),
+                    source,
+                })
+            };
+            let cfg = ServerTlsConfig::new()
+                .identity(Identity::from_pem(
+                    read("TLS certificate", &tls.cert)?,
+                    read("TLS key", &tls.key)?,
+                ))
+                .client_ca_root(Certificate::from_pem(read("client CA", &tls.client_ca)?));
+            builder = builder.tls_config(cfg).map_err(AgentError::Tls)?;
+        }
+        tracing::info!(listen = %self.cfg.listen, metrics = ?self.cfg.metrics_listen, node = %self.cfg.node, "agent ready");
+        let router = builder.add_service(svc);
+        let r = match self.api {
+            Incoming::Tcp(l) => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx))
+                    .await
+            }
+            Incoming::Unix(l, path) => {
+                let r = router
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(l), wait(stop_rx))
+                    .await;
+                let _ = std::fs::remove_file(path);
+                r
+            }
+        };
+        r.map_err(AgentError::Serve)?;
+        // The metrics handler holds the registry; once it is done, the
+        // counters unload with the collector.
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
+        drop(self.registry);
+        drop(self.collector);
+        tracing::info!("agent stopped; everything detached");
+        Ok(())
+    }
+}
