@@ -1,6 +1,7 @@
 //! Command-line interface. Each command lives in its own module; this one
 //! holds the top-level parser and error reporting.
 
+mod agent;
 mod audit;
 mod common;
 mod doctor;
@@ -39,6 +40,8 @@ pub enum Command {
     /// CPU profiles with kernel and user stacks, and differential profiles.
     #[command(subcommand)]
     Profile(profile::ProfileCmd),
+    /// Run as the node agent: remote API (token or mTLS) and Prometheus metrics.
+    Agent(agent::AgentArgs),
 }
 
 pub fn parse() -> Cli {
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit::run(a, cli.verbose),
         Command::Doctor(d) => doctor::run(d),
         Command::Profile(p) => profile::run(p, cli.verbose),
+        Command::Agent(a) => agent::run(a),
     }
 }
 

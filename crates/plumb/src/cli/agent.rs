@@ -1,0 +1,122 @@
+//! `plumb agent`: the node daemon. Serves the authenticated remote API and
+//! the always-on Prometheus metrics until SIGTERM/SIGINT, then stops every
+//! client's run and detaches everything.
+
+use clap::Args;
+use plumb_agent::auth::Token;
+use plumb_agent::listen::ListenAddr;
+use plumb_agent::metrics::Attribution;
+use plumb_agent::server::{AgentConfig, BoundAgent, TlsFiles};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Where the API listens: unix:PATH, or HOST:PORT (a TCP address, even
+    /// loopback, needs --token-file or mutual TLS: every local user and
+    /// host-network pod can reach it).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "unix:/run/plumb/agent.sock"
+    )]
+    pub listen: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (read-only; no auth).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The node name events and metrics carry (Kubernetes: spec.nodeName).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Require `authorization: Bearer <token>`, the token read from FILE.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    pub token_file: Option<PathBuf>,
+    /// Mutual TLS: the agent's certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the agent's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: only clients with a certificate signed by this CA get in.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Distinct pods in metric labels before new ones fold into pod="other".
+    #[arg(long, value_name = "N", default_value_t = Attribution::DEFAULT_MAX_PODS)]
+    pub max_pods: usize,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, value_name = "LEVEL", env = "PLUMB_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+fn config(a: &AgentArgs) -> anyhow::Result<AgentConfig> {
+    let listen = ListenAddr::parse(&a.listen)?;
+    let tls = match (&a.tls_cert, &a.tls_key, &a.client_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: ca.clone(),
+        }),
+        _ => return Err(plumb_agent::AgentError::PartialTls.into()),
+    };
+    let token = a.token_file.as_deref().map(Token::from_file).transpose()?;
+    listen.check_auth(token.is_some() || tls.is_some())?;
+    let mut cfg = AgentConfig::new(listen);
+    cfg.metrics_listen = a.metrics_listen;
+    if let Some(n) = &a.node_name {
+        cfg.node = n.clone();
+    }
+    cfg.token = token;
+    cfg.tls = tls;
+    cfg.max_pods = a.max_pods;
+    Ok(cfg)
+}
+
+pub fn run(a: AgentArgs) -> anyhow::Result<()> {
+    // Configuration errors come before anything is loaded or bound.
+    let cfg = config(&a)?;
+    plumb_core::preflight::check_all()?;
+    if let ListenAddr::Unix(p) = &cfg.listen {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
+    plumb_agent::logs::init(&a.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let agent = BoundAgent::bind(cfg.clone(), super::trace::local_sources()).await?;
+        // One line a supervisor (or a test) can read: where to connect.
+        let api = agent
+            .api_addr()
+            .map_or_else(|| cfg.listen.to_string(), |a| a.to_string());
+        let metrics = agent
+            .metrics_addr()
+            .map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics"));
+        eprintln!(
+            "plumb agent: node {} api {api} metrics {metrics} counters {} programs",
+            cfg.node,
+            agent.counter_prog_ids().len()
+        );
+        agent.serve(shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
