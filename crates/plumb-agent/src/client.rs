@@ -182,3 +182,20 @@ async fn trace_one(
         }
     }
 }
+
+/// The gadgets the agent at `addr` can run.
+pub async fn list_gadgets(
+    addr: &str,
+    auth: &ClientAuth,
+    timeout: Duration,
+) -> Result<crate::proto::ListGadgetsResponse> {
+    let mut client = connect(addr, auth, timeout).await?;
+    let resp = client
+        .list_gadgets(crate::proto::ListGadgetsRequest {})
+        .await
+        .map_err(|status| AgentError::Remote {
+            addr: addr.to_string(),
+            status,
+        })?;
+    Ok(resp.into_inner())
+}

@@ -43,7 +43,7 @@ pub enum AgentError {
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("agent {addr}: {status}")]
+    #[error("agent {addr}: {} ({:?})", status.message(), status.code())]
     Remote { addr: String, status: tonic::Status },
     #[error("{0}")]
     Internal(String),

@@ -8,6 +8,7 @@ mod doctor;
 mod gadgets;
 mod profile;
 mod profile_hook;
+mod remote;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ pub enum Command {
     Profile(profile::ProfileCmd),
     /// Run as the node agent: remote API (token or mTLS) and Prometheus metrics.
     Agent(agent::AgentArgs),
+    /// Run a gadget on many agents at once (--agents HOST:PORT,...) and merge
+    /// their events with a node column; a failing agent is reported, the others go on.
+    Remote(remote::RemoteArgs),
 }
 
 pub fn parse() -> Cli {
@@ -57,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor(d) => doctor::run(d),
         Command::Profile(p) => profile::run(p, cli.verbose),
         Command::Agent(a) => agent::run(a),
+        Command::Remote(r) => remote::run(r),
     }
 }
 

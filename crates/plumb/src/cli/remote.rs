@@ -1,0 +1,409 @@
+//! `plumb remote --agents HOST:PORT,... trace GADGET ...`: run a gadget on
+//! many agents at once and merge their streams, each event carrying its
+//! `node`. An agent that cannot be reached, refuses us or goes away is
+//! reported on stderr while the others go on; the exit code says whether
+//! every node answered. `kubectl plumb` ends here too, with the agents
+//! reached through port-forwards.
+
+use super::common::{self, OutputOpts};
+use super::trace::TraceCmd;
+use clap::{Args, Subcommand};
+use plumb_agent::auth::Token;
+use plumb_agent::client::{self, ClientAuth, FanItem};
+use plumb_agent::proto::TraceRequest;
+use plumb_core::gadgets::{self, Column, GadgetDesc};
+use plumb_core::sink::{cell, select};
+use std::collections::HashMap;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The agents to ask, comma-separated HOST:PORT (as `plumb agent
+    /// --listen` was given).
+    #[arg(
+        long,
+        value_name = "HOST:PORT,...",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub agents: Vec<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Give up on an agent that does not answer within this time.
+    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = common::parse_duration)]
+    pub connect_timeout: Duration,
+    #[command(subcommand)]
+    pub command: RemoteCommand,
+}
+
+/// Credentials for the agents.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Send `authorization: Bearer <token>`, the token read from FILE.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Mutual TLS: the CA that signed the agents' certificates.
+    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this client's certificate.
+    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Mutual TLS: this client's key.
+    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    pub fn client_auth(&self) -> anyhow::Result<ClientAuth> {
+        Ok(ClientAuth {
+            token: self
+                .token_file
+                .as_deref()
+                .map(Token::from_file)
+                .transpose()?,
+            tls: match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+                (Some(a), Some(b), Some(c)) => Some((a.clone(), b.clone(), c.clone())),
+                _ => None,
+            },
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Run one gadget on every agent and merge the events (a `node` column).
+    Trace(Box<TraceCmd>),
+    /// List the gadgets each agent can run.
+    Gadgets,
+}
+
+/// A node failed; the others' output was still printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of {total} agents failed")]
+pub struct SomeFailed {
+    pub failed: usize,
+    pub total: usize,
+}
+
+pub fn run(args: RemoteArgs) -> anyhow::Result<()> {
+    let auth = args.auth.client_auth()?;
+    run_on(&args.agents, &auth, args.connect_timeout, args.command)
+}
+
+/// Run `command` on `agents` (also the end of `kubectl plumb`).
+pub fn run_on(
+    agents: &[String],
+    auth: &ClientAuth,
+    timeout: Duration,
+    command: RemoteCommand,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match command {
+        RemoteCommand::Trace(t) => rt.block_on(trace(agents, auth, timeout, *t)),
+        RemoteCommand::Gadgets => rt.block_on(list(agents, auth, timeout)),
+    }
+}
+
+async fn list(agents: &[String], auth: &ClientAuth, timeout: Duration) -> anyhow::Result<()> {
+    let mut out = format!(
+        "{:<16} {:<10} {:<10} {}\n",
+        "NODE", "GADGET", "AVAILABLE", "DESCRIPTION"
+    );
+    let mut failed = 0;
+    let tasks: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            let (a, auth) = (a.clone(), auth.clone());
+            tokio::spawn(async move { client::list_gadgets(&a, &auth, timeout).await })
+        })
+        .collect();
+    for (addr, t) in agents.iter().zip(tasks) {
+        match t.await {
+            Ok(Ok(resp)) => {
+                for g in resp.gadgets {
+                    let avail = if g.available { "yes" } else { "no" };
+                    let mut line = format!(
+                        "{:<16} {:<10} {:<10} {}",
+                        resp.node, g.name, avail, g.summary
+                    );
+                    if !g.available {
+                        line.push_str(&format!(" [{}]", g.unavailable_reason));
+                    }
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                eprintln!("plumb: {}", error_line(&e));
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("plumb: agent {addr}: {e}");
+            }
+        }
+    }
+    common::print_stdout(&out)?;
+    if failed > 0 {
+        return Err(SomeFailed {
+            failed,
+            total: agents.len(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn error_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let c_s = c.to_string();
+        if !s.contains(&c_s) {
+            s.push_str(": ");
+            s.push_str(&c_s);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Prints merged events: JSON lines, or a table whose first column is the
+/// node.
+struct Printer {
+    out: BufWriter<io::Stdout>,
+    json: bool,
+    fields: Vec<String>,
+    columns: Vec<Column>,
+    width: Option<usize>,
+    header_done: bool,
+}
+
+impl Printer {
+    fn new(g: &GadgetDesc, o: &OutputOpts) -> Printer {
+        let mut columns = vec![Column::new("node", "NODE", 12)];
+        if o.fields.is_empty() {
+            columns.extend(g.columns.iter().filter(|c| c.key != "node").cloned());
+        } else {
+            columns.extend(
+                o.fields
+                    .iter()
+                    .filter(|f| f.as_str() != "node")
+                    .map(|f| Column::for_key(f)),
+            );
+        }
+        Printer {
+            out: BufWriter::with_capacity(64 << 10, io::stdout()),
+            json: o.json,
+            fields: o.fields.clone(),
+            columns,
+            width: common::terminal_width(),
+            header_done: false,
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) -> io::Result<()> {
+        let n = self.columns.len();
+        let mut line = String::new();
+        for (i, (c, text)) in self.columns.iter().zip(cells).enumerate() {
+            let w = c.width.max(c.header.len());
+            if i + 1 == n || c.width == 0 {
+                line.push_str(&text);
+            } else {
+                line.push_str(&format!("{text:<w$} "));
+            }
+        }
+        let line = line.trim_end();
+        match self.width {
+            Some(w) if line.chars().count() > w => {
+                writeln!(self.out, "{}", line.chars().take(w).collect::<String>())
+            }
+            _ => writeln!(self.out, "{line}"),
+        }
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        if self.json || self.header_done {
+            return Ok(());
+        }
+        self.header_done = true;
+        let h = self.columns.iter().map(|c| c.header.to_string()).collect();
+        self.row(h)
+    }
+
+    fn event(&mut self, ev: serde_json::Value) -> io::Result<()> {
+        if self.json {
+            let v = if self.fields.is_empty() {
+                ev
+            } else {
+                let mut f = self.fields.clone();
+                if !f.iter().any(|k| k == "node") {
+                    f.insert(0, "node".into());
+                }
+                select(ev, &f)
+            };
+            serde_json::to_writer(&mut self.out, &v)?;
+            return self.out.write_all(b"\n");
+        }
+        self.header()?;
+        let cells = self
+            .columns
+            .iter()
+            .map(|c| {
+                let s = cell(ev.get(&*c.key));
+                if c.key == "timestamp" {
+                    s.get(11..26).map(str::to_string).unwrap_or(s)
+                } else {
+                    s
+                }
+            })
+            .collect();
+        self.row(cells)
+    }
+
+    fn lost(&mut self, node: &str, gadget: &str, count: u64) -> io::Result<()> {
+        if self.json {
+            let v = serde_json::json!({
+                "type": "lost",
+                "timestamp": humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+                "node": node,
+                "gadget": gadget,
+                "count": count,
+            });
+            serde_json::to_writer(&mut self.out, &v)?;
+            self.out.write_all(b"\n")?;
+            return self.out.flush();
+        }
+        self.out.flush()?;
+        eprintln!("plumb: node {node}: {count} {gadget} events lost in the kernel");
+        Ok(())
+    }
+}
+
+fn request(cmd: &TraceCmd, g: &GadgetDesc) -> anyhow::Result<TraceRequest> {
+    cmd.params.check(g)?;
+    Ok(TraceRequest {
+        gadget: g.name.to_string(),
+        params_json: serde_json::to_vec(&cmd.params)?,
+        filter_json: serde_json::to_vec(&cmd.filter)?,
+        duration_ms: cmd.output.duration.map_or(0, |d| d.as_millis() as u64),
+        max_events: cmd.output.max_events.unwrap_or(0),
+    })
+}
+
+async fn trace(
+    agents: &[String],
+    auth: &ClientAuth,
+    timeout: Duration,
+    cmd: TraceCmd,
+) -> anyhow::Result<()> {
+    let g = match cmd.gadget {
+        Ok(g) => g,
+        Err(ref name) => return Err(gadgets::find(name).unwrap_err().into()),
+    };
+    if cmd.output.summary.is_some() {
+        anyhow::bail!("--summary is not available for remote runs yet; use -o json and aggregate");
+    }
+    let req = request(&cmd, g)?;
+    let mut rx = client::fan_out(agents, auth, req, timeout);
+    let mut printer = Printer::new(g, &cmd.output);
+    let mut nodes: HashMap<String, String> = HashMap::new();
+    let (mut seen, mut lost, mut failed, mut done) = (0u64, 0u64, 0usize, 0usize);
+    let max = cmd.output.max_events;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let node_of = |nodes: &HashMap<String, String>, addr: &str| {
+        nodes.get(addr).cloned().unwrap_or_else(|| addr.to_string())
+    };
+    let write = |r: io::Result<()>| -> anyhow::Result<bool> {
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    };
+    let mut interrupted = false;
+    loop {
+        let item = tokio::select! {
+            i = rx.recv() => i,
+            _ = tokio::signal::ctrl_c() => { interrupted = true; None }
+            _ = term.recv() => { interrupted = true; None }
+        };
+        // Every agent has finished or failed: the senders are gone.
+        let Some(item) = item else { break };
+        match item {
+            FanItem::Ready {
+                addr,
+                node,
+                prog_ids,
+            } => {
+                tracing::debug!(%addr, %node, ?prog_ids, "attached");
+                nodes.insert(addr, node);
+            }
+            FanItem::Event { event, .. } => {
+                seen += 1;
+                if !write(printer.event(event))? {
+                    break;
+                }
+                if max.is_some_and(|m| seen >= m) {
+                    break;
+                }
+            }
+            FanItem::Lost {
+                addr,
+                gadget,
+                count,
+            } => {
+                lost += count;
+                if !write(printer.lost(&node_of(&nodes, &addr), &gadget, count))? {
+                    break;
+                }
+            }
+            FanItem::Done { .. } => {
+                done += 1;
+                let _ = printer.out.flush();
+            }
+            FanItem::Failed { addr, error } => {
+                failed += 1;
+                let _ = printer.out.flush();
+                let node = nodes
+                    .get(&addr)
+                    .map(|n| format!(" [node {n}]"))
+                    .unwrap_or_default();
+                let rest = if agents.len() > 1 {
+                    "; the others go on"
+                } else {
+                    ""
+                };
+                eprintln!("plumb: {error}{node}{rest}");
+            }
+        }
+    }
+    // Dropping the receiver cancels the calls still running: each agent
+    // stops its gadget and unloads it.
+    drop(rx);
+    let _ = write(printer.header());
+    let _ = write(printer.out.flush());
+    let mut line = format!(
+        "plumb: {seen} events from {} of {} agents, {lost} lost",
+        agents.len() - failed,
+        agents.len()
+    );
+    if interrupted {
+        line.push_str(" (interrupted)");
+    }
+    eprintln!("{line}");
+    tracing::debug!(done, "agents finished");
+    if failed > 0 {
+        return Err(SomeFailed {
+            failed,
+            total: agents.len(),
+        }
+        .into());
+    }
+    Ok(())
+}
