@@ -95,10 +95,15 @@ pub fn run(a: AgentArgs) -> anyhow::Result<()> {
         let metrics = agent
             .metrics_addr()
             .map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics"));
+        let ids: Vec<String> = agent
+            .counter_prog_ids()
+            .iter()
+            .map(u32::to_string)
+            .collect();
         eprintln!(
-            "plumb agent: node {} api {api} metrics {metrics} counters {} programs",
+            "plumb agent: node {} api {api} metrics {metrics} counter programs {}",
             cfg.node,
-            agent.counter_prog_ids().len()
+            ids.join(",")
         );
         agent.serve(shutdown_signal()).await?;
         anyhow::Ok(())

@@ -61,7 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor(d) => doctor::run(d),
         Command::Profile(p) => profile::run(p, cli.verbose),
         Command::Agent(a) => agent::run(a),
-        Command::Remote(r) => remote::run(r),
+        Command::Remote(r) => remote::run(r, cli.verbose),
     }
 }
 

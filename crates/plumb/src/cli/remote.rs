@@ -87,9 +87,15 @@ pub struct SomeFailed {
     pub total: usize,
 }
 
-pub fn run(args: RemoteArgs) -> anyhow::Result<()> {
+pub fn run(args: RemoteArgs, verbose: bool) -> anyhow::Result<()> {
     let auth = args.auth.client_auth()?;
-    run_on(&args.agents, &auth, args.connect_timeout, args.command)
+    run_on(
+        &args.agents,
+        &auth,
+        args.connect_timeout,
+        args.command,
+        verbose,
+    )
 }
 
 /// Run `command` on `agents` (also the end of `kubectl plumb`).
@@ -98,13 +104,14 @@ pub fn run_on(
     auth: &ClientAuth,
     timeout: Duration,
     command: RemoteCommand,
+    verbose: bool,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     match command {
-        RemoteCommand::Trace(t) => rt.block_on(trace(agents, auth, timeout, *t)),
+        RemoteCommand::Trace(t) => rt.block_on(trace(agents, auth, timeout, *t, verbose)),
         RemoteCommand::Gadgets => rt.block_on(list(agents, auth, timeout)),
     }
 }
@@ -301,6 +308,7 @@ async fn trace(
     auth: &ClientAuth,
     timeout: Duration,
     cmd: TraceCmd,
+    verbose: bool,
 ) -> anyhow::Result<()> {
     let g = match cmd.gadget {
         Ok(g) => g,
@@ -315,7 +323,11 @@ async fn trace(
     let mut nodes: HashMap<String, String> = HashMap::new();
     let (mut seen, mut lost, mut failed, mut done) = (0u64, 0u64, 0usize, 0usize);
     let max = cmd.output.max_events;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     let node_of = |nodes: &HashMap<String, String>, addr: &str| {
         nodes.get(addr).cloned().unwrap_or_else(|| addr.to_string())
     };
@@ -330,7 +342,7 @@ async fn trace(
     loop {
         let item = tokio::select! {
             i = rx.recv() => i,
-            _ = tokio::signal::ctrl_c() => { interrupted = true; None }
+            _ = int.recv() => { interrupted = true; None }
             _ = term.recv() => { interrupted = true; None }
         };
         // Every agent has finished or failed: the senders are gone.
@@ -341,7 +353,14 @@ async fn trace(
                 node,
                 prog_ids,
             } => {
-                tracing::debug!(%addr, %node, ?prog_ids, "attached");
+                if verbose {
+                    let ids: Vec<String> = prog_ids.iter().map(u32::to_string).collect();
+                    eprintln!(
+                        "plumb: node {node} ({addr}): {} attached, BPF program ids {}",
+                        g.name,
+                        ids.join(",")
+                    );
+                }
                 nodes.insert(addr, node);
             }
             FanItem::Event { event, .. } => {
