@@ -123,6 +123,9 @@ pub struct Completeness {
     pub samples: u64,
     /// Samples lost: the kernel's count map was full.
     pub lost: u64,
+    /// Samples the kernel did not run the program for (another BPF program
+    /// was running on that CPU): lost too, counted by the kernel.
+    pub missed: u64,
     /// Samples of idle CPUs (not in any stack).
     pub idle: u64,
     /// Samples of tasks the kernel-side filter left out.
@@ -150,6 +153,9 @@ pub struct Profile {
     #[serde(serialize_with = "rfc3339")]
     pub started: SystemTime,
     pub duration_ns: u64,
+    /// Time spent reading, symbolizing and attributing the stacks after
+    /// sampling stopped.
+    pub symbolize_ns: u64,
     pub cpus: u32,
     #[serde(flatten)]
     pub completeness: Completeness,

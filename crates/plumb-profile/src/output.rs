@@ -200,6 +200,7 @@ pub(crate) mod tests {
             frequency_hz: 99,
             started: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
             duration_ns: 5_000_000_000,
+            symbolize_ns: 0,
             cpus: 2,
             completeness: Completeness::default(),
             prog_ids: Vec::new(),

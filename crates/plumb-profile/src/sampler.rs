@@ -188,6 +188,25 @@ impl Running {
         }
     }
 
+    /// Times the kernel skipped the program because another BPF program
+    /// was running on that CPU when the timer fired: samples lost.
+    fn recursion_misses(&self) -> u64 {
+        use std::os::fd::AsFd;
+        let prog = &self.loaded.skel().progs.plumb_profile_sample;
+        // SAFETY: bpf_prog_info is plain data; the kernel fills at most len bytes.
+        let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+        // SAFETY: a valid program fd and a buffer of `len` bytes.
+        let rc = unsafe {
+            libbpf_sys::bpf_prog_get_info_by_fd(prog.as_fd().as_raw_fd(), &mut info, &mut len)
+        };
+        if rc == 0 {
+            info.recursion_misses
+        } else {
+            0
+        }
+    }
+
     fn stack(&self, id: i32) -> Vec<u64> {
         if id < 0 {
             return Vec::new();
@@ -320,6 +339,7 @@ pub fn run(
     let mut done = Completeness {
         samples: running.stat(stat::SAMPLES),
         lost: running.stat(stat::LOST_FULL),
+        missed: running.recursion_misses(),
         idle: running.stat(stat::IDLE),
         filtered_in_kernel: running.stat(stat::FILTERED),
         kernel_stacks_lost: running.stat(stat::KSTACK_LOST),
@@ -327,6 +347,7 @@ pub fn run(
         process_notes_lost: running.stat(stat::NOTE_LOST),
         ..Completeness::default()
     };
+    let symbolize_started = Instant::now();
     let counts = running.counts();
     let mut stacks_k: HashMap<i32, Vec<u64>> = HashMap::new();
     let mut stacks_u: HashMap<i32, Vec<u64>> = HashMap::new();
@@ -444,6 +465,7 @@ pub fn run(
         frequency_hz: opts.frequency,
         started: started_wall,
         duration_ns: elapsed.as_nanos() as u64,
+        symbolize_ns: symbolize_started.elapsed().as_nanos() as u64,
         cpus,
         completeness: done,
         stacks,

@@ -270,7 +270,7 @@ fn summary(p: &Profile, verbose: bool) {
         c.samples,
         p.cpus,
         p.duration_ns as f64 / 1e9,
-        c.lost,
+        c.lost + c.missed,
         c.frames_unsymbolized,
         c.frames_total
     );
