@@ -241,9 +241,9 @@ def set_sysctl(name, value):
 
 
 def build_loads(work):
-    cc = shutil.which("cc")
+    cc = shutil.which("cc") or shutil.which("clang")
     if not cc:
-        raise Fatal("cc not found: the load generators are C (apt-get install gcc libc6-dev)")
+        raise Fatal("no C compiler (cc or clang): the load generators are C (apt-get install gcc libc6-dev)")
     load = os.path.join(work, "bnch_load")
     target = os.path.join(work, "bnch_target")
     sh(cc, "-O2", "-Wall", "-static", "-o", load, os.path.join(HERE, "load", "loadgen.c"))
@@ -1016,11 +1016,15 @@ def summarize(runs):
             if not rs:
                 continue
             gen = [r["generated"] for r in rs]
+            # Counts come from one run (the median by generated), so that a
+            # row's generated, delivered and lost belong together.
+            mid = sorted(rs, key=lambda r: r["generated"])[len(rs) // 2]
             m = {
                 "reps": len(rs),
-                "generated": median(gen),
-                "delivered": median([r["delivered"] for r in rs]),
-                "lost": median([r["lost"] for r in rs]),
+                "generated": mid["generated"],
+                "delivered": mid["delivered"],
+                "lost": mid["lost"],
+                "lost_per_rep": [r["lost"] for r in rs],
                 "accounted_all_reps": all(r["accounted"] for r in rs),
                 "cpu_s_per_M": median([r["cpu_s"] / g * 1e6 if g else None for r, g in zip(rs, gen)]),
                 "bpf_ns_per_event": median([r["bpf_run_ns"] / g if g else None for r, g in zip(rs, gen)]),
@@ -1074,10 +1078,11 @@ def machine():
 BENCH_PLUMB = []
 
 
-def markdown(h, scenarios, table, skipped, m):
+def markdown(meta, scenarios, table, skipped, m, runs=()):
+    """scenarios: [{name, title, aggregated}] in table order."""
     lines = [
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['bpftrace']}, {m['plumb']}.",
-        f"Mode: {'quick' if h.quick else 'full'}; {h.seconds:g} s of load per run, {h.reps} repetition(s), "
+        f"Mode: {meta['mode']}; {meta['seconds']:g} s of load per run, {meta['reps']} repetition(s), "
         "medians; baseline, plumb and bpftrace interleaved in each repetition.",
         "",
         "| scenario | tool | generated | delivered | lost | adds up | CPU s / M events | BPF ns / event "
@@ -1085,7 +1090,7 @@ def markdown(h, scenarios, table, skipped, m):
         "|---|---|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|",
     ]
     for sc in scenarios:
-        row = table.get(sc.name)
+        row = table.get(sc["name"])
         if not row:
             continue
         for tool in ("plumb", "bpftrace"):
@@ -1093,10 +1098,10 @@ def markdown(h, scenarios, table, skipped, m):
             if not t:
                 continue
             lines.append(
-                f"| {sc.title} | {tool} | {fmt(t['generated'], '{:.0f}')} | {fmt(t['delivered'], '{:.0f}')} "
+                f"| {sc['title']} | {tool} | {fmt(t['generated'], '{:.0f}')} | {fmt(t['delivered'], '{:.0f}')} "
                 f"| {fmt(t['lost'], '{:.0f}')} | {fmt(t['accounted_all_reps'])} | {fmt(t['cpu_s_per_M'])} "
                 f"| {fmt(t['bpf_ns_per_event'], '{:.0f}')} | {fmt(t['peak_rss_mib'], '{:.1f}')} "
-                f"| {fmt(t['first_event_s'])}{' ¹' if getattr(sc, 'aggregated', False) else ''} | {fmt(t['load_rate'], '{:.0f}')} | {fmt(t.get('slowdown_pct'), '{:.1f}%')} |"
+                f"| {fmt(t['first_event_s'])}{' ¹' if sc['aggregated'] else ''} | {fmt(t['load_rate'], '{:.0f}')} | {fmt(t.get('slowdown_pct'), '{:.1f}%')} |"
             )
     lines += [
         "",
@@ -1106,12 +1111,12 @@ def markdown(h, scenarios, table, skipped, m):
         "|---|---:|---:|---:|---:|---:|",
     ]
     for sc in scenarios:
-        row = table.get(sc.name, {})
+        row = table.get(sc["name"], {})
         ratio = row.get("ratio_plumb_over_bpftrace")
         if not ratio:
             continue
         lines.append(
-            f"| {sc.title} | {fmt(ratio['cpu_s_per_M'])} | {fmt(ratio['bpf_ns_per_event'])} "
+            f"| {sc['title']} | {fmt(ratio['cpu_s_per_M'])} | {fmt(ratio['bpf_ns_per_event'])} "
             f"| {fmt(ratio['peak_rss_mib'])} | {fmt(ratio['first_event_s'])} "
             f"| {fmt(row['plumb']['delivered_pct'], '{:.1f}%')} vs {fmt(row['bpftrace']['delivered_pct'], '{:.1f}%')} |"
         )
@@ -1123,6 +1128,19 @@ def markdown(h, scenarios, table, skipped, m):
         )
     for name, why in skipped:
         lines.append(f"\nNot measured: {name}: {why}.")
+    lossy = [r for r in runs if r.get("lost")]
+    if lossy:
+        lines.append("\nRuns where a tool reported lost events (rows above show the median run):")
+        for r in lossy:
+            lines.append(
+                f"- {r['scenario']} rep {r['rep'] + 1}: {r['tool']} generated {r['generated']}, "
+                f"delivered {r['delivered']}, reported lost {r['lost']}"
+            )
+    stuck = [r for r in runs if r.get("exit_code") not in (None, 0)]
+    if stuck:
+        lines.append("\nRuns where the tool did not exit cleanly on SIGINT (killed after 60 s or failed):")
+        for r in stuck:
+            lines.append(f"- {r['scenario']} rep {r['rep'] + 1}: {r['tool']} exit code {r['exit_code']}")
     lines += ["", NOTES.strip(), ""]
     return "\n".join(lines)
 
@@ -1189,7 +1207,18 @@ def main():
     ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     ap.add_argument("--only", help="comma-separated scenario name prefixes (exec,open,tcp,drop,profile,agent)")
     ap.add_argument("--keep", action="store_true", help="keep the tools' raw output in the work directory")
+    ap.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite results.md from a results.json")
     args = ap.parse_args()
+
+    if args.render:
+        with open(args.render) as f:
+            d = json.load(f)
+        table = summarize(d["runs"])
+        md = markdown(d, d["scenarios"], table, list(d["skipped"].items()), d["machine"], d["runs"])
+        with open(os.path.join(os.path.dirname(args.render), "results.md"), "w") as f:
+            f.write(md)
+        print(md)
+        return 0
 
     if os.geteuid() != 0:
         print("bench: run as root (sudo python3 bench/run.py)", file=sys.stderr)
@@ -1242,7 +1271,9 @@ def main():
         table = summarize(runs)
         m = machine()
         os.makedirs(args.out, exist_ok=True)
-        md = markdown(h, scenarios, table, skipped, m)
+        meta = {"mode": "quick" if h.quick else "full", "seconds": h.seconds, "reps": h.reps}
+        order = [{"name": s.name, "title": s.title, "aggregated": getattr(s, "aggregated", False)} for s in scenarios]
+        md = markdown(meta, order, table, skipped, m, runs)
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(md)
         with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -1250,9 +1281,8 @@ def main():
                 {
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                     "machine": m,
-                    "mode": "quick" if h.quick else "full",
-                    "seconds": h.seconds,
-                    "reps": h.reps,
+                    **meta,
+                    "scenarios": order,
                     "summary": table,
                     "skipped": dict(skipped),
                     "runs": runs,
