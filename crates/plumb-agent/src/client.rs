@@ -199,3 +199,21 @@ pub async fn list_gadgets(
         })?;
     Ok(resp.into_inner())
 }
+
+/// A CPU profile from the agent at `addr`.
+pub async fn profile(
+    addr: &str,
+    auth: &ClientAuth,
+    timeout: Duration,
+    req: crate::proto::ProfileRequest,
+) -> Result<crate::proto::ProfileResponse> {
+    let mut client = connect(addr, auth, timeout).await?;
+    let resp = client
+        .profile(req)
+        .await
+        .map_err(|status| AgentError::Remote {
+            addr: addr.to_string(),
+            status,
+        })?;
+    Ok(resp.into_inner())
+}

@@ -14,6 +14,7 @@ use crate::proto::{
 };
 use crate::session::{self, Shared};
 use plumb_core::enrich::{Enricher, MetadataSource};
+use plumb_core::filter::FilterArgs;
 use plumb_core::gadgets;
 use prometheus_client::registry::Registry;
 use std::future::Future;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tokio_stream::Stream;
@@ -72,6 +74,18 @@ struct Service {
     stopping: watch::Receiver<bool>,
 }
 
+/// The longest profile one call may ask for.
+const MAX_PROFILE: Duration = Duration::from_secs(600);
+
+/// Sets the flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -110,11 +124,72 @@ impl Agent for Service {
 
     async fn profile(
         &self,
-        _req: Request<ProfileRequest>,
+        req: Request<ProfileRequest>,
     ) -> std::result::Result<Response<ProfileResponse>, Status> {
-        Err(Status::unimplemented(
-            "CPU profiling is not part of this agent build yet",
-        ))
+        let r = req.into_inner();
+        let filter: FilterArgs = session::json("filter", &r.filter_json)?;
+        let duration = match r.duration_ms {
+            0 => Duration::from_secs(10),
+            ms if ms > MAX_PROFILE.as_millis() as u64 => {
+                return Err(Status::invalid_argument(format!(
+                    "a profile lasts at most {}s",
+                    MAX_PROFILE.as_secs()
+                )))
+            }
+            ms => Duration::from_millis(ms),
+        };
+        let frequency = match r.frequency_hz {
+            0 => 99,
+            f if f > 10_000 => {
+                return Err(Status::invalid_argument(
+                    "frequency_hz: at most 10000 samples per second",
+                ))
+            }
+            f => f,
+        };
+        let opts = plumb_profile::ProfileOptions {
+            frequency,
+            duration,
+            filter,
+            kernel: true,
+            user: true,
+            sources: self.shared.sources.clone(),
+        };
+        // The sampling stops early when the client goes away (tonic drops
+        // this future, and with it the guard) or the agent shuts down.
+        let stop = Arc::new(AtomicBool::new(false));
+        let _guard = StopOnDrop(stop.clone());
+        let mut stopping = self.stopping.clone();
+        let on_shutdown = stop.clone();
+        let watcher = tokio::spawn(async move {
+            let _ = stopping.wait_for(|v| *v).await;
+            on_shutdown.store(true, Ordering::Relaxed);
+        });
+        let s2 = stop.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            plumb_profile::profile(&opts, &s2).map_err(|e| session::chain(&e))
+        })
+        .await;
+        watcher.abort();
+        let profile = match result {
+            Ok(Ok(p)) => p,
+            Ok(Err(msg)) => {
+                tracing::warn!(error = %msg, "remote profile failed");
+                return Err(Status::failed_precondition(msg));
+            }
+            Err(e) => return Err(Status::internal(format!("profile task: {e}"))),
+        };
+        tracing::info!(
+            samples = profile.completeness.samples,
+            lost = profile.completeness.lost,
+            "remote profile done"
+        );
+        Ok(Response::new(ProfileResponse {
+            node: self.shared.node.to_string(),
+            folded: profile.folded(),
+            samples: profile.completeness.samples,
+            lost: profile.completeness.lost,
+        }))
     }
 
     type LogsStream = BoxStream<LogLine>;

@@ -45,7 +45,10 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn json<T: serde::de::DeserializeOwned + Default>(what: &str, b: &[u8]) -> Result<T, Status> {
+pub(crate) fn json<T: serde::de::DeserializeOwned + Default>(
+    what: &str,
+    b: &[u8],
+) -> Result<T, Status> {
     if b.is_empty() {
         return Ok(T::default());
     }

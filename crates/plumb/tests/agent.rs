@@ -12,6 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The root tests run one at a time: the Prometheus test compares node-wide
+/// reset counters with what it generated, and the others kill processes
+/// (which can make the kernel send resets).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn plumb() -> Command {
     Command::new(env!("CARGO_BIN_EXE_plumb"))
 }
@@ -294,6 +303,7 @@ fn tcp_listen_without_auth_is_refused_in_one_line() {
 #[test]
 fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
     require_root();
+    let _serial = serial();
     let token = TempFile::new("token", &format!("{}\n", marker("secret")));
     let wrong = TempFile::new("wrong", "not-the-token\n");
     let mut agent = start_agent("node-solo", token.path());
@@ -396,6 +406,7 @@ fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
 #[test]
 fn fan_out_merges_three_nodes_and_survives_one_dying() {
     require_root();
+    let _serial = serial();
     let token = TempFile::new("token", &format!("{}\n", marker("secret")));
     let names = ["node-a", "node-b", "node-c"];
     let mut agents: Vec<Agent> = names.iter().map(|n| start_agent(n, token.path())).collect();
@@ -472,4 +483,283 @@ fn fan_out_merges_three_nodes_and_survives_one_dying() {
         assert_eq!(a.proc.wait(Duration::from_secs(20)), Some(0), "{}", a.node);
         assert_no_programs_left(&a.counter_progs);
     }
+}
+
+/// A busy shell loop, killed when the test ends.
+struct Busy(Child);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn remote_profile_returns_the_nodes_folded_stacks() {
+    require_root();
+    let _serial = serial();
+    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let mut agent = start_agent("node-prof", token.path());
+    let busy = Busy(
+        Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("start a busy loop"),
+    );
+    let pid = busy.0.id().to_string();
+    let out = remote(
+        &[&agent],
+        Some(token.path()),
+        &[
+            "profile",
+            "--duration",
+            "2s",
+            "--frequency",
+            "99",
+            "--pid",
+            &pid,
+        ],
+    )
+    .output()
+    .expect("run plumb remote profile");
+    drop(busy);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // plumb: node node-prof: N samples, M lost
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("plumb: node node-prof: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let samples: u64 = summary
+        .split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    // One CPU busy for 2 s at 99 Hz: about 198 samples.
+    assert!((100..=230).contains(&samples), "{summary}");
+    let mut total = 0;
+    for l in stdout.lines() {
+        assert!(l.starts_with("node-prof;sh;"), "{l}");
+        let (_, n) = l.rsplit_once(' ').expect("folded: stack count");
+        total += n.parse::<u64>().expect("a count");
+    }
+    assert_eq!(total, samples, "{stdout}");
+    agent.proc.signal(libc::SIGTERM);
+    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
+    assert_no_programs_left(&agent.counter_progs);
+}
+
+/// A Prometheus server on loopback with its own config and data directory,
+/// killed (by pid) and removed when the test ends.
+struct Prometheus {
+    proc: Proc,
+    dir: PathBuf,
+    addr: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// GET, returning None unless the answer is 200.
+fn try_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    if !resp.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+fn start_prometheus(target: &str) -> Prometheus {
+    let dir = std::env::temp_dir().join(marker("prometheus"));
+    std::fs::create_dir_all(dir.join("data")).expect("prometheus dir");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: plumb\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .expect("prometheus config");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!(
+        "--config.file={}",
+        dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.join("data").display()
+    ))
+    .arg(format!("--web.listen-address={addr}"))
+    .current_dir(&dir);
+    let p = Prometheus {
+        proc: Proc::spawn(cmd),
+        dir,
+        addr,
+    };
+    // Up, and the agent scraped at least once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if query(&p, "up{job=\"plumb\"}", None) == Some(1.0) {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log: Vec<String> = p.proc.err.try_iter().collect();
+    panic!("prometheus did not scrape the agent: {log:?}");
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The single value of an instant query through Prometheus's HTTP API
+/// (`/api/v1/query`), at `time` (Unix seconds) or now; None when the
+/// query matched nothing.
+fn query(p: &Prometheus, q: &str, time: Option<f64>) -> Option<f64> {
+    let mut path = format!("/api/v1/query?query={}", url_encode(q));
+    if let Some(t) = time {
+        path.push_str(&format!("&time={t:.3}"));
+    }
+    let body = try_get(&p.addr, &path)?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    assert_eq!(v["status"], "success", "{body}");
+    let r = v["data"]["result"].as_array()?;
+    assert!(r.len() <= 1, "one series expected: {body}");
+    r.first()?["value"][1].as_str()?.parse().ok()
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// Wait until Prometheus has scraped a value `baseline + want` for `q`; the
+/// last value seen.
+fn wait_increase(p: &Prometheus, q: &str, baseline: f64, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = query(p, q, None).unwrap_or(0.0);
+    while last - baseline != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        last = query(p, q, None).unwrap_or(0.0);
+    }
+    last
+}
+
+#[test]
+fn prometheus_sees_the_drops_and_resets_made_in_the_lab() {
+    require_root();
+    let _serial = serial();
+    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let mut lab = plumb_netlab::Lab::new("prom").expect("lab");
+    let client = lab.add_pod("cli").expect("client pod");
+    let server = lab.add_pod("srv").expect("server pod");
+    let (drop_port, closed_port) = (8091u16, 8092u16);
+    server
+        .ns
+        .sh(&format!(
+            "iptables -w -A INPUT -p tcp --dport {drop_port} -j DROP"
+        ))
+        .expect("DROP rule");
+    let mut agent = start_agent("node-prom", token.path());
+    let prom = start_prometheus(&agent.metrics);
+
+    let drops_q = "sum(plumb_packet_drops_total{reason=\"NETFILTER_DROP\"})";
+    let sent_q = "sum(plumb_tcp_resets_total{direction=\"sent\"})";
+    let recv_q = "sum(plumb_tcp_resets_total{direction=\"received\"})";
+    // What Prometheus holds before the traffic (absent: nothing yet).
+    std::thread::sleep(Duration::from_millis(1500));
+    let t0 = now_secs();
+    let base = |q: &str| query(&prom, q, Some(t0)).unwrap_or(0.0);
+    let (drops0, sent0, recv0) = (base(drops_q), base(sent_q), base(recv_q));
+    let out_rsts0 = server.ns.snmp("Tcp", "OutRsts").expect("OutRsts");
+
+    // N connects into the DROP rule (each SYN and its retransmit dropped)
+    // and N to a closed port (one reset sent by the server, one received).
+    let n = 3;
+    for _ in 0..n {
+        let target = std::net::SocketAddr::from((server.ip, drop_port));
+        let r = client
+            .ns
+            .run(move || TcpStream::connect_timeout(&target, Duration::from_millis(1500)))
+            .expect("connect in the lab");
+        assert!(r.is_err(), "the DROP rule lets nothing through");
+        let target = std::net::SocketAddr::from((server.ip, closed_port));
+        let r = client
+            .ns
+            .run(move || TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+            .expect("connect in the lab");
+        assert_eq!(
+            r.expect_err("nothing listens").kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+    }
+    let listing = server.ns.sh("iptables -w -vnxL INPUT").expect("iptables");
+    let rule = plumb_core::testing::iptables_packets(&listing, &format!("dpt:{drop_port}"))
+        .expect("the rule's counter");
+    assert!(rule >= n, "every connect sent at least one SYN: {listing}");
+    let out_rsts = server.ns.snmp("Tcp", "OutRsts").expect("OutRsts") - out_rsts0;
+    assert_eq!(
+        out_rsts, n,
+        "the server's kernel sent one reset per connect"
+    );
+
+    let drops = wait_increase(&prom, drops_q, drops0, rule as f64);
+    assert_eq!(
+        drops - drops0,
+        rule as f64,
+        "drops in Prometheus == rule counter"
+    );
+    let sent = wait_increase(&prom, sent_q, sent0, out_rsts as f64);
+    assert_eq!(sent - sent0, out_rsts as f64, "resets sent == Tcp OutRsts");
+    let recv = wait_increase(&prom, recv_q, recv0, n as f64);
+    assert_eq!(
+        recv - recv0,
+        n as f64,
+        "resets received == refused connects"
+    );
+    // Health series are there too.
+    assert_eq!(
+        query(&prom, "plumb_bpf_programs", None),
+        Some(agent.counter_progs.len() as f64)
+    );
+    assert_eq!(query(&prom, "plumb_build_info", None), Some(1.0));
+
+    drop(prom);
+    agent.proc.signal(libc::SIGTERM);
+    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
+    assert_no_programs_left(&agent.counter_progs);
 }

@@ -77,6 +77,28 @@ pub enum RemoteCommand {
     Trace(Box<TraceCmd>),
     /// List the gadgets each agent can run.
     Gadgets,
+    /// CPU-profile every node at once; folded stacks, each line starting
+    /// with the node (feed to a flame graph tool).
+    Profile(RemoteProfileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteProfileArgs {
+    /// How long to sample.
+    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = common::parse_duration)]
+    pub duration: Duration,
+    /// Samples per second on each CPU.
+    #[arg(long, value_name = "HZ", default_value_t = 99)]
+    pub frequency: u32,
+    /// Only this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<String>,
+    /// Only pods of this Kubernetes namespace.
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Only this pod.
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
 }
 
 /// A node failed; the others' output was still printed.
@@ -113,6 +135,7 @@ pub fn run_on(
     match command {
         RemoteCommand::Trace(t) => rt.block_on(trace(agents, auth, timeout, *t, verbose)),
         RemoteCommand::Gadgets => rt.block_on(list(agents, auth, timeout)),
+        RemoteCommand::Profile(p) => rt.block_on(profile(agents, auth, timeout, p)),
     }
 }
 
@@ -156,6 +179,67 @@ async fn list(agents: &[String], auth: &ClientAuth, timeout: Duration) -> anyhow
         }
     }
     common::print_stdout(&out)?;
+    if failed > 0 {
+        return Err(SomeFailed {
+            failed,
+            total: agents.len(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+async fn profile(
+    agents: &[String],
+    auth: &ClientAuth,
+    timeout: Duration,
+    p: RemoteProfileArgs,
+) -> anyhow::Result<()> {
+    let filter = plumb_core::filter::FilterArgs {
+        pid: p.pid,
+        namespace: p.namespace,
+        pod: p.pod,
+        ..Default::default()
+    };
+    let req = plumb_agent::proto::ProfileRequest {
+        duration_ms: p.duration.as_millis() as u64,
+        frequency_hz: p.frequency,
+        filter_json: serde_json::to_vec(&filter)?,
+    };
+    let tasks: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            let (a, auth, req) = (a.clone(), auth.clone(), req.clone());
+            tokio::spawn(async move { client::profile(&a, &auth, timeout, req).await })
+        })
+        .collect();
+    let mut failed = 0;
+    for (addr, t) in agents.iter().zip(tasks) {
+        match t.await {
+            Ok(Ok(resp)) => {
+                let mut out = String::new();
+                for line in resp.folded.lines() {
+                    out.push_str(&resp.node);
+                    out.push(';');
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                common::print_stdout(&out)?;
+                eprintln!(
+                    "plumb: node {}: {} samples, {} lost",
+                    resp.node, resp.samples, resp.lost
+                );
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                eprintln!("plumb: {}", error_line(&e));
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("plumb: agent {addr}: {e}");
+            }
+        }
+    }
     if failed > 0 {
         return Err(SomeFailed {
             failed,
