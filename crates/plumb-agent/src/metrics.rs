@@ -17,6 +17,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -392,9 +393,10 @@ impl Collector for NodeCollector {
     }
 }
 
-/// A registry holding the collector.
-pub fn registry(collector: Arc<NodeCollector>) -> Registry {
-    let mut r = Registry::default();
+/// A registry holding the collector; every series carries `node`.
+pub fn registry(collector: Arc<NodeCollector>, node: &str) -> Registry {
+    let node = std::iter::once((Cow::Borrowed("node"), Cow::Owned(node.to_string())));
+    let mut r = Registry::with_labels(node);
     r.register_collector(Box::new(collector));
     r
 }
@@ -456,7 +458,7 @@ mod tests {
             Attribution::new(Enricher::with_fs(None, vec![], 16), 10),
             stats,
         ));
-        let text = render(&registry(c));
+        let text = render(&registry(c, "n1"));
         let lines = text.lines().map(|l| Ok(l.to_string()));
         let scrape = prometheus_parse::Scrape::parse(lines).expect("parses");
         let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
@@ -528,5 +530,10 @@ mod tests {
         assert!(has_type("plumb_packet_drops", "counter"), "{text}");
         assert!(has_type("plumb_bpf_programs", "gauge"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        // Every series names the node.
+        assert!(scrape
+            .samples
+            .iter()
+            .all(|s| s.labels.get("node") == Some("n1")));
     }
 }

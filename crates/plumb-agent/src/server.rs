@@ -301,7 +301,7 @@ impl BoundAgent {
         let stats = Arc::new(AgentStats::default());
         let attribution = Attribution::new(Enricher::new(sources.clone()), cfg.max_pods);
         let collector = Arc::new(NodeCollector::new(counters, attribution, stats.clone()));
-        let registry = Arc::new(metrics::registry(collector.clone()));
+        let registry = Arc::new(metrics::registry(collector.clone(), &cfg.node));
         let shutdown = Arc::new(AtomicBool::new(false));
         let shared = Shared {
             stats,

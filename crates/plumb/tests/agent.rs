@@ -199,14 +199,15 @@ fn http_get(addr: &str, path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The value of the sample `name{labels}` in an exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
+/// The value of the sample `name` whose labels include `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        let all = labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (n == name && all).then(|| value.parse().ok())?
     })
 }
 
@@ -329,12 +330,20 @@ fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
     }
     let text = http_get(&agent.metrics, "/metrics");
     assert_eq!(
-        sample(&text, "plumb_api_auth_failures_total{reason=\"invalid\"}"),
+        sample(
+            &text,
+            "plumb_api_auth_failures_total",
+            &[("reason", "invalid")]
+        ),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        sample(&text, "plumb_api_auth_failures_total{reason=\"missing\"}"),
+        sample(
+            &text,
+            "plumb_api_auth_failures_total",
+            &[("reason", "missing")]
+        ),
         Some(1.0),
         "{text}"
     );
@@ -379,14 +388,18 @@ fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
     let mut text = String::new();
     while Instant::now() < deadline {
         text = http_get(&agent.metrics, "/metrics");
-        if sample(&text, "plumb_api_sessions") == Some(0.0) {
+        if sample(&text, "plumb_api_sessions", &[("node", "node-solo")]) == Some(0.0) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(sample(&text, "plumb_api_sessions"), Some(0.0), "{text}");
     assert_eq!(
-        sample(&text, "plumb_bpf_programs"),
+        sample(&text, "plumb_api_sessions", &[("node", "node-solo")]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "plumb_bpf_programs", &[("node", "node-solo")]),
         Some(agent.counter_progs.len() as f64),
         "{text}"
     );

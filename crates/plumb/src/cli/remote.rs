@@ -452,6 +452,11 @@ async fn trace(
                 if !write(printer.event(event))? {
                     break;
                 }
+                // Batch while events queue up; show them once the queue
+                // is drained, as the local sinks do.
+                if rx.is_empty() && !write(printer.out.flush())? {
+                    break;
+                }
                 if max.is_some_and(|m| seen >= m) {
                     break;
                 }
