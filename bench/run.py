@@ -693,11 +693,28 @@ class IdleAgent(Scenario):
         self.usage = usage
 
     def tool_cmd(self):
-        cmd = [self.h.plumb, "agent"]
-        # Keep the agent's listener on loopback when it has one.
-        if "--listen" in self.usage:
-            cmd += ["--listen", "127.0.0.1:0"]
-        return cmd
+        # The API on a private unix socket, metrics on a free loopback port:
+        # nothing reachable from outside, no clash with a running agent.
+        self.metrics = f"127.0.0.1:{free_port()}"
+        return [
+            self.h.plumb, "agent", "--listen", f"unix:{os.path.join(self.h.work, 'agent.sock')}",
+            "--metrics-listen", self.metrics, "--node-name", "bench",
+        ]
+
+    def scrape(self):
+        """The agent's /metrics page: it must answer at the end of the idle run."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as resp:
+            return resp.status, len(resp.read())
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the harness
@@ -928,6 +945,8 @@ class Harness:
             r["cpu_s"] = cpu_seconds(p.pid) - cpu0
             r["cpu_pct"] = 100.0 * r["cpu_s"] / seconds
             r["peak_rss_kib"] = vm_hwm_kib(p.pid)
+            r["bpf_progs"] = len(bpf_prog_ids(p.pid))
+            r["metrics_status"], r["metrics_bytes"] = sc.scrape()
             p.send_signal(signal.SIGTERM)
             r["exit_code"], ru = reap_rusage(p, 30)
             p = None
@@ -1006,6 +1025,7 @@ def summarize(runs):
                     "seconds": rs[0]["seconds"],
                     "cpu_pct": median([r["cpu_pct"] for r in rs]),
                     "peak_rss_mib": median([r["peak_rss_kib"] / 1024 for r in rs]),
+                    "bpf_progs": rs[0]["bpf_progs"],
                 }
             }
             continue
@@ -1091,7 +1111,7 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
     ]
     for sc in scenarios:
         row = table.get(sc["name"])
-        if not row:
+        if not row or sc["name"] == IdleAgent.name:
             continue
         for tool in ("plumb", "bpftrace"):
             t = row.get(tool)
@@ -1124,10 +1144,18 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
     if agent:
         lines.append(
             f"\nIdle agent (`plumb agent`, no load, {agent['seconds']:g} s after a 2 s warm-up): "
-            f"{agent['cpu_pct']:.2f}% of one CPU, peak RSS {agent['peak_rss_mib']:.1f} MiB."
+            + (
+                f"{agent['cpu_pct']:.2f}% of one CPU"
+                if agent["cpu_pct"]
+                else f"not one 10 ms CPU tick (under {100 * 0.01 / agent['seconds']:.3f}% of one CPU)"
+            )
+            + f", peak RSS {agent['peak_rss_mib']:.1f} MiB, "
+            f"{agent['bpf_progs']} BPF programs loaded, /metrics answering."
         )
     for name, why in skipped:
         lines.append(f"\nNot measured: {name}: {why}.")
+    for note in meta.get("extra_notes", []):
+        lines.append(f"\n{note}")
     lossy = [r for r in runs if r.get("lost")]
     if lossy:
         lines.append("\nRuns where a tool reported lost events (rows above show the median run):")
