@@ -11,6 +11,7 @@ pub mod auth;
 pub mod client;
 pub mod counters;
 pub mod error;
+pub mod k8s;
 pub mod listen;
 pub mod logs;
 pub mod metrics;

@@ -87,7 +87,11 @@ pub fn run(a: AgentArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let agent = BoundAgent::bind(cfg.clone(), super::trace::local_sources()).await?;
+        let mut sources = super::trace::local_sources();
+        if let Some(pods) = plumb_agent::k8s::start_watcher(&cfg.node).await {
+            sources.push(std::sync::Arc::new(pods));
+        }
+        let agent = BoundAgent::bind(cfg.clone(), sources).await?;
         // One line a supervisor (or a test) can read: where to connect.
         let api = agent
             .api_addr()

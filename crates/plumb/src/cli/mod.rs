@@ -46,9 +46,19 @@ pub enum Command {
     /// Run a gadget on many agents at once (--agents HOST:PORT,...) and merge
     /// their events with a node column; a failing agent is reported, the others go on.
     Remote(remote::RemoteArgs),
+    /// The kubectl plugin (also what runs when invoked as kubectl-plumb).
+    #[command(hide = true)]
+    KubectlPlugin(remote::KubectlArgs),
 }
 
 pub fn parse() -> Cli {
+    if remote::invoked_as_kubectl_plugin() {
+        let k = remote::KubectlCli::parse();
+        return Cli {
+            verbose: k.verbose,
+            command: Command::KubectlPlugin(k.args),
+        };
+    }
     Cli::parse()
 }
 
@@ -62,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(p) => profile::run(p, cli.verbose),
         Command::Agent(a) => agent::run(a),
         Command::Remote(r) => remote::run(r, cli.verbose),
+        Command::KubectlPlugin(k) => remote::run_kubectl(k, cli.verbose),
     }
 }
 

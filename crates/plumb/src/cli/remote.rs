@@ -13,7 +13,7 @@ use plumb_agent::client::{self, ClientAuth, FanItem};
 use plumb_agent::proto::TraceRequest;
 use plumb_core::gadgets::{self, Column, GadgetDesc};
 use plumb_core::sink::{cell, select};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -120,7 +120,7 @@ pub fn run(args: RemoteArgs, verbose: bool) -> anyhow::Result<()> {
     )
 }
 
-/// Run `command` on `agents` (also the end of `kubectl plumb`).
+/// Run `command` on `agents`.
 pub fn run_on(
     agents: &[String],
     auth: &ClientAuth,
@@ -132,10 +132,24 @@ pub fn run_on(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    rt.block_on(dispatch(agents, auth, timeout, command, verbose, None))
+}
+
+/// Pods whose events are kept (namespace, name); None keeps everything.
+type Keep = Option<BTreeSet<(String, String)>>;
+
+async fn dispatch(
+    agents: &[String],
+    auth: &ClientAuth,
+    timeout: Duration,
+    command: RemoteCommand,
+    verbose: bool,
+    keep: Keep,
+) -> anyhow::Result<()> {
     match command {
-        RemoteCommand::Trace(t) => rt.block_on(trace(agents, auth, timeout, *t, verbose)),
-        RemoteCommand::Gadgets => rt.block_on(list(agents, auth, timeout)),
-        RemoteCommand::Profile(p) => rt.block_on(profile(agents, auth, timeout, p)),
+        RemoteCommand::Trace(t) => trace(agents, auth, timeout, *t, verbose, keep).await,
+        RemoteCommand::Gadgets => list(agents, auth, timeout).await,
+        RemoteCommand::Profile(p) => profile(agents, auth, timeout, p).await,
     }
 }
 
@@ -393,6 +407,7 @@ async fn trace(
     timeout: Duration,
     cmd: TraceCmd,
     verbose: bool,
+    keep: Keep,
 ) -> anyhow::Result<()> {
     let g = match cmd.gadget {
         Ok(g) => g,
@@ -448,6 +463,12 @@ async fn trace(
                 nodes.insert(addr, node);
             }
             FanItem::Event { event, .. } => {
+                if let Some(k) = &keep {
+                    let key = |f: &str| event[f].as_str().unwrap_or_default().to_string();
+                    if !k.contains(&(key("namespace"), key("pod"))) {
+                        continue;
+                    }
+                }
                 seen += 1;
                 if !write(printer.event(event))? {
                     break;
@@ -514,4 +535,112 @@ async fn trace(
         .into());
     }
     Ok(())
+}
+
+/// `kubectl plumb`: the same commands, on the nodes that host the selected
+/// pods, each reached through a port-forward to its agent pod.
+#[derive(Debug, Args)]
+pub struct KubectlArgs {
+    /// Only pods with these labels (a label selector: app=web,tier!=db).
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", global = true)]
+    pub selector: Option<String>,
+    /// Only this node (alone: the whole node).
+    #[arg(long, value_name = "NODE", global = true)]
+    pub node: Option<String>,
+    /// Pods of every namespace (with -l), instead of the current one.
+    #[arg(short = 'A', long, global = true)]
+    pub all_namespaces: bool,
+    /// The agents' API port inside their pods.
+    #[arg(long, value_name = "PORT", default_value_t = 7979, global = true)]
+    pub agent_port: u16,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = common::parse_duration, global = true)]
+    pub connect_timeout: Duration,
+    #[command(subcommand)]
+    pub command: RemoteCommand,
+}
+
+/// The plugin's own parser (`kubectl plumb ...`).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "kubectl plumb",
+    version,
+    about = "Run plumb gadgets and profiles on the nodes hosting the selected pods, and merge the results."
+)]
+pub struct KubectlCli {
+    /// Say more (which nodes and agent pods are asked).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub args: KubectlArgs,
+}
+
+/// True when this binary runs as the kubectl plugin.
+pub fn invoked_as_kubectl_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().ends_with("kubectl-plumb"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn run_kubectl(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
+    let auth = a.auth.client_auth()?;
+    let (namespace, pod) = match &a.command {
+        RemoteCommand::Trace(t) => (t.filter.namespace.clone(), t.filter.pod.clone()),
+        RemoteCommand::Profile(p) => (p.namespace.clone(), p.pod.clone()),
+        RemoteCommand::Gadgets => (None, None),
+    };
+    let sel = plumb_agent::k8s::Selection {
+        namespace,
+        all_namespaces: a.all_namespaces,
+        labels: a.selector.clone(),
+        pod,
+        node: a.node.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API: {e}"))?;
+        let found = plumb_agent::k8s::resolve(&client, &sel)
+            .await
+            .map_err(|e| anyhow::anyhow!("listing pods: {e}"))?;
+        for n in &found.without_agent {
+            eprintln!("plumb: node {n} hosts selected pods but runs no plumb agent");
+        }
+        if found.targets.is_empty() {
+            anyhow::bail!("no node to ask: no running pod matches the selection");
+        }
+        let mut addrs = Vec::new();
+        for t in &found.targets {
+            let addr = plumb_agent::k8s::forward(client.clone(), t.agent_pod.clone(), a.agent_port)
+                .await?;
+            if verbose {
+                eprintln!(
+                    "plumb: node {} via {}/{} ({addr})",
+                    t.node,
+                    plumb_agent::k8s::AGENT_NAMESPACE,
+                    t.agent_pod
+                );
+            }
+            addrs.push(addr);
+        }
+        // With a label selector, events are kept for the selected pods only.
+        let keep = sel.labels.as_ref().map(|_| {
+            found
+                .targets
+                .iter()
+                .flat_map(|t| t.pods.iter().cloned())
+                .collect()
+        });
+        dispatch(&addrs, &auth, a.connect_timeout, a.command, verbose, keep).await
+    })
 }

@@ -1,0 +1,282 @@
+//! The Kubernetes side, kept thin.
+//!
+//! Agent: [`PodIndex`] watches the Pods of its own node (field selector
+//! `spec.nodeName=NODE`) and names the pod UIDs found in cgroup paths
+//! (namespace and name for events and metrics; labels and owner kept for
+//! whoever asks). Without API access it says so once and the agent goes on
+//! with cgroup-level attribution.
+//!
+//! Client (`kubectl plumb`): [`resolve`] turns -n/-l/--pod/--node/-A into
+//! the nodes concerned and each node's agent pod; [`forward`] opens a local
+//! port that reaches an agent pod through the API server's port-forward.
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use plumb_core::enrich::MetadataSource;
+use plumb_core::event::Workload;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// What the agent knows of one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodMeta {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `Kind/name` of the controller owning it (ReplicaSet/web-5d9...).
+    pub owner: Option<String>,
+    pub node: Option<String>,
+}
+
+impl PodMeta {
+    fn of(p: &Pod) -> Option<(String, PodMeta)> {
+        let m = &p.metadata;
+        let owner = m
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.iter().find(|r| r.controller == Some(true)).or(o.first()))
+            .map(|r| format!("{}/{}", r.kind, r.name));
+        Some((
+            m.uid.clone()?,
+            PodMeta {
+                namespace: m.namespace.clone().unwrap_or_default(),
+                name: m.name.clone()?,
+                labels: m.labels.clone().unwrap_or_default(),
+                owner,
+                node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            },
+        ))
+    }
+}
+
+/// Pod UID → metadata for the pods of this node, kept current by a watch.
+#[derive(Debug, Default, Clone)]
+pub struct PodIndex(Arc<RwLock<HashMap<String, PodMeta>>>);
+
+impl PodIndex {
+    pub fn get(&self, uid: &str) -> Option<PodMeta> {
+        self.0.read().ok()?.get(uid).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn apply(&self, ev: watcher::Event<Pod>) {
+        let Ok(mut m) = self.0.write() else { return };
+        match ev {
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                if let Some((uid, meta)) = PodMeta::of(&p) {
+                    m.insert(uid, meta);
+                }
+            }
+            watcher::Event::Delete(p) => {
+                if let Some(uid) = &p.metadata.uid {
+                    m.remove(uid);
+                }
+            }
+            // A relist: what is not listed again is gone.
+            watcher::Event::Init => m.clear(),
+            watcher::Event::InitDone => {}
+        }
+    }
+
+    /// Watch the pods of `node` until the stream ends (never, normally:
+    /// the watcher retries). The first error is logged once; the index
+    /// keeps what it had.
+    pub async fn watch(self, client: kube::Client, node: String) {
+        let pods: Api<Pod> = Api::all(client);
+        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let mut said = false;
+        let stream = watcher(pods, cfg).default_backoff();
+        futures_util::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(ev) => self.apply(ev),
+                Err(e) if !said => {
+                    said = true;
+                    tracing::warn!(error = %e, "cannot watch pods; events keep cgroup-level attribution until the API answers");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl MetadataSource for PodIndex {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn fill(&self, w: &mut Workload) {
+        let Some(uid) = w.pod_uid.as_deref() else {
+            return;
+        };
+        if let Some(p) = self.get(uid) {
+            w.pod.get_or_insert(p.name);
+            w.namespace.get_or_insert(p.namespace);
+        }
+    }
+}
+
+/// Start watching this node's pods when running in a pod of a cluster.
+/// Otherwise (or without a usable service account), say so once and
+/// return None.
+pub async fn start_watcher(node: &str) -> Option<PodIndex> {
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+        tracing::info!(
+            "not running in a Kubernetes pod: attribution stays at cgroup/container level"
+        );
+        return None;
+    }
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(error = %e, "no Kubernetes API access: attribution stays at cgroup/container level");
+            return None;
+        }
+    };
+    let index = PodIndex::default();
+    tokio::spawn(index.clone().watch(client, node.to_string()));
+    Some(index)
+}
+
+/// Which pods a `kubectl plumb` command is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// None with `all_namespaces`: every namespace.
+    pub namespace: Option<String>,
+    pub all_namespaces: bool,
+    pub labels: Option<String>,
+    pub pod: Option<String>,
+    /// Only this node (alone: every pod of the node).
+    pub node: Option<String>,
+}
+
+/// Where to run: a node, its agent pod, and the selected pods on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub node: String,
+    pub agent_pod: String,
+    /// (namespace, name) of the selected pods on this node; empty when the
+    /// selection is the whole node.
+    pub pods: BTreeSet<(String, String)>,
+}
+
+/// What [`resolve`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub targets: Vec<Target>,
+    /// Nodes with selected pods but no running agent.
+    pub without_agent: Vec<String>,
+}
+
+/// The agents' namespace and label (deploy/daemonset.yaml).
+pub const AGENT_NAMESPACE: &str = "plumb";
+pub const AGENT_SELECTOR: &str = "app.kubernetes.io/name=plumb,app.kubernetes.io/component=agent";
+
+/// Resolve a selection to nodes and their agent pods.
+pub async fn resolve(client: &kube::Client, sel: &Selection) -> kube::Result<Resolved> {
+    let whole_node = sel.pod.is_none() && sel.labels.is_none() && sel.node.is_some();
+    let mut nodes: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    if whole_node {
+        nodes.insert(sel.node.clone().unwrap_or_default(), BTreeSet::new());
+    } else {
+        let api: Api<Pod> = match &sel.namespace {
+            _ if sel.all_namespaces => Api::all(client.clone()),
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::default_namespaced(client.clone()),
+        };
+        let mut lp = ListParams::default();
+        if let Some(l) = &sel.labels {
+            lp = lp.labels(l);
+        }
+        let mut fields = Vec::new();
+        if let Some(p) = &sel.pod {
+            fields.push(format!("metadata.name={p}"));
+        }
+        if let Some(n) = &sel.node {
+            fields.push(format!("spec.nodeName={n}"));
+        }
+        let joined = fields.join(",");
+        if !joined.is_empty() {
+            lp = lp.fields(&joined);
+        }
+        for p in api.list(&lp).await? {
+            let (Some(node), Some(name)) = (
+                p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                p.metadata.name.clone(),
+            ) else {
+                continue; // not scheduled yet: no node to ask
+            };
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            nodes.entry(node).or_default().insert((ns, name));
+        }
+    }
+    let agents: Api<Pod> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    let mut agent_of: HashMap<String, String> = HashMap::new();
+    for p in agents
+        .list(&ListParams::default().labels(AGENT_SELECTOR))
+        .await?
+    {
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if let (true, Some(node), Some(name)) = (
+            running,
+            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            p.metadata.name.clone(),
+        ) {
+            agent_of.insert(node, name);
+        }
+    }
+    let mut out = Resolved {
+        targets: Vec::new(),
+        without_agent: Vec::new(),
+    };
+    for (node, pods) in nodes {
+        match agent_of.get(&node) {
+            Some(a) => out.targets.push(Target {
+                node,
+                agent_pod: a.clone(),
+                pods,
+            }),
+            None => out.without_agent.push(node),
+        }
+    }
+    Ok(out)
+}
+
+/// A loopback port that reaches `port` of `pod` (in the agents'
+/// namespace) through the API server; each connection opens its own
+/// port-forward stream. The listener lives as long as the runtime.
+pub async fn forward(client: kube::Client, pod: String, port: u16) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let api: Api<Pod> = Api::namespaced(client, AGENT_NAMESPACE);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (api, pod) = (api.clone(), pod.clone());
+            tokio::spawn(async move {
+                let mut pf = match api.portforward(&pod, &[port]).await {
+                    Ok(pf) => pf,
+                    Err(e) => {
+                        tracing::warn!(%pod, error = %e, "port-forward failed");
+                        return;
+                    }
+                };
+                let Some(mut upstream) = pf.take_stream(port) else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+                drop(upstream);
+                let _ = pf.join().await;
+            });
+        }
+    });
+    Ok(addr)
+}
