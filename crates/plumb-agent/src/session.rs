@@ -58,6 +58,25 @@ pub(crate) fn json<T: serde::de::DeserializeOwned + Default>(
 struct Forward {
     tx: mpsc::Sender<Result<TraceMessage, Status>>,
     shutdown: Arc<AtomicBool>,
+    gadget: &'static str,
+    stats: Arc<AgentStats>,
+    /// Counted here, added to the agent's metrics every tick (not under a
+    /// lock per event).
+    seen: u64,
+    lost: u64,
+    /// Everything reported to the metrics so far.
+    lost_reported: u64,
+}
+
+impl Forward {
+    fn publish(&mut self) {
+        if self.seen > 0 || self.lost > 0 {
+            self.stats.add_events(self.gadget, self.seen, self.lost);
+            self.lost_reported += self.lost;
+            self.seen = 0;
+            self.lost = 0;
+        }
+    }
 }
 
 fn gone() -> io::Error {
@@ -75,9 +94,12 @@ impl Forward {
 impl Sink for Forward {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         let bytes = serde_json::to_vec(ev)?;
-        self.send(Kind::EventJson(bytes))
+        self.send(Kind::EventJson(bytes))?;
+        self.seen += 1;
+        Ok(())
     }
     fn lost(&mut self, gadget: &str, count: u64, _at: SystemTime) -> io::Result<()> {
+        self.lost += count;
         self.send(Kind::Lost(Lost {
             gadget: gadget.to_string(),
             count,
@@ -86,6 +108,7 @@ impl Sink for Forward {
     /// Called every poll interval even when nothing happens: notices a
     /// client that left while the gadget was quiet.
     fn tick(&mut self) -> io::Result<()> {
+        self.publish();
         if self.tx.is_closed() || self.shutdown.load(Ordering::Relaxed) {
             return Err(gone());
         }
@@ -141,6 +164,11 @@ fn run(
     let mut sink = Forward {
         tx: tx.clone(),
         shutdown: shared.shutdown.clone(),
+        gadget: desc.name,
+        stats: stats.clone(),
+        seen: 0,
+        lost: 0,
+        lost_reported: 0,
     };
     let ready_tx = tx.clone();
     let node = shared.node.to_string();
@@ -164,13 +192,17 @@ fn run(
     };
     tracing::info!(gadget = desc.name, "remote run started");
     let result = runner::run(desc, &opts, &mut enricher, &mut sink, control);
+    // What the last ticks did not publish, before the session counts as over.
+    sink.publish();
     stats
         .session_programs
         .fetch_sub(progs.load(Ordering::Relaxed), Ordering::Relaxed);
     stats.sessions.fetch_sub(1, Ordering::Relaxed);
     match result {
         Ok(st) => {
-            stats.add_events(desc.name, st.seen, st.lost);
+            // Losses the sink was not told about (it had closed) count too.
+            let unreported = st.lost.saturating_sub(sink.lost_reported);
+            stats.add_events(desc.name, 0, unreported);
             tracing::info!(gadget = desc.name, seen = st.seen, lost = st.lost, reason = ?st.reason, "remote run ended");
             if st.reason != StopReason::SinkClosed {
                 let _ = tx.blocking_send(Ok(TraceMessage {

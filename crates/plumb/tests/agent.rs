@@ -403,6 +403,9 @@ fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
         Some(agent.counter_progs.len() as f64),
         "{text}"
     );
+    // The marker (at least) was delivered, and counted for the exec gadget.
+    let delivered = sample(&text, "plumb_gadget_events_total", &[("gadget", "exec")]);
+    assert!(delivered.is_some_and(|n| n >= 1.0), "{text}");
     for id in &agent.counter_progs {
         assert!(
             plumb_core::loader::prog_exists(*id),
