@@ -15,7 +15,7 @@ use plumb_core::filter::Filter;
 use plumb_core::loader::{self, Loaded};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +32,8 @@ struct RawKey {
     tid: u32,
     kstack: i32,
     ustack: i32,
+    gen: u32,
+    pad: u32,
     comm: [u8; 16],
 }
 const _: () =
@@ -112,11 +114,12 @@ fn max_sample_rate() -> Option<u32> {
         .ok()
 }
 
-/// The program and its perf events. Dropping it detaches everything: the
-/// links (in `loaded`) first, then the events.
+/// The program and its perf events. Dropping it detaches everything: each
+/// perf-event link (in `loaded`) owns its event's descriptor and closes it.
 struct Running {
     loaded: Loaded<skel::ProfileSkel<'static>>,
-    events: Vec<OwnedFd>,
+    /// The events' descriptors, owned by the links; kept to pause them.
+    events: Vec<RawFd>,
 }
 
 impl Running {
@@ -163,16 +166,32 @@ impl Running {
                     source,
                 })?;
             loaded.keep_link(link);
-            events.push(fd);
+            // The link closes the event when it is destroyed.
+            events.push(fd.into_raw_fd());
+        }
+        if opts.user {
+            // New images get their mappings captured under a new generation.
+            let link = loaded
+                .skel_mut()
+                .progs
+                .plumb_profile_exec
+                .attach()
+                .map_err(|source| plumb_core::Error::Attach {
+                    gadget: GADGET,
+                    hook: "tracepoint sched:sched_process_exec".into(),
+                    source,
+                })?;
+            loaded.keep_link(link);
         }
         Ok(Running { loaded, events })
     }
 
     /// Stop sampling on every CPU; the maps stay readable.
     fn pause(&self) {
-        for fd in &self.events {
-            // SAFETY: an ioctl without argument on a perf event we own.
-            unsafe { libc::ioctl(fd.as_raw_fd(), perf_ioc_disable(), 0) };
+        for &fd in &self.events {
+            // SAFETY: an ioctl without argument on a perf event whose link
+            // (and so the descriptor) is still alive.
+            unsafe { libc::ioctl(fd, perf_ioc_disable(), 0) };
         }
     }
 
@@ -290,14 +309,13 @@ pub fn run(
 
     // New processes announced by the kernel: capture their mappings now,
     // while they exist.
-    let fresh: RefCell<Vec<u32>> = RefCell::new(Vec::new());
+    let fresh: RefCell<Vec<(u32, u32)>> = RefCell::new(Vec::new());
     let mut builder = libbpf_rs::RingBufferBuilder::new();
     builder
         .add(&running.loaded.skel().maps.events, |data: &[u8]| {
-            if let Some(b) = data.get(..4) {
-                fresh
-                    .borrow_mut()
-                    .push(u32::from_ne_bytes(b.try_into().unwrap_or_default()));
+            if let (Some(p), Some(g)) = (data.get(..4), data.get(4..8)) {
+                let word = |b: &[u8]| u32::from_ne_bytes(b.try_into().unwrap_or_default());
+                fresh.borrow_mut().push((word(p), word(g)));
             }
             0
         })
@@ -316,8 +334,8 @@ pub fn run(
         let left = opts.duration.saturating_sub(started.elapsed());
         // An interrupted poll (a signal) is not an error: the loop checks stop.
         let _ = ring.poll(left.min(Duration::from_millis(100)));
-        for pid in fresh.borrow_mut().drain(..) {
-            symbols.capture(pid);
+        for (pid, gen) in fresh.borrow_mut().drain(..) {
+            symbols.capture(pid, gen);
         }
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
@@ -332,8 +350,8 @@ pub fn run(
     let elapsed = started.elapsed();
     let _ = ring.consume();
     drop(ring);
-    for pid in fresh.into_inner() {
-        symbols.capture(pid);
+    for (pid, gen) in fresh.into_inner() {
+        symbols.capture(pid, gen);
     }
 
     let mut done = Completeness {
@@ -372,9 +390,11 @@ pub fn run(
     let mut uaddrs: Vec<UserAddr> = counts
         .iter()
         .flat_map(|(k, _)| {
-            stacks_u[&k.ustack]
-                .iter()
-                .map(move |&addr| UserAddr { pid: k.pid, addr })
+            stacks_u[&k.ustack].iter().map(move |&addr| UserAddr {
+                pid: k.pid,
+                gen: k.gen,
+                addr,
+            })
         })
         .collect();
     uaddrs.sort_unstable();
@@ -416,6 +436,7 @@ pub fn run(
         for addr in stacks_u[&k.ustack].iter().rev() {
             let ua = UserAddr {
                 pid: k.pid,
+                gen: k.gen,
                 addr: *addr,
             };
             frames.push(user[&ua].clone());

@@ -24,6 +24,8 @@ const MAX_FILES: usize = 2048;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UserAddr {
     pub pid: u32,
+    /// The process's exec generation (see profile.bpf.c).
+    pub gen: u32,
     pub addr: u64,
 }
 
@@ -48,7 +50,8 @@ struct Mapping {
 pub struct Symbols {
     symbolizer: Symbolizer,
     binaries: HashMap<(u64, u64), Binary>,
-    procs: HashMap<u32, Vec<Mapping>>,
+    /// Mappings per (process, exec generation).
+    procs: HashMap<(u32, u32), Vec<Mapping>>,
     kernel_module: Arc<str>,
 }
 
@@ -63,9 +66,10 @@ impl Symbols {
         }
     }
 
-    /// Record `pid`'s executable mappings (again, if it already was: a
-    /// later capture sees libraries loaded since).
-    pub fn capture(&mut self, pid: u32) {
+    /// Record the executable mappings of `pid`'s image number `gen`
+    /// (again, if it already was: a later capture sees libraries loaded
+    /// since).
+    pub fn capture(&mut self, pid: u32, gen: u32) {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return;
         };
@@ -91,7 +95,7 @@ impl Symbols {
             });
         }
         if !maps.is_empty() {
-            self.procs.insert(pid, maps);
+            self.procs.insert((pid, gen), maps);
         }
     }
 
@@ -156,14 +160,14 @@ impl Symbols {
     /// User frames for these (process, address) pairs.
     pub fn user(&mut self, addrs: &[UserAddr]) -> HashMap<UserAddr, Frame> {
         // Processes sampled but never captured (the note was lost): try now.
-        let missing: Vec<u32> = addrs
+        let missing: Vec<(u32, u32)> = addrs
             .iter()
-            .map(|a| a.pid)
-            .filter(|p| !self.procs.contains_key(p))
+            .map(|a| (a.pid, a.gen))
+            .filter(|k| !self.procs.contains_key(k))
             .collect();
-        for pid in missing {
-            if !self.procs.contains_key(&pid) {
-                self.capture(pid);
+        for (pid, gen) in missing {
+            if !self.procs.contains_key(&(pid, gen)) {
+                self.capture(pid, gen);
             }
         }
         let mut out = HashMap::with_capacity(addrs.len());
@@ -172,7 +176,7 @@ impl Symbols {
         for &ua in addrs {
             let mapping = self
                 .procs
-                .get(&ua.pid)
+                .get(&(ua.pid, ua.gen))
                 .and_then(|maps| maps.iter().find(|m| ua.addr >= m.start && ua.addr < m.end));
             match mapping {
                 Some(m) => {

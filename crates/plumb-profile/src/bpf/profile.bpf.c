@@ -38,6 +38,18 @@ struct {
 	__type(value, __u8);
 } seen SEC(".maps");
 
+/*
+ * Processes that exec'd during the profile, and how often: a new image
+ * means new mappings, so samples and notes carry this generation and user
+ * space keeps one set of mappings per (process, generation).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} gens SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
@@ -53,6 +65,19 @@ static __always_inline void stat_inc(__u32 slot)
 		*n += 1;
 }
 
+SEC("tp/sched/sched_process_exec")
+int plumb_profile_exec(void *ctx)
+{
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u32 *g = bpf_map_lookup_elem(&gens, &pid);
+	__u32 next = g ? *g + 1 : 1;
+
+	bpf_map_update_elem(&gens, &pid, &next, BPF_ANY);
+	/* Announce the new image on its next sample. */
+	bpf_map_delete_elem(&seen, &pid);
+	return 0;
+}
+
 SEC("perf_event")
 int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 {
@@ -60,6 +85,7 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 	__u32 pid = pid_tgid >> 32;
 	struct sample_key key = {};
 	__u64 one = 1, *n;
+	__u32 *gen;
 	__u8 yes = 1;
 
 	if ((__u32)pid_tgid == 0) {
@@ -73,6 +99,8 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 	key.pid = pid;
 	key.tid = (__u32)pid_tgid;
 	key.cgroup_id = bpf_get_current_cgroup_id();
+	gen = bpf_map_lookup_elem(&gens, &pid);
+	key.gen = gen ? *gen : 0;
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 
 	key.kstack = -1;
@@ -105,7 +133,7 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 	stat_inc(STAT_SAMPLES);
 
 	if (want_user && !bpf_map_lookup_elem(&seen, &pid)) {
-		struct proc_note note = { .pid = pid };
+		struct proc_note note = { .pid = pid, .gen = key.gen };
 
 		bpf_map_update_elem(&seen, &pid, &yes, BPF_ANY);
 		if (bpf_ringbuf_output(&events, &note, sizeof(note), 0))

@@ -12,13 +12,15 @@ struct sample_key {
 	__u32 tid;
 	__s32 kstack; /* stack id, or a negative errno: no kernel stack */
 	__s32 ustack; /* stack id, or a negative errno: no user stack */
+	__u32 gen;    /* how many times the process exec'd during the profile */
+	__u32 pad;
 	char comm[16];
 };
 
 /* A process seen for the first time: user space snapshots its mappings. */
 struct proc_note {
 	__u32 pid;
-	__u32 pad;
+	__u32 gen;
 };
 
 /* Slots of the per-CPU `stats` array. */
