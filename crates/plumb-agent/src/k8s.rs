@@ -2,8 +2,8 @@
 //!
 //! Agent: [`PodIndex`] watches the Pods of its own node (field selector
 //! `spec.nodeName=NODE`) and names the pod UIDs found in cgroup paths
-//! (namespace and name for events and metrics; labels and owner kept for
-//! whoever asks). Without API access it says so once and the agent goes on
+//! (namespace and name for events and metrics; owner and labels for
+//! events). Without API access it says so once and the agent goes on
 //! with cgroup-level attribution.
 //!
 //! Client (`kubectl plumb`): [`resolve`] turns -n/-l/--pod/--node/-A into
@@ -121,6 +121,12 @@ impl MetadataSource for PodIndex {
         if let Some(p) = self.get(uid) {
             w.pod.get_or_insert(p.name);
             w.namespace.get_or_insert(p.namespace);
+            if w.owner.is_none() {
+                w.owner = p.owner;
+            }
+            if w.pod_labels.is_none() && !p.labels.is_empty() {
+                w.pod_labels = Some(Arc::new(p.labels));
+            }
         }
     }
 }

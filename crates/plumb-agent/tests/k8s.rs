@@ -138,6 +138,9 @@ async fn the_watcher_lists_then_follows_the_pods_of_its_node() {
     index.fill(&mut wl);
     assert_eq!(wl.pod.as_deref(), Some("checkout-7c9f-abcde"));
     assert_eq!(wl.namespace.as_deref(), Some("shop"));
+    assert_eq!(wl.owner.as_deref(), Some("ReplicaSet/checkout-7c9f"));
+    let labels = wl.pod_labels.as_deref().expect("labels");
+    assert_eq!(labels.get("app").map(String::as_str), Some("checkout"));
     let mut unknown = workload("00000000-0000-4000-8000-000000000000");
     index.fill(&mut unknown);
     assert_eq!(unknown.pod, None);

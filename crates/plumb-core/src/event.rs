@@ -5,6 +5,7 @@
 
 use crate::gadgets::Body;
 use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +19,13 @@ pub struct Workload {
     pub pod_uid: Option<String>,
     pub pod: Option<String>,
     pub namespace: Option<String>,
+    /// The controller that owns the pod (`ReplicaSet/web-5d9f`), where the
+    /// agent's pod watcher knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The pod's labels, where the agent's pod watcher knows them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_labels: Option<Arc<BTreeMap<String, String>>>,
 }
 
 impl Workload {
