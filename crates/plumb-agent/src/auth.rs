@@ -1,11 +1,18 @@
 //! Who may use the API: a bearer token read from a file, or a client
 //! certificate signed by the agent's client CA (checked by the TLS layer
-//! before any call reaches us). Refusals are counted for the metrics.
+//! during the handshake, which the agent runs itself so that it can count
+//! and log the refusals). Refusals are counted for the metrics.
 
 use crate::error::{AgentError, Result};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Status};
 
 /// The secret every call must present as `authorization: Bearer <token>`.
@@ -113,6 +120,135 @@ pub fn interceptor(
             }
         }
     }
+}
+
+/// Mutual TLS: the agent's identity and the CA its clients' certificates
+/// must chain to. The handshake runs here, not inside tonic, because tonic
+/// drops failed handshakes without a trace and a refused certificate must
+/// be counted like a wrong token.
+pub fn tls_acceptor(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: &[u8],
+) -> Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{server::WebPkiClientVerifier, RootCertStore, ServerConfig};
+    let bad = |what: &str, e: &dyn std::fmt::Display| AgentError::TlsConfig(format!("{what}: {e}"));
+    let certs = |pem: &[u8], what: &str| -> Result<Vec<CertificateDer<'static>>> {
+        let v = CertificateDer::pem_slice_iter(pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad(what, &e))?;
+        if v.is_empty() {
+            return Err(bad(what, &"no PEM certificate in it"));
+        }
+        Ok(v)
+    };
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in certs(client_ca_pem, "client CA")? {
+        roots.add(c).map_err(|e| bad("client CA", &e))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| bad("client CA", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("TLS key", &e))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(cert_pem, "TLS certificate")?, key)
+        .map_err(|e| bad("TLS certificate and key", &e))?;
+    // gRPC runs over HTTP/2.
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a handshake failed, when the client's certificate is the cause.
+fn tls_refusal(e: &std::io::Error) -> Option<Refusal> {
+    use tokio_rustls::rustls::Error as TlsError;
+    match e.get_ref()?.downcast_ref::<TlsError>()? {
+        TlsError::NoCertificatesPresented => Some(Refusal::Missing),
+        TlsError::InvalidCertificate(_) => Some(Refusal::Invalid),
+        _ => None,
+    }
+}
+
+/// After a refused handshake the alert saying why is on its way; closing
+/// at once would answer the client's next bytes (with TLS 1.3 it sends its
+/// request before it learns of the refusal) with a reset, and a reset makes
+/// the client's kernel discard the alert unread. So: half-close, and read
+/// and discard until the client closes too, for a short while.
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let drain = async { while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+/// The connections of `incoming` (a TCP or unix listener's stream) after
+/// a successful mutual-TLS handshake. Each handshake runs on its own task
+/// (a slow client holds up no one); refused client certificates are
+/// counted in `stats` and logged. Accepting stops when the returned stream
+/// is dropped.
+pub fn tls_incoming<S, IO>(
+    incoming: S,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stats: Arc<AuthStats>,
+) -> ReceiverStream<std::io::Result<TlsStream<IO>>>
+where
+    S: Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut incoming = std::pin::pin!(incoming);
+        loop {
+            let conn = tokio::select! {
+                c = incoming.next() => c,
+                _ = tx.closed() => return,
+            };
+            let io = match conn {
+                None => return,
+                Some(Ok(io)) => io,
+                Some(Err(e)) => {
+                    // Out of descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "accepting an API connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (tx, acceptor, stats) = (tx.clone(), acceptor.clone(), stats.clone());
+            tokio::spawn(async move {
+                let accept = acceptor.accept(io).into_fallible();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err((e, io))) => {
+                        match tls_refusal(&e) {
+                            Some(Refusal::Missing) => {
+                                stats.missing.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!("refused a TLS client without a certificate");
+                            }
+                            Some(Refusal::Invalid) => {
+                                stats.invalid.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(error = %e, "refused a TLS client certificate");
+                            }
+                            None => tracing::debug!(error = %e, "TLS handshake failed"),
+                        }
+                        linger(io).await;
+                    }
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 #[cfg(test)]

@@ -18,8 +18,17 @@ use tonic::{Request, Status};
 #[derive(Debug, Clone, Default)]
 pub struct ClientAuth {
     pub token: Option<Token>,
-    /// (CA that signed the agents' certificates, client cert, client key)
-    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS towards the agents.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA that signed the agents' certificates.
+    pub ca: PathBuf,
+    /// This client's certificate and key (mutual TLS); without them the
+    /// agent is verified but the client shows no certificate.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 type Authed = Box<dyn FnMut(Request<()>) -> std::result::Result<Request<()>, Status> + Send + Sync>;
@@ -35,7 +44,7 @@ pub async fn connect(addr: &str, auth: &ClientAuth, timeout: Duration) -> Result
     let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|_| AgentError::BadAddress(addr.to_string()))?
         .connect_timeout(timeout);
-    if let Some((ca, cert, key)) = &auth.tls {
+    if let Some(t) = &auth.tls {
         let read = |what: &'static str, p: &PathBuf| {
             std::fs::read(p).map_err(|source| AgentError::ReadFile {
                 what,
@@ -43,12 +52,14 @@ pub async fn connect(addr: &str, auth: &ClientAuth, timeout: Duration) -> Result
                 source,
             })
         };
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("CA certificate", ca)?))
-            .identity(Identity::from_pem(
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("CA certificate", &t.ca)?));
+        if let Some((cert, key)) = &t.identity {
+            tls = tls.identity(Identity::from_pem(
                 read("client certificate", cert)?,
                 read("client key", key)?,
             ));
+        }
         ep = ep.tls_config(tls).map_err(connect_err)?;
     }
     let channel = ep.connect().await.map_err(connect_err)?;
@@ -68,6 +79,42 @@ pub async fn connect(addr: &str, auth: &ClientAuth, timeout: Duration) -> Result
         Ok(req)
     });
     Ok(AgentClient::with_interceptor(channel, add))
+}
+
+/// A failed call. When the connection itself failed (the status has a
+/// cause) the cause goes into the message, since "transport error" alone
+/// tells the user nothing; a TLS alert refusing our certificate becomes an
+/// authentication failure, like a wrong token.
+fn remote_error(addr: &str, status: Status) -> AgentError {
+    let Some(cause) = std::error::Error::source(&status) else {
+        return AgentError::Remote {
+            addr: addr.to_string(),
+            status,
+        };
+    };
+    // The TLS layer reports the alert only as text, deep in the chain.
+    let why = crate::session::chain(cause);
+    let alert = why.split_once("received fatal alert: ").map(|(_, a)| {
+        a.split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or_default()
+    });
+    let status = match alert {
+        Some("CertificateRequired") => Status::unauthenticated(
+            "this agent requires a client certificate (give --tls-cert and --tls-key)",
+        ),
+        Some(
+            a @ ("UnknownCA" | "BadCertificate" | "CertificateUnknown" | "CertificateExpired"
+            | "CertificateRevoked" | "UnsupportedCertificate" | "AccessDenied"),
+        ) => Status::unauthenticated(format!(
+            "this agent refused our client certificate (TLS alert {a}: is it signed by the agent's client CA?)"
+        )),
+        _ => Status::new(status.code(), format!("{}: {why}", status.message())),
+    };
+    AgentError::Remote {
+        addr: addr.to_string(),
+        status,
+    }
 }
 
 /// One item of a merged fan-out stream.
@@ -126,10 +173,7 @@ async fn trace_one(
     timeout: Duration,
     tx: &mpsc::Sender<FanItem>,
 ) -> Result<()> {
-    let remote = |status| AgentError::Remote {
-        addr: addr.to_string(),
-        status,
-    };
+    let remote = |status| remote_error(addr, status);
     let mut client = connect(addr, auth, timeout).await?;
     let mut stream = client.trace(req).await.map_err(remote)?.into_inner();
     let a = addr.to_string();
@@ -193,10 +237,7 @@ pub async fn list_gadgets(
     let resp = client
         .list_gadgets(crate::proto::ListGadgetsRequest {})
         .await
-        .map_err(|status| AgentError::Remote {
-            addr: addr.to_string(),
-            status,
-        })?;
+        .map_err(|status| remote_error(addr, status))?;
     Ok(resp.into_inner())
 }
 
@@ -211,9 +252,91 @@ pub async fn profile(
     let resp = client
         .profile(req)
         .await
-        .map_err(|status| AgentError::Remote {
-            addr: addr.to_string(),
-            status,
-        })?;
+        .map_err(|status| remote_error(addr, status))?;
     Ok(resp.into_inner())
+}
+
+/// One item of the merged log streams of several agents.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogItem {
+    /// The agent at `addr` (node `node`) streams its log from now on.
+    Following { addr: String, node: String },
+    Line {
+        node: String,
+        line: crate::proto::LogLine,
+    },
+    /// The agent ended the stream (it is shutting down).
+    Ended { addr: String, node: String },
+    /// This agent failed or went away; the others go on.
+    Failed { addr: String, error: String },
+}
+
+/// Follow the logs of every agent in `addrs`; lines arrive as they come.
+/// Dropping the receiver cancels the calls.
+pub fn follow_logs(
+    addrs: &[String],
+    auth: &ClientAuth,
+    timeout: Duration,
+) -> mpsc::Receiver<LogItem> {
+    let (tx, rx) = mpsc::channel(1024);
+    for addr in addrs {
+        let (tx, auth, addr) = (tx.clone(), auth.clone(), addr.clone());
+        tokio::spawn(async move {
+            if let Err(e) = logs_one(&addr, &auth, timeout, &tx).await {
+                let _ = tx
+                    .send(LogItem::Failed {
+                        addr: addr.clone(),
+                        error: crate::session::chain(&e),
+                    })
+                    .await;
+            }
+        });
+    }
+    rx
+}
+
+async fn logs_one(
+    addr: &str,
+    auth: &ClientAuth,
+    timeout: Duration,
+    tx: &mpsc::Sender<LogItem>,
+) -> Result<()> {
+    let remote = |status| remote_error(addr, status);
+    let mut client = connect(addr, auth, timeout).await?;
+    // Log lines do not carry the node: ask for it first.
+    let node = client
+        .list_gadgets(crate::proto::ListGadgetsRequest {})
+        .await
+        .map_err(remote)?
+        .into_inner()
+        .node;
+    // The agent answers once it has subscribed: no line after this is missed.
+    let mut stream = client
+        .logs(crate::proto::LogsRequest {})
+        .await
+        .map_err(remote)?
+        .into_inner();
+    let following = LogItem::Following {
+        addr: addr.to_string(),
+        node: node.clone(),
+    };
+    if tx.send(following).await.is_err() {
+        return Ok(());
+    }
+    while let Some(line) = stream.message().await.map_err(remote)? {
+        let item = LogItem::Line {
+            node: node.clone(),
+            line,
+        };
+        if tx.send(item).await.is_err() {
+            return Ok(());
+        }
+    }
+    let _ = tx
+        .send(LogItem::Ended {
+            addr: addr.to_string(),
+            node,
+        })
+        .await;
+    Ok(())
 }

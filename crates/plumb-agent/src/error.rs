@@ -33,6 +33,8 @@ pub enum AgentError {
     },
     #[error("TLS configuration")]
     Tls(#[source] tonic::transport::Error),
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
     #[error("gRPC server")]
     Serve(#[source] tonic::transport::Error),
     #[error("always-on counters")]

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tokio_stream::Stream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 /// Files for mutual TLS.
@@ -391,7 +391,7 @@ impl BoundAgent {
             svc,
             auth::interceptor(token, self.shared.stats.auth.clone()),
         );
-        let mut builder = Server::builder();
+        let mut acceptor = None;
         if let Some(tls) = &self.cfg.tls {
             let read = |what: &'static str, p: &PathBuf| {
                 std::fs::read(p).map_err(|source| AgentError::ReadFile {
@@ -400,26 +400,38 @@ impl BoundAgent {
                     source,
                 })
             };
-            let cfg = ServerTlsConfig::new()
-                .identity(Identity::from_pem(
-                    read("TLS certificate", &tls.cert)?,
-                    read("TLS key", &tls.key)?,
-                ))
-                .client_ca_root(Certificate::from_pem(read("client CA", &tls.client_ca)?));
-            builder = builder.tls_config(cfg).map_err(AgentError::Tls)?;
+            acceptor = Some(auth::tls_acceptor(
+                &read("TLS certificate", &tls.cert)?,
+                &read("TLS key", &tls.key)?,
+                &read("client CA", &tls.client_ca)?,
+            )?);
         }
         tracing::info!(listen = %self.cfg.listen, metrics = ?self.cfg.metrics_listen, node = %self.cfg.node, "agent ready");
-        let router = builder.add_service(svc);
-        let r = match self.api {
-            Incoming::Tcp(l) => {
+        let router = Server::builder().add_service(svc);
+        let auth_stats = self.shared.stats.auth.clone();
+        let r = match (self.api, acceptor) {
+            (Incoming::Tcp(l), Some(a)) => {
+                let tls = auth::tls_incoming(TcpListenerStream::new(l), a, auth_stats);
+                router
+                    .serve_with_incoming_shutdown(tls, wait(stop_rx))
+                    .await
+            }
+            (Incoming::Tcp(l), None) => {
                 router
                     .serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx))
                     .await
             }
-            Incoming::Unix(l, path) => {
-                let r = router
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(l), wait(stop_rx))
-                    .await;
+            (Incoming::Unix(l, path), a) => {
+                let l = UnixListenerStream::new(l);
+                let r = match a {
+                    Some(a) => {
+                        let tls = auth::tls_incoming(l, a, auth_stats);
+                        router
+                            .serve_with_incoming_shutdown(tls, wait(stop_rx))
+                            .await
+                    }
+                    None => router.serve_with_incoming_shutdown(l, wait(stop_rx)).await,
+                };
                 let _ = std::fs::remove_file(path);
                 r
             }

@@ -9,7 +9,7 @@ use super::common::{self, OutputOpts};
 use super::trace::TraceCmd;
 use clap::{Args, Subcommand};
 use plumb_agent::auth::Token;
-use plumb_agent::client::{self, ClientAuth, FanItem};
+use plumb_agent::client::{self, ClientAuth, ClientTls, FanItem};
 use plumb_agent::proto::TraceRequest;
 use plumb_core::gadgets::{self, Column, GadgetDesc};
 use plumb_core::sink::{cell, select};
@@ -44,13 +44,14 @@ pub struct AuthArgs {
     /// Send `authorization: Bearer <token>`, the token read from FILE.
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
-    /// Mutual TLS: the CA that signed the agents' certificates.
-    #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_cert", "tls_key"])]
+    /// TLS: the CA that signed the agents' certificates (alone: the agent
+    /// is verified, no client certificate is shown).
+    #[arg(long, value_name = "FILE", global = true)]
     pub tls_ca: Option<PathBuf>,
-    /// Mutual TLS: this client's certificate.
+    /// Mutual TLS: this client's certificate (PEM).
     #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_ca", "tls_key"])]
     pub tls_cert: Option<PathBuf>,
-    /// Mutual TLS: this client's key.
+    /// Mutual TLS: this client's private key (PEM).
     #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_ca", "tls_cert"])]
     pub tls_key: Option<PathBuf>,
 }
@@ -63,10 +64,10 @@ impl AuthArgs {
                 .as_deref()
                 .map(Token::from_file)
                 .transpose()?,
-            tls: match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
-                (Some(a), Some(b), Some(c)) => Some((a.clone(), b.clone(), c.clone())),
-                _ => None,
-            },
+            tls: self.tls_ca.as_ref().map(|ca| ClientTls {
+                ca: ca.clone(),
+                identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            }),
         })
     }
 }
@@ -80,6 +81,19 @@ pub enum RemoteCommand {
     /// CPU-profile every node at once; folded stacks, each line starting
     /// with the node (feed to a flame graph tool).
     Profile(RemoteProfileArgs),
+    /// Follow the agents' own logs, each line with its node, until Ctrl-C,
+    /// --duration, or every agent has stopped.
+    Logs(RemoteLogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteLogsArgs {
+    /// Stop following after this time.
+    #[arg(long, value_name = "TIME", value_parser = common::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Output format.
+    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]
@@ -150,7 +164,127 @@ async fn dispatch(
         RemoteCommand::Trace(t) => trace(agents, auth, timeout, *t, verbose, keep).await,
         RemoteCommand::Gadgets => list(agents, auth, timeout).await,
         RemoteCommand::Profile(p) => profile(agents, auth, timeout, p).await,
+        RemoteCommand::Logs(l) => logs(agents, auth, timeout, l, verbose).await,
     }
+}
+
+/// A log timestamp from the agent (Unix seconds with milliseconds) in
+/// RFC 3339; left as it is when it is something else.
+fn log_time(ts: &str) -> String {
+    let parsed = ts.split_once('.').and_then(|(s, ms)| {
+        let t = Duration::from_secs(s.parse().ok()?) + Duration::from_millis(ms.parse().ok()?);
+        Some(std::time::UNIX_EPOCH + t)
+    });
+    match parsed {
+        Some(t) => humantime::format_rfc3339_millis(t).to_string(),
+        None => ts.to_string(),
+    }
+}
+
+async fn logs(
+    agents: &[String],
+    auth: &ClientAuth,
+    timeout: Duration,
+    a: RemoteLogsArgs,
+    verbose: bool,
+) -> anyhow::Result<()> {
+    use client::LogItem;
+    use tokio::signal::unix::{signal, SignalKind};
+    let json = a.output == "json";
+    let mut rx = client::follow_logs(agents, auth, timeout);
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    let until = async {
+        match a.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until);
+    let mut out = BufWriter::new(io::stdout());
+    let (mut lines, mut failed, mut ended) = (0u64, 0usize, 0usize);
+    let mut why = "";
+    loop {
+        let item = tokio::select! {
+            i = rx.recv() => i,
+            _ = int.recv() => { why = " (interrupted)"; None }
+            _ = term.recv() => { why = " (interrupted)"; None }
+            _ = &mut until => None,
+        };
+        // Every agent has ended or failed: the senders are gone.
+        let Some(item) = item else { break };
+        let written = match item {
+            LogItem::Following { addr, node } => {
+                if verbose {
+                    eprintln!("plumb: node {node} ({addr}): following its log");
+                }
+                Ok(())
+            }
+            LogItem::Line { node, line } => {
+                lines += 1;
+                let r = if json {
+                    let v = serde_json::json!({
+                        "node": node,
+                        "timestamp": log_time(&line.timestamp),
+                        "level": line.level,
+                        "target": line.target,
+                        "message": line.message,
+                    });
+                    serde_json::to_writer(&mut out, &v)
+                        .map_err(io::Error::from)
+                        .and_then(|()| out.write_all(b"\n"))
+                } else {
+                    writeln!(
+                        out,
+                        "{node:<12} {} {:<5} {}: {}",
+                        log_time(&line.timestamp),
+                        line.level,
+                        line.target,
+                        line.message
+                    )
+                };
+                // Lines are rare: show each at once.
+                r.and_then(|()| out.flush())
+            }
+            LogItem::Ended { addr, node } => {
+                ended += 1;
+                eprintln!("plumb: node {node} ({addr}): the agent ended its log stream");
+                Ok(())
+            }
+            LogItem::Failed { error, .. } => {
+                failed += 1;
+                let rest = if agents.len() > 1 {
+                    "; the others go on"
+                } else {
+                    ""
+                };
+                eprintln!("plumb: {error}{rest}");
+                Ok(())
+            }
+        };
+        match written {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Dropping the receiver cancels the calls still running.
+    drop(rx);
+    eprintln!(
+        "plumb: {lines} log lines from {} of {} agents, {ended} ended{why}",
+        agents.len() - failed,
+        agents.len()
+    );
+    if failed > 0 {
+        return Err(SomeFailed {
+            failed,
+            total: agents.len(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 async fn list(agents: &[String], auth: &ClientAuth, timeout: Duration) -> anyhow::Result<()> {
@@ -593,7 +727,7 @@ pub fn run_kubectl(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
     let (namespace, pod) = match &a.command {
         RemoteCommand::Trace(t) => (t.filter.namespace.clone(), t.filter.pod.clone()),
         RemoteCommand::Profile(p) => (p.namespace.clone(), p.pod.clone()),
-        RemoteCommand::Gadgets => (None, None),
+        RemoteCommand::Gadgets | RemoteCommand::Logs(_) => (None, None),
     };
     let sel = plumb_agent::k8s::Selection {
         namespace,
