@@ -235,6 +235,8 @@ pub struct BoundAgent {
     registry: Arc<Registry>,
     shared: Shared,
     shutdown: Arc<AtomicBool>,
+    /// Mutual TLS, done by the agent itself (see `auth::tls_incoming`).
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 enum Incoming {
@@ -250,6 +252,22 @@ impl BoundAgent {
     ) -> Result<BoundAgent> {
         cfg.listen
             .check_auth(cfg.token.is_some() || cfg.tls.is_some())?;
+        // Bad TLS files fail here, before anything is loaded.
+        let mut tls = None;
+        if let Some(files) = &cfg.tls {
+            let read = |what: &'static str, p: &PathBuf| {
+                std::fs::read(p).map_err(|source| AgentError::ReadFile {
+                    what,
+                    path: p.clone(),
+                    source,
+                })
+            };
+            tls = Some(auth::tls_acceptor(
+                &read("TLS certificate", &files.cert)?,
+                &read("TLS key", &files.key)?,
+                &read("client CA", &files.client_ca)?,
+            )?);
+        }
         let api = match &cfg.listen {
             ListenAddr::Tcp(a) => {
                 Incoming::Tcp(tokio::net::TcpListener::bind(a).await.map_err(|source| {
@@ -317,6 +335,7 @@ impl BoundAgent {
             registry,
             shared,
             shutdown,
+            tls,
         })
     }
 
@@ -391,25 +410,10 @@ impl BoundAgent {
             svc,
             auth::interceptor(token, self.shared.stats.auth.clone()),
         );
-        let mut acceptor = None;
-        if let Some(tls) = &self.cfg.tls {
-            let read = |what: &'static str, p: &PathBuf| {
-                std::fs::read(p).map_err(|source| AgentError::ReadFile {
-                    what,
-                    path: p.clone(),
-                    source,
-                })
-            };
-            acceptor = Some(auth::tls_acceptor(
-                &read("TLS certificate", &tls.cert)?,
-                &read("TLS key", &tls.key)?,
-                &read("client CA", &tls.client_ca)?,
-            )?);
-        }
         tracing::info!(listen = %self.cfg.listen, metrics = ?self.cfg.metrics_listen, node = %self.cfg.node, "agent ready");
         let router = Server::builder().add_service(svc);
         let auth_stats = self.shared.stats.auth.clone();
-        let r = match (self.api, acceptor) {
+        let r = match (self.api, self.tls) {
             (Incoming::Tcp(l), Some(a)) => {
                 let tls = auth::tls_incoming(TcpListenerStream::new(l), a, auth_stats);
                 router

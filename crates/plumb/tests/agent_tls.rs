@@ -259,6 +259,27 @@ fn mutual_tls_admits_the_right_client_and_counts_the_others() {
     require_root();
     let certs = make_certs();
     let p = |n: &str| certs.path(n);
+    std::fs::write(p("garbage.pem"), "not a certificate\n").expect("write garbage");
+
+    // A file that holds no certificate: one line, before anything starts.
+    let out = plumb()
+        .args(["agent", "--listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(p("garbage.pem"))
+        .arg("--tls-key")
+        .arg(p("agent.key"))
+        .arg("--client-ca")
+        .arg(p("ca.crt"))
+        .output()
+        .expect("run plumb agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.lines().last(),
+        Some("plumb: TLS configuration: TLS certificate: no PEM certificate in it"),
+        "{err}"
+    );
+    assert!(!err.contains("plumb agent: node "), "{err}");
 
     let mut cmd = plumb();
     cmd.args(["agent", "--listen", "127.0.0.1:0"])
@@ -343,6 +364,20 @@ fn mutual_tls_admits_the_right_client_and_counts_the_others() {
             "after {tls:?}"
         );
     }
+
+    // A client whose CA file holds no certificate: one line, not counted.
+    let garbage = p("garbage.pem");
+    let out = remote(&[&garbage], &["gadgets"])
+        .output()
+        .expect("run plumb remote");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.lines().next(),
+        Some("plumb: TLS configuration: CA certificate: no PEM certificate in it"),
+        "{err}"
+    );
+    assert_eq!(auth_failures(&metrics), (Some(1.0), Some(1.0)));
 
     // The right certificate: the marker exec arrives with its argv and pid.
     let mut client = Proc::spawn(remote(
