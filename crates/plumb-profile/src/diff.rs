@@ -270,6 +270,21 @@ mod tests {
     }
 
     #[test]
+    fn the_table_shows_both_sides_of_self_and_total() {
+        let before = prof(&[("app;main;work", 60), ("app;main;send", 40)]);
+        let after = prof(&[("app;main;work", 20), ("app;main;send", 80)]);
+        let t = table(&compare(&before, &after), 10);
+        assert_eq!(
+            t,
+            "   SELF%   BEFORE    AFTER     TOTAL%   BEFORE    AFTER  FUNCTION\n\
+             \x20 +40.00   40.00%   80.00%     +40.00   40.00%   80.00%  send\n\
+             \x20  +0.00    0.00%    0.00%      +0.00  100.00%  100.00%  main\n\
+             \x20  ...shrank:\n\
+             \x20 -40.00   60.00%   20.00%     -40.00   60.00%   20.00%  work\n"
+        );
+    }
+
+    #[test]
     fn differential_lines_are_normalised_shares() {
         let before = prof(&[("a;x", 1), ("a;y", 3)]);
         let after = prof(&[("a;x", 30), ("a;z", 10)]);
@@ -311,15 +326,31 @@ mod tests {
         std::fs::write(&folded, p.folded()).unwrap();
         let pb = dir.join("a.pb.gz");
         std::fs::write(&pb, crate::pprof::encode_gz(&p)).unwrap();
+        let raw = dir.join("a.pb");
+        std::fs::write(
+            &raw,
+            prost::Message::encode_to_vec(&crate::pprof::build(&p)),
+        )
+        .unwrap();
         let from_folded = load(&folded).unwrap();
         let from_pprof = load(&pb).unwrap();
         assert_eq!(from_folded, from_pprof);
+        assert_eq!(load(&raw).unwrap(), from_folded, "uncompressed pprof");
         assert_eq!(from_pprof.values().sum::<u64>(), 100);
         let bad = dir.join("bad");
         std::fs::write(&bad, [0x1f, 0x8b, 0, 1, 2]).unwrap();
         let e = load(&bad).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("{}: not a valid gzip stream", bad.display())),
+            "{e}"
+        );
+        std::fs::write(&bad, [0xff, 0xfe, 0x00, 0x07]).unwrap();
+        let e = load(&bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: neither folded stacks nor a pprof profile (not a pprof profile: ",
+                bad.display()
+            )),
             "{e}"
         );
         std::fs::write(&bad, "hello\n").unwrap();

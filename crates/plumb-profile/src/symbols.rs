@@ -413,4 +413,46 @@ mod tests {
         );
         assert_eq!(&*frames[&addrs[1]].name, "[unknown]@0x8");
     }
+
+    /// A library loaded after the capture: the miss makes `user` capture
+    /// again (when allowed) and the library's function is named.
+    #[test]
+    fn a_library_loaded_after_the_capture_is_found_on_a_miss() {
+        let pid = std::process::id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ticks = procfs::parse_start_ticks(&stat).unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let tick_ns = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let key = ProcKey {
+            pid,
+            image: Image {
+                start_ns: ticks * tick_ns,
+                exec_id: 0,
+            },
+        };
+        let mut s = Symbols::new();
+        assert!(s.capture(key, &|| true));
+        // libz is not linked into this test: load it now (and keep it).
+        // SAFETY: dlopen/dlsym with NUL-terminated names; the handle is
+        // never closed, so the address stays valid.
+        let addr = unsafe {
+            let h = libc::dlopen(c"libz.so.1".as_ptr(), libc::RTLD_NOW);
+            assert!(!h.is_null(), "libz.so.1 (zlib1g) is needed");
+            libc::dlsym(h, c"zlibVersion".as_ptr()) as u64
+        };
+        assert_ne!(addr, 0);
+        let ua = [UserAddr { proc: key, addr }];
+        let f = &s.user(&ua, &|_| false)[&ua[0]];
+        assert_eq!(
+            &*f.name,
+            &format!("[unknown]@{addr:#x}"),
+            "no capture allowed"
+        );
+        let f = &s.user(&ua, &|k| k == key)[&ua[0]];
+        assert_eq!(&*f.name, "zlibVersion", "{f:?}");
+        assert!(
+            f.module.as_deref().is_some_and(|m| m.contains("libz.so")),
+            "{f:?}"
+        );
+    }
 }
