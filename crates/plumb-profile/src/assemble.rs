@@ -60,26 +60,37 @@ fn placeholder(name: &str, kernel: bool) -> Frame {
     }
 }
 
-/// The frames of one sample, root first, and whether a stack was cut.
+/// What a sample's stacks are missing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Gaps {
+    /// A stack reached the depth limit.
+    truncated: bool,
+    /// The kernel could not record the user / kernel stack.
+    user_lost: bool,
+    kernel_lost: bool,
+}
+
+/// The frames of one sample, root first, and what its stacks miss.
 fn frames_of(
     s: &Sampled,
     want: Want,
     user: &HashMap<UserAddr, Frame>,
     kernel: &HashMap<u64, Frame>,
     kernel_module: &Arc<str>,
-) -> (Vec<Frame>, bool) {
+) -> (Vec<Frame>, Gaps) {
     let mut frames: Vec<Frame> = Vec::with_capacity(s.ustack.len() + s.kstack.len() + 2);
     // A stack the kernel could not record (its map bucket was taken by
     // another stack, or the map was full) is named as such; -EFAULT means
     // there was none to take (user mode, or a kernel thread).
     let lost = |id: i32, want: bool| want && id < 0 && id != -libc::EFAULT;
     let cut = |st: &[u64]| want.depth > 0 && st.len() >= want.depth;
-    let mut truncated = false;
+    let mut gaps = Gaps::default();
     if lost(s.ustack_id, want.user) {
+        gaps.user_lost = true;
         frames.push(placeholder("[user stack lost]", false));
     }
     if cut(&s.ustack) {
-        truncated = true;
+        gaps.truncated = true;
         frames.push(placeholder("[truncated]", false));
     }
     for &addr in s.ustack.iter().rev() {
@@ -91,10 +102,11 @@ fn frames_of(
         );
     }
     if lost(s.kstack_id, want.kernel) {
+        gaps.kernel_lost = true;
         frames.push(placeholder("[kernel stack lost]", true));
     }
     if cut(&s.kstack) {
-        truncated = true;
+        gaps.truncated = true;
         frames.push(placeholder("[truncated]", true));
     }
     for &addr in s.kstack.iter().rev() {
@@ -115,12 +127,13 @@ fn frames_of(
         };
         frames.push(placeholder(name, !want.user));
     }
-    (frames, truncated)
+    (frames, gaps)
 }
 
 /// Symbolize the samples the filter kept and merge them into stacks (one
 /// per thread, comm and frames), busiest first; fills the profile's counts
-/// of samples, frames and processes.
+/// of samples, frames, stacks with gaps and processes (all of them about
+/// what the profile holds, not what the filter left out).
 pub fn assemble(
     sampled: Vec<Sampled>,
     want: Want,
@@ -160,9 +173,15 @@ pub fn assemble(
     let kernel_module: Arc<str> = Arc::from("kernel");
     let mut merged: HashMap<(u32, u32, String, u64, Vec<Frame>), u64> = HashMap::new();
     for s in sampled {
-        let (frames, truncated) = frames_of(&s, want, &user, &kernel, &kernel_module);
-        if truncated {
-            done.stacks_truncated += s.count;
+        let (frames, gaps) = frames_of(&s, want, &user, &kernel, &kernel_module);
+        for (gap, figure) in [
+            (gaps.truncated, &mut done.stacks_truncated),
+            (gaps.user_lost, &mut done.user_stacks_lost),
+            (gaps.kernel_lost, &mut done.kernel_stacks_lost),
+        ] {
+            if gap {
+                *figure += s.count;
+            }
         }
         *merged
             .entry((s.proc.pid, s.tid, s.comm, s.cgroup_id, frames))
@@ -261,7 +280,7 @@ mod tests {
         let (f, cut) = frames_of(&s, want, &user, &kernel, &km);
         assert_eq!(names(&f), ["main", "leaf", "[kernel]@0xf2", "do_sys"]);
         assert!(!f[2].symbolized && f[2].kernel);
-        assert!(!cut);
+        assert_eq!(cut, Gaps::default());
         // A user address no symbolizer answered for.
         let (f, _) = frames_of(&s, want, &HashMap::new(), &kernel, &km);
         assert_eq!(names(&f)[..2], ["[unknown]@0x20", "[unknown]@0x10"]);
@@ -289,7 +308,15 @@ mod tests {
                 "[kernel]@0x1"
             ]
         );
-        assert!(cut && f[1].kernel);
+        assert_eq!(
+            cut,
+            Gaps {
+                truncated: true,
+                user_lost: true,
+                kernel_lost: false
+            }
+        );
+        assert!(f[1].kernel);
         // Interrupted in user mode (no kernel stack: -EFAULT) with only
         // kernel stacks asked for.
         let want = Want {
@@ -299,6 +326,6 @@ mod tests {
         let s = sampled(&[], &[], (-libc::EFAULT, -1));
         let (f, cut) = frames_of(&s, want, &HashMap::new(), &HashMap::new(), &km);
         assert_eq!(names(&f), ["[user space]"]);
-        assert!(!cut);
+        assert_eq!(cut, Gaps::default());
     }
 }

@@ -1,5 +1,6 @@
-//! `plumb profile diff BEFORE AFTER`: two profiles (folded or pprof, as
-//! plumb writes them), normalised to shares of all samples, compared.
+//! `plumb profile diff BEFORE AFTER`: two profiles (folded stacks, or pprof
+//! from plumb or another tool), normalised to shares of all samples,
+//! compared as a table or a differential flame graph.
 
 use crate::output::{self, parse_folded, top_from_folded, TopRow};
 use crate::{pprof, Error, Result};

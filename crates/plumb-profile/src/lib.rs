@@ -158,8 +158,9 @@ pub struct Completeness {
     pub filtered_in_kernel: u64,
     /// Samples dropped by the user-space part of the filter (pod, comm...).
     pub filtered_in_user_space: u64,
-    /// Kernel / user stacks the kernel could not record (stack map full or
-    /// hash collision): those samples count, with a placeholder frame.
+    /// Samples (in the profile) whose kernel / user stack the kernel could
+    /// not record (stack map full or hash collision): they count, with a
+    /// `[kernel stack lost]` / `[user stack lost]` frame.
     pub kernel_stacks_lost: u64,
     pub user_stacks_lost: u64,
     /// Samples (in the profile) whose kernel or user stack reached the

@@ -74,9 +74,7 @@ mod stat {
     pub const IDLE: u32 = 1;
     pub const FILTERED: u32 = 2;
     pub const LOST_FULL: u32 = 3;
-    pub const KSTACK_LOST: u32 = 4;
-    pub const USTACK_LOST: u32 = 5;
-    pub const NOTE_LOST: u32 = 6;
+    pub const NOTE_LOST: u32 = 4;
 }
 
 /// Where a running profile is.
@@ -380,7 +378,6 @@ pub fn run(
     let _ = ring.consume();
     take_notes(&mut symbols, &mut captures);
     captures.run_due(None, &mut symbols, &still_current);
-    drop(take_notes);
     drop(ring);
 
     let symbolize_started = Instant::now();
@@ -390,8 +387,6 @@ pub fn run(
         missed: running.recursion_misses(),
         idle: running.stat(stat::IDLE),
         filtered_in_kernel: running.stat(stat::FILTERED),
-        kernel_stacks_lost: running.stat(stat::KSTACK_LOST),
-        user_stacks_lost: running.stat(stat::USTACK_LOST),
         process_notes_lost: running.stat(stat::NOTE_LOST),
         ..Completeness::default()
     };

@@ -81,6 +81,10 @@ impl Mapping {
     }
 }
 
+/// An address to look up in a file: where it came from, its offset in the
+/// file, and the file's name as the process mapped it.
+type InFile = (UserAddr, u64, Arc<str>);
+
 pub struct Symbols {
     symbolizer: Symbolizer,
     binaries: HashMap<(u64, u64), Binary>,
@@ -248,7 +252,7 @@ impl Symbols {
         }
         let mut out = HashMap::with_capacity(addrs.len());
         // Group by binary, to symbolize each file's offsets in one call.
-        let mut by_file: HashMap<(u64, u64), Vec<(UserAddr, u64, Arc<str>)>> = HashMap::new();
+        let mut by_file: HashMap<(u64, u64), Vec<InFile>> = HashMap::new();
         for &ua in addrs {
             let Some(m) = self.mapping(&ua) else {
                 out.insert(ua, unknown_address("[unknown]", None, ua.addr));

@@ -352,8 +352,9 @@ fn cgroup_filter_yields_only_that_cgroups_samples() {
         [inside.0.id() as u64],
         "{by_pid:?}"
     );
-    // 2 s at 99 Hz is ~198 samples on an idle CPU; the machine is shared.
-    assert!(by_pid[&(inside.0.id() as u64)] >= 30, "{by_pid:?}");
+    // 2 s at 99 Hz is ~198 samples on an idle CPU; far fewer when other
+    // work shares the machine (28 seen under a load average of 8).
+    assert!(by_pid[&(inside.0.id() as u64)] >= 10, "{by_pid:?}");
     assert!(
         p["filtered_in_kernel"].as_u64().unwrap() >= 30,
         "the other process was sampled and left out in the kernel"

@@ -108,8 +108,7 @@ int plumb_profile_mmap(struct trace_event_raw_sys_enter *ctx)
 	if (!(ctx->args[2] & PROT_EXEC))
 		return 0;
 	pid = bpf_get_current_pid_tgid() >> 32;
-	if (bpf_map_delete_elem(&seen, &pid) == 0)
-		stat_inc(STAT_NEW_CODE);
+	bpf_map_delete_elem(&seen, &pid);
 	return 0;
 }
 
@@ -138,18 +137,15 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 
 	key.kstack = -1;
 	key.ustack = -1;
-	if (want_kernel) {
+	/*
+	 * A negative id is kept in the key: -EFAULT means there was no stack to
+	 * take (interrupted in user mode; a kernel thread), anything else that
+	 * the stack could not be recorded, which user space counts.
+	 */
+	if (want_kernel)
 		key.kstack = bpf_get_stackid(ctx, &stacks, 0);
-		/* -EFAULT: interrupted in user mode, no kernel stack to take. */
-		if (key.kstack < 0 && key.kstack != -14)
-			stat_inc(STAT_KSTACK_LOST);
-	}
-	if (want_user) {
+	if (want_user)
 		key.ustack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-		/* -EFAULT: a kernel thread, which has no user stack. */
-		if (key.ustack < 0 && key.ustack != -14)
-			stat_inc(STAT_USTACK_LOST);
-	}
 
 	n = bpf_map_lookup_elem(&counts, &key);
 	if (n) {

@@ -46,11 +46,8 @@ enum profile_stat {
 	STAT_IDLE = 1,         /* samples of the idle task, not aggregated */
 	STAT_FILTERED = 2,     /* samples of tasks the filter left out */
 	STAT_LOST_FULL = 3,    /* samples lost: the counts map was full */
-	STAT_KSTACK_LOST = 4,  /* kernel stack not recorded (stack map full or collision) */
-	STAT_USTACK_LOST = 5,  /* user stack not recorded (stack map full or collision) */
-	STAT_NOTE_LOST = 6,    /* process notes the ring buffer could not take */
-	STAT_NEW_CODE = 7,     /* exec mmaps by sampled processes (each asks for a new note) */
-	STAT_MAX = 8,
+	STAT_NOTE_LOST = 4,    /* process notes the ring buffer could not take */
+	STAT_MAX = 5,
 };
 
 #endif

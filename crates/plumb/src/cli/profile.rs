@@ -128,7 +128,7 @@ pub enum DiffFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
-    /// The reference profile (folded or pprof, as plumb writes them).
+    /// The reference profile: folded stacks, or pprof (gzipped or not).
     pub before: PathBuf,
     /// The profile to compare with it.
     pub after: PathBuf,
