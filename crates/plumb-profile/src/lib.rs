@@ -209,6 +209,9 @@ pub struct Profile {
     /// Time spent reading, symbolizing and attributing the stacks after
     /// sampling stopped.
     pub symbolize_ns: u64,
+    /// The CPU time of that work (on a busy machine, far less than the
+    /// wall time above).
+    pub symbolize_cpu_ns: u64,
     pub cpus: u32,
     /// Frames the kernel records per stack (see `stacks_truncated`).
     pub max_stack_depth: u32,

@@ -213,6 +213,7 @@ pub(crate) mod tests {
             started: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
             duration_ns: 5_000_000_000,
             symbolize_ns: 0,
+            symbolize_cpu_ns: 0,
             cpus: 2,
             max_stack_depth: 127,
             completeness: Completeness::default(),

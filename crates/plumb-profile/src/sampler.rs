@@ -285,6 +285,19 @@ impl UserFilter {
     }
 }
 
+/// CPU time this thread has used, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 pub fn run(
     opts: &ProfileOptions,
     stop: &AtomicBool,
@@ -381,6 +394,7 @@ pub fn run(
     drop(ring);
 
     let symbolize_started = Instant::now();
+    let cpu_started = thread_cpu_ns();
     let aggregated = running.stat(stat::SAMPLES);
     let mut done = Completeness {
         lost: running.stat(stat::LOST_FULL),
@@ -449,6 +463,7 @@ pub fn run(
         started: started_wall,
         duration_ns: elapsed.as_nanos() as u64,
         symbolize_ns: symbolize_started.elapsed().as_nanos() as u64,
+        symbolize_cpu_ns: thread_cpu_ns().saturating_sub(cpu_started),
         cpus,
         max_stack_depth: want.depth as u32,
         completeness: done,

@@ -380,6 +380,7 @@ mod tests {
             started: std::time::UNIX_EPOCH,
             duration_ns: 3_000_000_000,
             symbolize_ns: 0,
+            symbolize_cpu_ns: 0,
             cpus: 2,
             max_stack_depth: 127,
             completeness: plumb_profile::Completeness {
