@@ -423,9 +423,16 @@ fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
         .lines()
         .find(|l| l.ends_with(" plumb_hot_spin"))
         .expect(&table);
-    // Nearly all samples on both sides: the share barely moves.
-    let change: f64 = row.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(change.abs() < 5.0, "{row}");
+    // The same program on both sides: the hot function is in (nearly) all
+    // stacks of each, and its self share moves only by the few samples
+    // taken in the kernel on top of it.
+    let cols: Vec<f64> = row
+        .split_whitespace()
+        .take(6)
+        .map(|c| c.trim_end_matches('%').parse().unwrap())
+        .collect();
+    assert!(cols[4] >= 90.0 && cols[5] >= 90.0, "total shares: {row}");
+    assert!(cols[0].abs() < 15.0, "self share change: {row}");
     // The differential flame graph in BEFORE's shape, to a file.
     let dsvg = dir.0.join("d.svg");
     let (code, printed, err) = plumb(&[
