@@ -2,12 +2,14 @@
 //! timed test). Root. `cargo bench -p plumb-profile --bench overhead
 //! [-- --quick]`.
 //!
-//! One spinning thread per CPU counts loop iterations. Each round measures
-//! the workload's throughput without the profiler and with it at 49, 99 and
-//! 999 Hz, interleaved, several repetitions; medians are reported. Samples
-//! received (aggregated + idle + filtered) are compared with the expected
-//! Hz × CPUs × seconds, and the time to read and symbolize the profile is
-//! reported.
+//! One spinning thread per CPU counts loop iterations (10,000 multiply-adds
+//! each). Each round measures the workload's throughput without the
+//! profiler and with it at 49, 99 and 999 Hz, interleaved, several
+//! repetitions. Each row is the repetition with the median slowdown, so
+//! its figures belong together: both throughputs, the slowdown, samples
+//! received (in the profile, idle, filtered, lost) against the expected
+//! Hz × CPUs × seconds, and the time to read and symbolize the profile
+//! (wall and CPU).
 
 use plumb_profile::{profile, ProfileOptions};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,19 +48,22 @@ fn workload(threads: usize, d: Duration) -> f64 {
     total.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// One repetition at one frequency.
+struct Run {
+    without: f64,
+    with: f64,
+    received: u64,
+    expected: u64,
+    samples: u64,
+    lost: u64,
+    symbolize_ms: f64,
+    symbolize_cpu_ms: f64,
 }
 
-struct Row {
-    hz: u32,
-    slowdown: Vec<f64>,
-    received: Vec<f64>,
-    expected: Vec<f64>,
-    samples: Vec<f64>,
-    lost: Vec<f64>,
-    symbolize_ms: Vec<f64>,
+impl Run {
+    fn slowdown(&self) -> f64 {
+        (self.without - self.with) / self.without * 100.0
+    }
 }
 
 fn main() {
@@ -70,35 +75,24 @@ fn main() {
     let (secs, reps) = if quick { (1, 1) } else { (5, 3) };
     let d = Duration::from_secs(secs);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut rows: Vec<Row> = [49, 99, 999]
-        .into_iter()
-        .map(|hz| Row {
-            hz,
-            slowdown: vec![],
-            received: vec![],
-            expected: vec![],
-            samples: vec![],
-            lost: vec![],
-            symbolize_ms: vec![],
-        })
-        .collect();
+    let freqs = [49, 99, 999];
+    let mut runs: Vec<Vec<Run>> = freqs.iter().map(|_| Vec::new()).collect();
     let never = AtomicBool::new(false);
     for _ in 0..reps {
-        for row in rows.iter_mut() {
-            let base = workload(cpus, d);
+        for (hz, runs) in freqs.iter().zip(runs.iter_mut()) {
+            let without = workload(cpus, d);
             let opts = ProfileOptions {
-                frequency: row.hz,
+                frequency: *hz,
                 // A little longer than the workload, so it covers it all.
                 duration: d + Duration::from_millis(300),
                 ..ProfileOptions::default()
             };
-            let prof = std::thread::scope(|s| {
+            let (with, p) = std::thread::scope(|s| {
                 let h = s.spawn(|| profile(&opts, &never));
                 std::thread::sleep(Duration::from_millis(150));
                 let with = workload(cpus, d);
                 (with, h.join())
             });
-            let (with, p) = prof;
             let p = match p {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
@@ -111,39 +105,50 @@ fn main() {
                 }
             };
             let c = &p.completeness;
-            let secs = p.duration_ns as f64 / 1e9;
-            row.slowdown.push((base - with) / base * 100.0);
-            row.received
-                .push((c.samples + c.idle + c.filtered_in_kernel + c.lost + c.missed) as f64);
-            row.expected.push(row.hz as f64 * p.cpus as f64 * secs);
-            row.samples.push(c.samples as f64);
-            row.lost.push((c.lost + c.missed) as f64);
-            row.symbolize_ms.push(p.symbolize_ns as f64 / 1e6);
+            runs.push(Run {
+                without,
+                with,
+                received: c.taken(),
+                expected: p.expected_samples(),
+                samples: c.samples,
+                lost: c.lost + c.missed,
+                symbolize_ms: p.symbolize_ns as f64 / 1e6,
+                symbolize_cpu_ms: p.symbolize_cpu_ns as f64 / 1e6,
+            });
         }
     }
     println!(
-        "CPU profiler overhead: {cpus} CPUs busy with a spinning workload, {secs} s per run, {reps} repetition(s), medians\n"
+        "CPU profiler overhead: {cpus} CPUs busy with a spinning workload, {secs} s per run, \
+         {reps} repetition(s), the median run of each\n"
     );
-    println!("| Hz | workload slowdown | samples received / expected | in stacks | lost | read + symbolize |");
-    let note = "Expected counts every CPU for the whole profile, which starts 0.15 s before the \
-                workload and ends 0.15 s after it. Idle CPUs take fewer clock samples than busy \
-                ones (on the 2-CPU test machine, fully idle, 297 of 594 over 3 s), so received is \
-                below expected by part of the idle time; busy CPUs give the full rate.";
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for r in &mut rows {
-        let rec = median(&mut r.received);
-        let exp = median(&mut r.expected);
+    println!(
+        "| Hz | workload without profiler | with profiler | slowdown | samples received / expected \
+         | in the profile | lost | read + symbolize (wall / CPU) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (hz, mut runs) in freqs.iter().zip(runs) {
+        runs.sort_by(|a, b| a.slowdown().total_cmp(&b.slowdown()));
+        let r = &runs[runs.len() / 2];
         println!(
-            "| {} | {:.2}% | {:.0} / {:.0} ({:.1}%) | {:.0} | {:.0} | {:.1} ms |",
-            r.hz,
-            median(&mut r.slowdown),
-            rec,
-            exp,
-            rec / exp * 100.0,
-            median(&mut r.samples),
-            median(&mut r.lost),
-            median(&mut r.symbolize_ms)
+            "| {hz} | {:.1} k it/s | {:.1} k it/s | {:.2}% | {} / {} ({:.1}%) | {} | {} | {:.0} / {:.0} ms |",
+            r.without / 1e3,
+            r.with / 1e3,
+            r.slowdown(),
+            r.received,
+            r.expected,
+            r.received as f64 / r.expected.max(1) as f64 * 100.0,
+            r.samples,
+            r.lost,
+            r.symbolize_ms,
+            r.symbolize_cpu_ms,
         );
     }
-    println!("\n{note}");
+    println!(
+        "\nOne iteration is 10,000 multiply-adds; k it/s is thousands of iterations per second, \
+         all CPUs together. Expected counts every CPU for the whole profile, which starts 0.15 s \
+         before the workload and ends 0.15 s after it. Idle CPUs take fewer clock samples than \
+         busy ones (on the 2-CPU test machine, fully idle, 297 of 594 over 3 s), so received is \
+         below expected by part of the idle time; busy CPUs give the full rate. Read + symbolize \
+         is wall time and the profiler thread's CPU time: on a shared machine the first is longer."
+    );
 }

@@ -1,5 +1,6 @@
-//! `plumb profile diff BEFORE AFTER`: two profiles (folded or pprof, as
-//! plumb writes them), normalised to shares of all samples, compared.
+//! `plumb profile diff BEFORE AFTER`: two profiles (folded stacks, or pprof
+//! from plumb or another tool), normalised to shares of all samples,
+//! compared as a table or a differential flame graph.
 
 use crate::output::{self, parse_folded, top_from_folded, TopRow};
 use crate::{pprof, Error, Result};
@@ -8,29 +9,40 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Stack → samples, read from a file plumb wrote.
+/// Stack → samples, read from a folded-stacks file or a pprof profile
+/// (gzipped or not).
 pub fn load(path: &Path) -> Result<HashMap<String, u64>> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         what: format!("reading {}", path.display()),
         source,
     })?;
+    let bad = |reason: String| Error::BadProfile {
+        path: path.to_path_buf(),
+        reason,
+    };
     let stacks = if bytes.starts_with(&[0x1f, 0x8b]) {
         pprof::to_folded(&pprof::decode(&bytes, path)?, path)?
+    } else if let Ok(text) = std::str::from_utf8(&bytes) {
+        match parse_folded(text) {
+            Ok(stacks) => stacks,
+            // Protobuf can be valid UTF-8; text that is neither is
+            // reported as folded stacks, the likelier intent.
+            Err(reason) => match pprof::decode(&bytes, path) {
+                Ok(p) if !p.sample.is_empty() => pprof::to_folded(&p, path)?,
+                _ => return Err(bad(reason)),
+            },
+        }
     } else {
-        let text = std::str::from_utf8(&bytes).map_err(|_| Error::BadProfile {
-            path: path.to_path_buf(),
-            reason: "neither folded stacks (text) nor a gzipped pprof profile".into(),
+        let p = pprof::decode(&bytes, path).map_err(|e| match e {
+            Error::BadProfile { reason, .. } => bad(format!(
+                "neither folded stacks nor a pprof profile ({reason})"
+            )),
+            other => other,
         })?;
-        parse_folded(text).map_err(|reason| Error::BadProfile {
-            path: path.to_path_buf(),
-            reason,
-        })?
+        pprof::to_folded(&p, path)?
     };
     if stacks.values().sum::<u64>() == 0 {
-        return Err(Error::BadProfile {
-            path: path.to_path_buf(),
-            reason: "the profile holds no samples".into(),
-        });
+        return Err(bad("the profile holds no samples".into()));
     }
     Ok(stacks)
 }
@@ -98,17 +110,18 @@ pub fn table(deltas: &[Delta], limit: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>8} {:>8} {:>8}   {:>8} {:>8}  FUNCTION",
-        "SELF%", "BEFORE", "AFTER", "TOTAL%", "AFTER"
+        "{:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}  FUNCTION",
+        "SELF%", "BEFORE", "AFTER", "TOTAL%", "BEFORE", "AFTER"
     );
     let row = |out: &mut String, d: &Delta| {
         let _ = writeln!(
             out,
-            "{:>+8.2} {:>7.2}% {:>7.2}%   {:>+8.2} {:>7.2}%  {}",
+            "{:>+8.2} {:>7.2}% {:>7.2}%   {:>+8.2} {:>7.2}% {:>7.2}%  {}",
             d.self_change() * 100.0,
             d.self_before * 100.0,
             d.self_after * 100.0,
             d.total_change() * 100.0,
+            d.total_before * 100.0,
             d.total_after * 100.0,
             d.function
         );
@@ -159,20 +172,39 @@ pub fn differential_lines(
         .collect()
 }
 
-/// A differential flame graph: the AFTER profile's shape, coloured by how
-/// each frame's share changed from BEFORE.
+/// Whose stacks give a differential flame graph its shape. Frame widths
+/// are one profile's shares; colours are the change. A stack that exists
+/// in only one profile is visible only in a graph shaped by that profile:
+/// `After` shows what appeared, `Before` what vanished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Before,
+    After,
+}
+
+/// A differential flame graph in `shape`'s shape, coloured by how each
+/// frame's share changed from BEFORE to AFTER: red grew, blue shrank,
+/// whichever the shape.
 pub fn svg(
     before: &HashMap<String, u64>,
     after: &HashMap<String, u64>,
+    shape: Shape,
     title: &str,
 ) -> Result<Vec<u8>> {
-    let lines = differential_lines(before, after);
-    output::svg_from_lines(
-        lines.iter().map(String::as_str),
-        title,
-        "parts per million",
-        true,
-    )
+    // inferno takes the width from the second count and colours by
+    // second minus first; for the BEFORE shape the columns are swapped and
+    // the colours negated back, so red still means "grew".
+    let (lines, negate) = match shape {
+        Shape::After => (differential_lines(before, after), false),
+        Shape::Before => (differential_lines(after, before), true),
+    };
+    let subtitle = match shape {
+        Shape::After => "widths: AFTER; red grew, blue shrank (shares of all samples)",
+        Shape::Before => {
+            "widths: BEFORE (shows what vanished); red grew, blue shrank (shares of all samples)"
+        }
+    };
+    output::svg_differential(lines.iter().map(String::as_str), title, subtitle, negate)
 }
 
 #[cfg(test)]
@@ -239,6 +271,21 @@ mod tests {
     }
 
     #[test]
+    fn the_table_shows_both_sides_of_self_and_total() {
+        let before = prof(&[("app;main;work", 60), ("app;main;send", 40)]);
+        let after = prof(&[("app;main;work", 20), ("app;main;send", 80)]);
+        let t = table(&compare(&before, &after), 10);
+        assert_eq!(
+            t,
+            "   SELF%   BEFORE    AFTER     TOTAL%   BEFORE    AFTER  FUNCTION\n\
+             \x20 +40.00   40.00%   80.00%     +40.00   40.00%   80.00%  send\n\
+             \x20  +0.00    0.00%    0.00%      +0.00  100.00%  100.00%  main\n\
+             \x20  ...shrank:\n\
+             \x20 -40.00   60.00%   20.00%     -40.00   60.00%   20.00%  work\n"
+        );
+    }
+
+    #[test]
     fn differential_lines_are_normalised_shares() {
         let before = prof(&[("a;x", 1), ("a;y", 3)]);
         let after = prof(&[("a;x", 30), ("a;z", 10)]);
@@ -246,8 +293,29 @@ mod tests {
             differential_lines(&before, &after),
             ["a;x 250000 750000", "a;y 750000 0", "a;z 0 250000"]
         );
-        let svg = String::from_utf8(svg(&before, &after, "d").unwrap()).unwrap();
-        assert!(svg.contains("<svg"), "not an svg");
+        // `a;y` vanished: only the BEFORE shape shows it, as shrunk by
+        // 75 points (negated back to before -> after).
+        let after_shape =
+            String::from_utf8(svg(&before, &after, Shape::After, "d").unwrap()).unwrap();
+        assert!(after_shape.contains("<svg"), "not an svg");
+        assert!(
+            after_shape.contains("z (250,000 parts per million, 25.00%; +25.00%)"),
+            "{after_shape}"
+        );
+        assert!(
+            !after_shape.contains(">y ("),
+            "a vanished frame has no width"
+        );
+        let before_shape =
+            String::from_utf8(svg(&before, &after, Shape::Before, "d").unwrap()).unwrap();
+        assert!(
+            before_shape.contains("y (750,000 parts per million, 75.00%; -75.00%)"),
+            "{before_shape}"
+        );
+        assert!(
+            before_shape.contains("x (250,000 parts per million, 25.00%; +50.00%)"),
+            "{before_shape}"
+        );
     }
 
     #[test]
@@ -259,15 +327,31 @@ mod tests {
         std::fs::write(&folded, p.folded()).unwrap();
         let pb = dir.join("a.pb.gz");
         std::fs::write(&pb, crate::pprof::encode_gz(&p)).unwrap();
+        let raw = dir.join("a.pb");
+        std::fs::write(
+            &raw,
+            prost::Message::encode_to_vec(&crate::pprof::build(&p)),
+        )
+        .unwrap();
         let from_folded = load(&folded).unwrap();
         let from_pprof = load(&pb).unwrap();
         assert_eq!(from_folded, from_pprof);
+        assert_eq!(load(&raw).unwrap(), from_folded, "uncompressed pprof");
         assert_eq!(from_pprof.values().sum::<u64>(), 100);
         let bad = dir.join("bad");
         std::fs::write(&bad, [0x1f, 0x8b, 0, 1, 2]).unwrap();
         let e = load(&bad).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("{}: not a valid gzip stream", bad.display())),
+            "{e}"
+        );
+        std::fs::write(&bad, [0xff, 0xfe, 0x00, 0x07]).unwrap();
+        let e = load(&bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: neither folded stacks nor a pprof profile (not a pprof profile: ",
+                bad.display()
+            )),
             "{e}"
         );
         std::fs::write(&bad, "hello\n").unwrap();

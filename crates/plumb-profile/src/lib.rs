@@ -1,16 +1,23 @@
 //! `plumb profile`: CPU profiles with kernel and user stacks.
 //!
-//! A perf_event program on each CPU's software clock counts samples in the
-//! kernel, keyed by thread and stack ids ([`sampler`]). At the end the
-//! stacks are read once and symbolized with blazesym ([`symbols`]): kernel
-//! frames through kallsyms, user frames through the binaries each process
-//! had mapped, captured while it ran so that processes which exit before the
-//! end are still named. [`output`] renders a [`Profile`] as folded stacks,
-//! an SVG flame graph, pprof, JSON or a `top` table; [`diff`] compares two.
+//! A perf_event program on each CPU's software clock ([`perf`]) counts
+//! samples in the kernel, keyed by thread, process image and stack ids
+//! ([`sampler`]). Processes are announced as they are first sampled, and
+//! [`notes`] captures their mappings then, if the filter wants them. At the
+//! end the stacks are read once, filtered and symbolized with blazesym
+//! ([`assemble`], [`symbols`]): kernel frames through kallsyms, user frames
+//! through the binaries each process had mapped, so that processes which
+//! exit before the end are still named. [`output`] renders a [`Profile`] as
+//! folded stacks, an SVG flame graph, pprof, JSON or a `top` table; [`diff`]
+//! compares two.
 
+mod assemble;
 pub mod diff;
+mod notes;
 pub mod output;
+mod perf;
 pub mod pprof;
+mod procfs;
 mod sampler;
 mod symbols;
 
@@ -35,6 +42,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// perf_event_open refused for lack of rights (EACCES, EPERM).
+    #[error("not allowed to sample CPU {cpu} ({source}): {hint}")]
+    PerfEventDenied {
+        cpu: u32,
+        hint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every CPU answered ENODEV: this kernel has no software CPU clock.
+    #[error("no CPU clock perf event on any of the {cpus} online CPUs ({source}): this kernel cannot be sampled")]
+    NoCpuClock {
+        cpus: usize,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("bad value for --frequency: {0}")]
     Frequency(String),
     #[error("{}: {reason}", .path.display())]
@@ -53,6 +75,7 @@ impl Error {
         match self {
             Error::Core(e) => e.exit_code() as u8,
             Error::Frequency(_) | Error::BadProfile { .. } => 2,
+            Error::PerfEventDenied { .. } | Error::NoCpuClock { .. } => 3,
             Error::PerfEvent { .. } => 4,
             Error::Io { .. } => 1,
         }
@@ -102,11 +125,13 @@ pub struct Frame {
     pub symbolized: bool,
 }
 
-/// One distinct stack of one process, and how often it was sampled.
+/// One distinct stack of one thread, and how often it was sampled.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stack {
+    /// The thread's command name (threads can name themselves).
     pub comm: String,
     pub pid: u32,
+    pub tid: u32,
     pub cgroup_id: u64,
     #[serde(flatten)]
     pub workload: Arc<Workload>,
@@ -119,9 +144,10 @@ pub struct Stack {
 /// Counts that say how complete the profile is.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Completeness {
-    /// Samples aggregated into stacks.
+    /// Samples in the profile's stacks (the sum of their counts).
     pub samples: u64,
-    /// Samples lost: the kernel's count map was full.
+    /// Samples lost: the kernel's count map was full, or a count could not
+    /// be read back.
     pub lost: u64,
     /// Samples the kernel did not run the program for (another BPF program
     /// was running on that CPU): lost too, counted by the kernel.
@@ -132,17 +158,44 @@ pub struct Completeness {
     pub filtered_in_kernel: u64,
     /// Samples dropped by the user-space part of the filter (pod, comm...).
     pub filtered_in_user_space: u64,
-    /// Kernel / user stacks the kernel could not record (stack map full or
-    /// hash collision): those samples count, with a truncated stack.
+    /// Samples (in the profile) whose kernel / user stack the kernel could
+    /// not record (stack map full or hash collision): they count, with a
+    /// `[kernel stack lost]` / `[user stack lost]` frame.
     pub kernel_stacks_lost: u64,
     pub user_stacks_lost: u64,
-    /// Processes whose mappings were not captured in time (their user
-    /// frames show as addresses).
+    /// Samples (in the profile) whose kernel or user stack reached the
+    /// depth limit (127 frames): their outermost frames are missing, and
+    /// a `[truncated]` frame stands in their place.
+    pub stacks_truncated: u64,
+    /// Notes of new processes the ring buffer could not take.
     pub process_notes_lost: u64,
-    /// Frames shown as module+offset or a bare address.
+    /// Process images whose mappings were captured.
+    pub processes_captured: u64,
+    /// Process images with user frames in the profile whose mappings could
+    /// not be captured (gone before the note was read, pid reused, exec'd
+    /// since): their user frames show as addresses.
+    pub processes_not_captured: u64,
+    /// Sampled frames shown as module+offset or an address: each frame of
+    /// each stack, times the stack's samples.
     pub frames_unsymbolized: u64,
-    /// Frames in all stacks (for the share above).
+    /// Sampled frames in all stacks, counted the same way.
     pub frames_total: u64,
+    /// Distinct addresses (per process image for user frames) that could
+    /// not be named.
+    pub addresses_unsymbolized: u64,
+}
+
+impl Completeness {
+    /// Every clock sample the perf events delivered: in the profile, left
+    /// out by a filter, idle, or lost.
+    pub fn taken(&self) -> u64 {
+        self.samples
+            + self.filtered_in_user_space
+            + self.filtered_in_kernel
+            + self.idle
+            + self.lost
+            + self.missed
+    }
 }
 
 /// A finished CPU profile.
@@ -156,7 +209,12 @@ pub struct Profile {
     /// Time spent reading, symbolizing and attributing the stacks after
     /// sampling stopped.
     pub symbolize_ns: u64,
+    /// The CPU time of that work (on a busy machine, far less than the
+    /// wall time above).
+    pub symbolize_cpu_ns: u64,
     pub cpus: u32,
+    /// Frames the kernel records per stack (see `stacks_truncated`).
+    pub max_stack_depth: u32,
     #[serde(flatten)]
     pub completeness: Completeness,
     pub stacks: Vec<Stack>,
@@ -179,6 +237,13 @@ impl Profile {
     /// Samples the profile holds.
     pub fn samples(&self) -> u64 {
         self.stacks.iter().map(|s| s.count).sum()
+    }
+
+    /// What a busy machine gives: the frequency × CPUs × seconds sampled.
+    /// Idle CPUs take fewer samples (the clock's tick stops while idle).
+    pub fn expected_samples(&self) -> u64 {
+        (f64::from(self.frequency_hz) * f64::from(self.cpus) * self.duration_ns as f64 / 1e9)
+            .round() as u64
     }
 }
 

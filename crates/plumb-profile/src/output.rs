@@ -52,22 +52,32 @@ pub fn parse_folded(text: &str) -> std::result::Result<HashMap<String, u64>, Str
 /// An SVG flame graph of the profile.
 pub fn svg(p: &Profile, title: &str) -> Result<Vec<u8>> {
     let folded = folded(p);
-    svg_from_lines(folded.lines(), title, "samples", false)
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_string();
+    opts.count_name = "samples".to_string();
+    render(folded.lines(), &mut opts)
 }
 
-pub(crate) fn svg_from_lines<'a>(
+/// A differential flame graph from lines `stack first second`: widths from
+/// the second count, colours from second minus first (negated on request).
+pub(crate) fn svg_differential<'a>(
     lines: impl IntoIterator<Item = &'a str>,
     title: &str,
-    count_name: &str,
-    differential: bool,
+    subtitle: &str,
+    negate: bool,
 ) -> Result<Vec<u8>> {
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_string();
-    opts.count_name = count_name.to_string();
-    if differential {
-        opts.subtitle = Some("red: grew, blue: shrank (shares of all samples)".to_string());
-    }
-    let mut out = Vec::new();
+    opts.subtitle = Some(subtitle.to_string());
+    opts.count_name = "parts per million".to_string();
+    opts.negate_differentials = negate;
+    render(lines, &mut opts)
+}
+
+fn render<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    opts: &mut inferno::flamegraph::Options,
+) -> Result<Vec<u8>> {
     let lines: Vec<&str> = lines.into_iter().collect();
     if lines.is_empty() {
         return Err(Error::Io {
@@ -75,7 +85,8 @@ pub(crate) fn svg_from_lines<'a>(
             source: std::io::Error::other("the profile holds no samples"),
         });
     }
-    inferno::flamegraph::from_lines(&mut opts, lines, &mut out).map_err(|source| Error::Io {
+    let mut out = Vec::new();
+    inferno::flamegraph::from_lines(opts, lines, &mut out).map_err(|source| Error::Io {
         what: "flame graph".into(),
         source,
     })?;
@@ -187,6 +198,7 @@ pub(crate) mod tests {
         let st = |comm: &str, pid, frames: &[&str], count| Stack {
             comm: comm.into(),
             pid,
+            tid: pid + 1000,
             cgroup_id: 1,
             workload: Arc::default(),
             frames: frames
@@ -201,7 +213,9 @@ pub(crate) mod tests {
             started: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
             duration_ns: 5_000_000_000,
             symbolize_ns: 0,
+            symbolize_cpu_ns: 0,
             cpus: 2,
+            max_stack_depth: 127,
             completeness: Completeness::default(),
             prog_ids: Vec::new(),
             stacks: vec![

@@ -3,6 +3,7 @@
 //! `Profile` is what `go tool pprof`, Pyroscope and Parca read.
 
 use crate::{Error, Profile as CpuProfile, Result};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -142,8 +143,9 @@ impl Strings {
 }
 
 /// Build the pprof message for a profile: two sample values (`samples/count`
-/// and `cpu/nanoseconds`), one function and one location per distinct frame,
-/// one mapping per module, and `pid`, `comm`, `pod`, `namespace` labels.
+/// and `cpu/nanoseconds`), one function and one location per distinct frame
+/// (name and module), one mapping per module, and `pid`, `tid`, `comm`,
+/// `pod`, `namespace` labels.
 pub fn build(p: &CpuProfile) -> Profile {
     let mut s = Strings::new();
     let period_ns = 1_000_000_000 / i64::from(p.frequency_hz.max(1));
@@ -159,12 +161,15 @@ pub fn build(p: &CpuProfile) -> Profile {
     ];
     let mut mappings: HashMap<String, u64> = HashMap::new();
     let mut mapping = Vec::new();
-    let mut functions: HashMap<(String, bool), u64> = HashMap::new();
+    // Two binaries can have functions of the same name (`main`, `init`):
+    // they are different functions, with different mappings.
+    let mut functions: HashMap<(&str, Option<&str>, bool), u64> = HashMap::new();
     let mut function = Vec::new();
     let mut location = Vec::new();
     let mut samples = Vec::new();
-    let (k_pid, k_comm, k_pod, k_ns) = (
+    let (k_pid, k_tid, k_comm, k_pod, k_ns) = (
         s.get("pid"),
+        s.get("tid"),
         s.get("comm"),
         s.get("pod"),
         s.get("namespace"),
@@ -172,7 +177,7 @@ pub fn build(p: &CpuProfile) -> Profile {
     for st in &p.stacks {
         let mut ids = Vec::with_capacity(st.frames.len() + 1);
         for f in st.frames.iter().rev() {
-            let key = (f.name.to_string(), f.kernel);
+            let key = (&*f.name, f.module.as_deref(), f.kernel);
             let id = match functions.get(&key) {
                 Some(&id) => id,
                 None => {
@@ -219,6 +224,11 @@ pub fn build(p: &CpuProfile) -> Profile {
             Label {
                 key: k_pid,
                 num: i64::from(st.pid),
+                ..Default::default()
+            },
+            Label {
+                key: k_tid,
+                num: i64::from(st.tid),
                 ..Default::default()
             },
             Label {
@@ -299,6 +309,9 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Profile> {
     Profile::decode(raw.as_slice()).map_err(|e| bad(format!("not a pprof profile: {e}")))
 }
 
+/// The first folded frame of a pprof sample without a `comm` label.
+pub const NO_COMM: &str = "[no comm]";
+
 /// A pprof profile as folded stacks (`comm;root;...;leaf` → first sample
 /// value), the form `diff` compares.
 pub fn to_folded(p: &Profile, path: &Path) -> Result<HashMap<String, u64>> {
@@ -317,16 +330,22 @@ pub fn to_folded(p: &Profile, path: &Path) -> Result<HashMap<String, u64>> {
         .iter()
         .map(|f| Ok((f.id, string(f.name)?)))
         .collect::<Result<_>>()?;
-    let locs: HashMap<u64, Vec<&str>> = p
+    let locs: HashMap<u64, Vec<Cow<str>>> = p
         .location
         .iter()
         .map(|l| {
-            // Lines are innermost (inlined) first.
-            let names = l
-                .line
-                .iter()
-                .map(|ln| funcs.get(&ln.function_id).copied().unwrap_or("[unknown]"))
-                .collect();
+            // Lines are innermost (inlined) first. A location without lines
+            // (another tool's unsymbolized frame) is known by its address.
+            let names = if l.line.is_empty() {
+                vec![Cow::Owned(format!("[unknown]@{:#x}", l.address))]
+            } else {
+                l.line
+                    .iter()
+                    .map(|ln| {
+                        Cow::Borrowed(funcs.get(&ln.function_id).copied().unwrap_or("[unknown]"))
+                    })
+                    .collect()
+            };
             (l.id, names)
         })
         .collect();
@@ -342,21 +361,20 @@ pub fn to_folded(p: &Profile, path: &Path) -> Result<HashMap<String, u64>> {
             let names = locs
                 .get(id)
                 .ok_or_else(|| bad("sample refers to a missing location"))?;
-            frames.extend(names.iter().rev());
+            frames.extend(names.iter().rev().map(|n| &**n));
         }
+        // Folded stacks start with the command name; a profile from another
+        // tool may have none, and its root frame must stay a frame.
         let comm = comm_key
             .and_then(|k| s.label.iter().find(|l| l.key == k))
             .map(|l| string(l.str))
-            .transpose()?;
-        let mut line = String::new();
-        if let Some(c) = comm {
-            line.push_str(c);
-        }
+            .transpose()?
+            .filter(|c| !c.is_empty())
+            .unwrap_or(NO_COMM);
+        let mut line = comm.replace(';', ":");
         for f in frames {
-            if !line.is_empty() {
-                line.push(';');
-            }
-            line.push_str(f);
+            line.push(';');
+            line.push_str(&f.replace(';', ":"));
         }
         let v = s.value.first().copied().unwrap_or(0).max(0) as u64;
         *out.entry(line).or_default() += v;
@@ -396,5 +414,101 @@ mod tests {
         // And back to the folded text it came from.
         let folded = to_folded(&d, Path::new("t")).unwrap();
         assert_eq!(folded, crate::output::parse_folded(&p.folded()).unwrap());
+    }
+
+    #[test]
+    fn same_name_in_two_binaries_is_two_functions_and_tids_are_labels() {
+        let mut p = crate::output::tests::sample_profile();
+        // `main` of app (module /bin/app) and `main` of sh (module /bin/sh).
+        for st in &mut p.stacks {
+            let module = format!("/bin/{}", st.comm);
+            for f in &mut st.frames {
+                f.module = Some(module.as_str().into());
+            }
+        }
+        let d = build(&p);
+        let st = |i: i64| d.string_table[i as usize].as_str();
+        let mains: Vec<&Function> = d.function.iter().filter(|f| st(f.name) == "main").collect();
+        assert_eq!(mains.len(), 2);
+        let files: Vec<&str> = mains
+            .iter()
+            .map(|f| {
+                let loc = d.location.iter().find(|l| l.id == f.id).unwrap();
+                let m = d.mapping.iter().find(|m| m.id == loc.mapping_id).unwrap();
+                st(m.filename)
+            })
+            .collect();
+        assert_eq!(files, ["/bin/app", "/bin/sh"]);
+        let tids: Vec<i64> = d
+            .sample
+            .iter()
+            .map(|s| s.label.iter().find(|l| st(l.key) == "tid").unwrap().num)
+            .collect();
+        assert_eq!(tids, [1010, 1011, 1010, 1012]);
+    }
+
+    /// A profile from another tool: no `comm` label, and a location that
+    /// has only an address.
+    #[test]
+    fn a_foreign_profile_keeps_its_root_frame() {
+        let strings = ["", "samples", "count", "main", "work"];
+        let loc = |id: u64, function_id: u64| Location {
+            id,
+            line: vec![Line {
+                function_id,
+                line: 0,
+            }],
+            ..Default::default()
+        };
+        let p = Profile {
+            sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+            string_table: strings.iter().map(|s| s.to_string()).collect(),
+            function: vec![
+                Function {
+                    id: 1,
+                    name: 3,
+                    ..Default::default()
+                },
+                Function {
+                    id: 2,
+                    name: 4,
+                    ..Default::default()
+                },
+            ],
+            location: vec![
+                loc(1, 1),
+                loc(2, 2),
+                Location {
+                    id: 3,
+                    address: 0x4010,
+                    ..Default::default()
+                },
+            ],
+            sample: vec![
+                Sample {
+                    location_id: vec![2, 1],
+                    value: vec![6],
+                    label: vec![],
+                },
+                Sample {
+                    location_id: vec![3, 1],
+                    value: vec![4],
+                    label: vec![],
+                },
+            ],
+            ..Default::default()
+        };
+        let folded = to_folded(&p, Path::new("t")).unwrap();
+        assert_eq!(
+            folded,
+            HashMap::from([
+                ("[no comm];main;work".to_string(), 6),
+                ("[no comm];main;[unknown]@0x4010".to_string(), 4)
+            ])
+        );
+        let top = crate::output::top_from_folded(&folded);
+        let main = top.iter().find(|r| r.function == "main").unwrap();
+        assert_eq!((main.self_samples, main.total_samples), (0, 10));
+        assert!(top.iter().all(|r| r.function != NO_COMM));
     }
 }

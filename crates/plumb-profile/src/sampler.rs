@@ -1,12 +1,15 @@
-//! Loading the profiler, one perf event per CPU, and reading the result.
+//! Loading the profiler, one perf event per CPU, following process notes
+//! while it runs, and reading the kernel's counts at the end.
 
 mod skel {
     #![allow(clippy::all, clippy::pedantic, dead_code, non_camel_case_types)]
     include!(concat!(env!("OUT_DIR"), "/profile.skel.rs"));
 }
 
-use crate::symbols::{Symbols, UserAddr};
-use crate::{Completeness, Error, Frame, Profile, ProfileOptions, Result, Stack};
+use crate::assemble::{self, Sampled, Want};
+use crate::notes::{self, Captures, Note};
+use crate::symbols::{Image, ProcKey, Symbols};
+use crate::{perf, Completeness, Error, Profile, ProfileOptions, Result};
 use bytemuck::{Pod, Zeroable};
 use libbpf_rs::{MapCore, MapFlags};
 use plumb_core::enrich::{cgroupfs::CgroupFs, Enricher};
@@ -15,12 +18,13 @@ use plumb_core::filter::Filter;
 use plumb_core::loader::{self, Loaded};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 const GADGET: &str = "profile";
+/// PROFILE_MAX_DEPTH of profile.h.
 const MAX_DEPTH: usize = 127;
 
 /// `struct sample_key` of profile.h.
@@ -28,16 +32,41 @@ const MAX_DEPTH: usize = 127;
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 struct RawKey {
     cgroup_id: u64,
+    start_ns: u64,
+    exec_id: u32,
+    pad: u32,
     pid: u32,
     tid: u32,
     kstack: i32,
     ustack: i32,
-    gen: u32,
-    pad: u32,
     comm: [u8; 16],
 }
 const _: () =
     assert!(std::mem::size_of::<skel::types::sample_key>() == std::mem::size_of::<RawKey>());
+const _: () =
+    assert!(std::mem::size_of::<skel::types::proc_note>() == std::mem::size_of::<notes::RawNote>());
+/// `struct image_id` of profile.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct RawImage {
+    start_ns: u64,
+    exec_id: u32,
+    pad: u32,
+}
+const _: () =
+    assert!(std::mem::size_of::<skel::types::image_id>() == std::mem::size_of::<RawImage>());
+
+impl RawKey {
+    fn proc(&self) -> ProcKey {
+        ProcKey {
+            pid: self.pid,
+            image: Image {
+                start_ns: self.start_ns,
+                exec_id: self.exec_id,
+            },
+        }
+    }
+}
 
 /// Slots of the `stats` array (enum profile_stat).
 mod stat {
@@ -45,9 +74,7 @@ mod stat {
     pub const IDLE: u32 = 1;
     pub const FILTERED: u32 = 2;
     pub const LOST_FULL: u32 = 3;
-    pub const KSTACK_LOST: u32 = 4;
-    pub const USTACK_LOST: u32 = 5;
-    pub const NOTE_LOST: u32 = 6;
+    pub const NOTE_LOST: u32 = 4;
 }
 
 /// Where a running profile is.
@@ -55,63 +82,8 @@ mod stat {
 pub struct Progress {
     pub elapsed: Duration,
     pub duration: Duration,
+    /// Samples the kernel aggregated so far (before the user-space filter).
     pub samples: u64,
-}
-
-/// The CPUs the kernel has online (`0-3,5`).
-fn online_cpus() -> Vec<u32> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
-    let mut cpus = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-                    cpus.extend(a..=b);
-                }
-            }
-            None => cpus.extend(part.parse::<u32>().ok()),
-        }
-    }
-    if cpus.is_empty() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        cpus.extend(0..n);
-    }
-    cpus
-}
-
-/// A software CPU-clock sampling event on one CPU, for every task.
-fn open_cpu_clock(cpu: u32, frequency: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: perf_event_attr is plain data; all-zero is its default.
-    let mut attr: libbpf_sys::perf_event_attr = unsafe { std::mem::zeroed() };
-    attr.type_ = libbpf_sys::PERF_TYPE_SOFTWARE;
-    attr.size = std::mem::size_of::<libbpf_sys::perf_event_attr>() as u32;
-    attr.config = libbpf_sys::PERF_COUNT_SW_CPU_CLOCK as u64;
-    attr.__bindgen_anon_1.sample_freq = frequency as u64;
-    attr.set_freq(1);
-    // SAFETY: a valid attr; pid -1 with a cpu means every task on that CPU.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const libbpf_sys::perf_event_attr,
-            -1 as libc::pid_t,
-            cpu as libc::c_int,
-            -1 as libc::c_int,
-            libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn max_sample_rate() -> Option<u32> {
-    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The program and its perf events. Dropping it detaches everything: each
@@ -120,6 +92,14 @@ struct Running {
     loaded: Loaded<skel::ProfileSkel<'static>>,
     /// The events' descriptors, owned by the links; kept to pause them.
     events: Vec<RawFd>,
+}
+
+fn attach_error(hook: &str, source: libbpf_rs::Error) -> Error {
+    Error::Core(plumb_core::Error::Attach {
+        gadget: GADGET,
+        hook: hook.to_string(),
+        source,
+    })
 }
 
 impl Running {
@@ -147,41 +127,36 @@ impl Running {
                     })?;
                 Ok(())
             })?;
-        let mut events = Vec::new();
-        for cpu in online_cpus() {
-            let fd = match open_cpu_clock(cpu, opts.frequency) {
-                Ok(fd) => fd,
-                // A CPU that went offline since we listed them.
-                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => continue,
-                Err(source) => return Err(Error::PerfEvent { cpu, source }),
-            };
-            let link = loaded
-                .skel_mut()
-                .progs
-                .plumb_profile_sample
-                .attach_perf_event(fd.as_raw_fd())
-                .map_err(|source| plumb_core::Error::Attach {
-                    gadget: GADGET,
-                    hook: format!("perf_event cpu-clock on CPU {cpu}"),
-                    source,
-                })?;
-            loaded.keep_link(link);
-            // The link closes the event when it is destroyed.
-            events.push(fd.into_raw_fd());
-        }
         if opts.user {
-            // New images get their mappings captured under a new generation.
+            // Before the clocks start, so no exec or new mapping of a
+            // sampled process goes unseen.
             let link = loaded
                 .skel_mut()
                 .progs
                 .plumb_profile_exec
                 .attach()
-                .map_err(|source| plumb_core::Error::Attach {
-                    gadget: GADGET,
-                    hook: "tracepoint sched:sched_process_exec".into(),
-                    source,
-                })?;
+                .map_err(|e| attach_error("tracepoint sched:sched_process_exec", e))?;
             loaded.keep_link(link);
+            let link = loaded
+                .skel_mut()
+                .progs
+                .plumb_profile_mmap
+                .attach()
+                .map_err(|e| attach_error("tracepoint syscalls:sys_enter_mmap", e))?;
+            loaded.keep_link(link);
+        }
+        // On error, `loaded` and the links so far are dropped: detached.
+        let mut events = Vec::new();
+        for (cpu, fd) in perf::open_all(opts.frequency)? {
+            let link = loaded
+                .skel_mut()
+                .progs
+                .plumb_profile_sample
+                .attach_perf_event(fd.as_raw_fd())
+                .map_err(|e| attach_error(&format!("perf_event cpu-clock on CPU {cpu}"), e))?;
+            loaded.keep_link(link);
+            // The link closes the event when it is destroyed.
+            events.push(fd.into_raw_fd());
         }
         Ok(Running { loaded, events })
     }
@@ -191,7 +166,7 @@ impl Running {
         for &fd in &self.events {
             // SAFETY: an ioctl without argument on a perf event whose link
             // (and so the descriptor) is still alive.
-            unsafe { libc::ioctl(fd, perf_ioc_disable(), 0) };
+            unsafe { libc::ioctl(fd, perf::ioc_disable(), 0) };
         }
     }
 
@@ -237,7 +212,7 @@ impl Running {
         bytes
             .chunks_exact(8)
             .take(MAX_DEPTH)
-            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
+            .filter_map(|c| c.try_into().ok().map(u64::from_ne_bytes))
             .take_while(|&ip| ip != 0)
             .collect()
     }
@@ -253,26 +228,74 @@ impl Running {
             })
             .collect()
     }
-}
 
-/// A frame that stands for something other than a function.
-fn placeholder(name: &str, kernel: bool) -> Frame {
-    Frame {
-        name: Arc::from(name),
-        module: None,
-        kernel,
-        symbolized: true,
+    /// The image `pid` runs now, as far as the kernel side saw.
+    fn latest(&self, pid: u32) -> Option<Image> {
+        let map = &self.loaded.skel().maps.latest;
+        let v = map.lookup(&pid.to_ne_bytes(), MapFlags::ANY).ok()??;
+        image_of(&v)
+    }
+
+    fn all_latest(&self) -> HashMap<u32, Image> {
+        let map = &self.loaded.skel().maps.latest;
+        map.keys()
+            .filter_map(|k| {
+                let pid = u32::from_ne_bytes(k.get(..4)?.try_into().ok()?);
+                let v = map.lookup(&k, MapFlags::ANY).ok()??;
+                Some((pid, image_of(&v)?))
+            })
+            .collect()
     }
 }
 
-/// `_IO('$', 1)`: PERF_EVENT_IOC_DISABLE.
-fn perf_ioc_disable() -> libc::c_ulong {
-    ((b'$' as libc::c_ulong) << 8) | 1
+fn image_of(bytes: &[u8]) -> Option<Image> {
+    let raw: RawImage =
+        bytemuck::try_pod_read_unaligned(bytes.get(..std::mem::size_of::<RawImage>())?).ok()?;
+    Some(Image {
+        start_ns: raw.start_ns,
+        exec_id: raw.exec_id,
+    })
 }
 
-fn comm_str(c: &[u8; 16]) -> String {
-    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-    String::from_utf8_lossy(&c[..end]).into_owned()
+/// The user-space half of the filter (pod, namespace, container, comm
+/// where the kernel did not check it), asked with the same header for a
+/// process note and for a sampled stack.
+struct UserFilter {
+    filter: Filter,
+    enricher: Enricher,
+    node: Arc<str>,
+    started: SystemTime,
+}
+
+impl UserFilter {
+    fn wants(&mut self, pid: u32, tid: u32, comm: &str, cgroup_id: u64) -> bool {
+        let (cgroup, workload) = self.enricher.resolve(cgroup_id, pid);
+        let header = Header {
+            timestamp: self.started,
+            node: self.node.clone(),
+            pid,
+            tid,
+            uid: 0,
+            comm: comm.to_string(),
+            cgroup_id,
+            cgroup,
+            workload,
+        };
+        self.filter.matches_header(&header)
+    }
+}
+
+/// CPU time this thread has used, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 pub fn run(
@@ -283,7 +306,7 @@ pub fn run(
     if opts.frequency == 0 {
         return Err(Error::Frequency("must be at least 1 Hz".into()));
     }
-    if let Some(max) = max_sample_rate() {
+    if let Some(max) = perf::max_sample_rate() {
         if opts.frequency > max {
             return Err(Error::Frequency(format!(
                 "{} Hz is above this kernel's limit of {max} Hz (kernel.perf_event_max_sample_rate)",
@@ -302,21 +325,31 @@ pub fn run(
     if let Some(fs) = &fs {
         filter.narrow_to_containers(fs);
     }
-    let mut symbols = Symbols::new();
     let running = Running::start(opts, &filter)?;
     let started_wall = SystemTime::now();
     let started = Instant::now();
+    let node: Arc<str> = plumb_core::runner::node_name().into();
+    // The uid is checked in the kernel; a header has none to compare.
+    let mut user_filter = UserFilter {
+        filter: Filter {
+            uid: None,
+            ..filter
+        },
+        enricher: Enricher::with_fs(fs, opts.sources.clone(), Enricher::DEFAULT_CAPACITY),
+        node: node.clone(),
+        started: started_wall,
+    };
+    let mut symbols = Symbols::new();
+    let mut captures = Captures::default();
+    let still_current = |key: ProcKey| running.latest(key.pid) == Some(key.image);
 
-    // New processes announced by the kernel: capture their mappings now,
-    // while they exist.
-    let fresh: RefCell<Vec<(u32, u32)>> = RefCell::new(Vec::new());
+    // Process images announced by the kernel: capture their mappings now,
+    // while they exist, if the filter wants them.
+    let fresh: RefCell<Vec<Note>> = RefCell::new(Vec::new());
     let mut builder = libbpf_rs::RingBufferBuilder::new();
     builder
         .add(&running.loaded.skel().maps.events, |data: &[u8]| {
-            if let (Some(p), Some(g)) = (data.get(..4), data.get(4..8)) {
-                let word = |b: &[u8]| u32::from_ne_bytes(b.try_into().unwrap_or_default());
-                fresh.borrow_mut().push((word(p), word(g)));
-            }
+            fresh.borrow_mut().extend(notes::decode(data));
             0
         })
         .map_err(|source| plumb_core::Error::RingBuffer {
@@ -329,14 +362,21 @@ pub fn run(
             gadget: GADGET,
             source,
         })?;
+    let mut take_notes = |symbols: &mut Symbols, captures: &mut Captures| {
+        let now = Instant::now();
+        for n in fresh.borrow_mut().drain(..) {
+            if user_filter.wants(n.key.pid, n.tid, &n.comm, n.cgroup_id) {
+                captures.noted(n.key, now, symbols, &still_current);
+            }
+        }
+    };
     let mut last_tick = Instant::now();
     while started.elapsed() < opts.duration && !stop.load(Ordering::Relaxed) {
         let left = opts.duration.saturating_sub(started.elapsed());
         // An interrupted poll (a signal) is not an error: the loop checks stop.
         let _ = ring.poll(left.min(Duration::from_millis(100)));
-        for (pid, gen) in fresh.borrow_mut().drain(..) {
-            symbols.capture(pid, gen);
-        }
+        take_notes(&mut symbols, &mut captures);
+        captures.run_due(Some(Instant::now()), &mut symbols, &still_current);
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
             progress(&Progress {
@@ -349,145 +389,83 @@ pub fn run(
     running.pause();
     let elapsed = started.elapsed();
     let _ = ring.consume();
+    take_notes(&mut symbols, &mut captures);
+    captures.run_due(None, &mut symbols, &still_current);
     drop(ring);
-    for (pid, gen) in fresh.into_inner() {
-        symbols.capture(pid, gen);
-    }
 
+    let symbolize_started = Instant::now();
+    let cpu_started = thread_cpu_ns();
+    let aggregated = running.stat(stat::SAMPLES);
     let mut done = Completeness {
-        samples: running.stat(stat::SAMPLES),
         lost: running.stat(stat::LOST_FULL),
         missed: running.recursion_misses(),
         idle: running.stat(stat::IDLE),
         filtered_in_kernel: running.stat(stat::FILTERED),
-        kernel_stacks_lost: running.stat(stat::KSTACK_LOST),
-        user_stacks_lost: running.stat(stat::USTACK_LOST),
         process_notes_lost: running.stat(stat::NOTE_LOST),
         ..Completeness::default()
     };
-    let symbolize_started = Instant::now();
+    // The user-space filter first: stacks of processes it rejects are
+    // never read, symbolized or captured.
     let counts = running.counts();
-    let mut stacks_k: HashMap<i32, Vec<u64>> = HashMap::new();
-    let mut stacks_u: HashMap<i32, Vec<u64>> = HashMap::new();
-    for (k, _) in &counts {
-        stacks_k
-            .entry(k.kstack)
-            .or_insert_with(|| running.stack(k.kstack));
-        stacks_u
-            .entry(k.ustack)
-            .or_insert_with(|| running.stack(k.ustack));
-    }
+    let read: u64 = counts.iter().map(|(_, n)| n).sum();
+    // Counts the kernel made but that could not be read back are lost too.
+    done.lost += aggregated.saturating_sub(read);
+    let (kept, filtered) = assemble::select(counts, |k| {
+        user_filter.wants(k.pid, k.tid, &notes::comm_str(&k.comm), k.cgroup_id)
+    });
+    done.filtered_in_user_space = filtered;
+    let mut stacks: HashMap<i32, Arc<[u64]>> = HashMap::new();
+    let mut stack = |id: i32| -> Arc<[u64]> {
+        stacks
+            .entry(id)
+            .or_insert_with(|| running.stack(id).into())
+            .clone()
+    };
+    let sampled: Vec<Sampled> = kept
+        .into_iter()
+        .map(|(k, count)| Sampled {
+            proc: k.proc(),
+            tid: k.tid,
+            comm: notes::comm_str(&k.comm),
+            cgroup_id: k.cgroup_id,
+            kstack_id: k.kstack,
+            ustack_id: k.ustack,
+            kstack: stack(k.kstack),
+            ustack: stack(k.ustack),
+            count,
+        })
+        .collect();
+    let latest = running.all_latest();
     let cpus = running.events.len() as u32;
     let prog_ids = running.loaded.prog_ids();
     // Everything is read: unload before the (slower) symbolization.
     drop(running);
 
-    // Symbolize every distinct address once.
-    let mut kaddrs: Vec<u64> = stacks_k.values().flatten().copied().collect();
-    kaddrs.sort_unstable();
-    kaddrs.dedup();
-    let kernel = symbols.kernel(&kaddrs);
-    let mut uaddrs: Vec<UserAddr> = counts
-        .iter()
-        .flat_map(|(k, _)| {
-            stacks_u[&k.ustack].iter().map(move |&addr| UserAddr {
-                pid: k.pid,
-                gen: k.gen,
-                addr,
-            })
-        })
-        .collect();
-    uaddrs.sort_unstable();
-    uaddrs.dedup();
-    let user = symbols.user(&uaddrs);
-
-    let mut enricher = Enricher::with_fs(fs, opts.sources.clone(), Enricher::DEFAULT_CAPACITY);
-    let node: Arc<str> = plumb_core::runner::node_name().into();
-    // Merge threads of a process: a stack is per (process, comm, frames).
-    let mut merged: HashMap<(u32, String, u64, Vec<Frame>), u64> = HashMap::new();
-    for (k, n) in counts {
-        let comm = comm_str(&k.comm);
-        let (cgroup, workload) = enricher.resolve(k.cgroup_id, k.pid);
-        let header = Header {
-            timestamp: started_wall,
-            node: node.clone(),
-            pid: k.pid,
-            tid: k.tid,
-            uid: 0,
-            comm: comm.clone(),
-            cgroup_id: k.cgroup_id,
-            cgroup,
-            workload,
-        };
-        // uid is checked in the kernel; the header has none to compare.
-        let mut f = filter.clone();
-        f.uid = None;
-        if !f.matches_header(&header) {
-            done.filtered_in_user_space += n;
-            continue;
-        }
-        let mut frames: Vec<Frame> = Vec::new();
-        // A stack the kernel could not record (its map bucket was taken by
-        // another stack, or the map was full) is named as such.
-        let lost = |id: i32, want: bool| want && id < 0 && id != -libc::EFAULT;
-        if lost(k.ustack, opts.user) {
-            frames.push(placeholder("[user stack lost]", false));
-        }
-        for addr in stacks_u[&k.ustack].iter().rev() {
-            let ua = UserAddr {
-                pid: k.pid,
-                gen: k.gen,
-                addr: *addr,
-            };
-            frames.push(user[&ua].clone());
-        }
-        if lost(k.kstack, opts.kernel) {
-            frames.push(placeholder("[kernel stack lost]", true));
-        }
-        for addr in stacks_k[&k.kstack].iter().rev() {
-            frames.push(kernel[addr].clone());
-        }
-        if frames.is_empty() {
-            // Sampled where the requested stack does not exist (user mode
-            // with --kernel-only, a kernel thread with --user-only).
-            let name = match (opts.kernel, opts.user) {
-                (true, false) => "[user space]",
-                (false, true) => "[kernel]",
-                _ => "[no stack]",
-            };
-            frames.push(placeholder(name, !opts.user));
-        }
-        *merged
-            .entry((k.pid, comm, k.cgroup_id, frames))
-            .or_default() += n;
-    }
-    let mut stacks: Vec<Stack> = merged
-        .into_iter()
-        .map(|((pid, comm, cgroup_id, frames), count)| {
-            let (_, workload) = enricher.resolve(cgroup_id, pid);
-            Stack {
-                comm,
-                pid,
-                cgroup_id,
-                workload,
-                frames,
-                count,
-            }
-        })
-        .collect();
-    stacks.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.pid.cmp(&b.pid)));
-    for s in &stacks {
-        done.frames_total += s.frames.len() as u64 * s.count;
-        done.frames_unsymbolized +=
-            s.frames.iter().filter(|f| !f.symbolized).count() as u64 * s.count;
-    }
+    let want = Want {
+        kernel: opts.kernel,
+        user: opts.user,
+        depth: perf::stack_depth_limit(MAX_DEPTH),
+    };
+    // After the end, /proc shows an image only if the kernel saw no exec
+    // since (and the pid was not reused: the capture checks that itself).
+    let may_recapture = |key: ProcKey| latest.get(&key.pid) == Some(&key.image);
+    let stacks = assemble::assemble(
+        sampled,
+        want,
+        &mut symbols,
+        &may_recapture,
+        &mut user_filter.enricher,
+        &mut done,
+    );
     Ok(Profile {
         node: node.to_string(),
         frequency_hz: opts.frequency,
         started: started_wall,
         duration_ns: elapsed.as_nanos() as u64,
         symbolize_ns: symbolize_started.elapsed().as_nanos() as u64,
+        symbolize_cpu_ns: thread_cpu_ns().saturating_sub(cpu_started),
         cpus,
+        max_stack_depth: want.depth as u32,
         completeness: done,
         stacks,
         prog_ids,

@@ -1,7 +1,9 @@
 //! `plumb profile cpu` against programs this test builds and runs: a hot
 //! function with frame pointers, a system-call workload, a process that
-//! exits (and whose binary is deleted) before the profile ends, and the pid
-//! and cgroup filters. Root: these load BPF programs.
+//! exits (and whose binary is deleted) before the profile ends, libraries
+//! loaded with dlopen() while it is profiled, a stack deeper than the
+//! kernel records, and the pid, comm and cgroup filters. Root: these load
+//! BPF programs.
 
 use plumb_core::testing::{assert_no_programs_left, require_root};
 use serde_json::Value;
@@ -137,6 +139,8 @@ fn hot_function_carries_the_samples_with_main_below_it() {
     let dir = TempDir::new("hot");
     let bin = build_hot(&dir.0, "plumbhot");
     let hot = spawn(Command::new(&bin).arg("5"));
+    // The same program, running beside it: --pid leaves it out in the kernel.
+    let other = spawn(Command::new(&bin).arg("5"));
     let pid = hot.0.id();
     std::thread::sleep(Duration::from_millis(200));
     let (code, out, err) = plumb(&[
@@ -158,8 +162,9 @@ fn hot_function_carries_the_samples_with_main_below_it() {
     let mut total = 0;
     let mut hot_samples = 0;
     for s in stacks {
-        // --pid: nothing but the program.
+        // --pid: nothing but the program; single-threaded, so tid = pid.
         assert_eq!(s["pid"].as_u64(), Some(pid as u64), "{s}");
+        assert_eq!(s["tid"].as_u64(), Some(pid as u64), "{s}");
         assert_eq!(s["comm"], "plumbhot");
         let n = s["count"].as_u64().unwrap();
         total += n;
@@ -173,13 +178,30 @@ fn hot_function_carries_the_samples_with_main_below_it() {
         }
     }
     assert_eq!(p["samples"].as_u64(), Some(total));
-    // One CPU busy at 99 Hz for 3 s: about 297 samples.
-    assert!((100..=320).contains(&total), "{total} samples");
+    // One CPU busy at 99 Hz for 3 s: at most about 297 samples; fewer
+    // when other work shares the machine's CPUs.
+    assert!((30..=320).contains(&total), "{total} samples");
     assert!(
         hot_samples * 100 >= total * 90,
         "{hot_samples} of {total} in the hot function"
     );
     assert_eq!(p["lost"], 0);
+    // The other program spun too, and the kernel left its samples out.
+    assert!(
+        p["filtered_in_kernel"].as_u64().unwrap() >= 30,
+        "filtered in the kernel: {}",
+        p["filtered_in_kernel"]
+    );
+    assert_eq!(
+        p["filtered_in_user_space"], 0,
+        "--pid is checked in the kernel"
+    );
+    assert_eq!(p["processes_captured"], 1, "only the target's mappings");
+    assert!(
+        err.contains(" samples in the profile, ") && err.contains(" expected (99 Hz x "),
+        "{err}"
+    );
+    drop(other);
 }
 
 #[test]
@@ -267,8 +289,8 @@ fn a_process_that_exits_before_the_end_is_still_symbolized() {
         .filter(|l| l.starts_with("plumbshort;") && l.contains(";main;plumb_hot_spin "))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
-    // 1.5 s at 99 Hz: about 148.
-    assert!(hot >= 60, "{hot} symbolized samples\n{text}");
+    // 1.5 s at 99 Hz: at most about 148 (fewer on a busy machine).
+    assert!(hot >= 20, "{hot} symbolized samples\n{text}");
 }
 
 /// A cgroup v2 directory removed on drop (after its processes are gone).
@@ -330,8 +352,9 @@ fn cgroup_filter_yields_only_that_cgroups_samples() {
         [inside.0.id() as u64],
         "{by_pid:?}"
     );
-    // 2 s at 99 Hz is ~198 samples on an idle CPU; the machine is shared.
-    assert!(by_pid[&(inside.0.id() as u64)] >= 30, "{by_pid:?}");
+    // 2 s at 99 Hz is ~198 samples on an idle CPU; far fewer when other
+    // work shares the machine (28 seen under a load average of 8).
+    assert!(by_pid[&(inside.0.id() as u64)] >= 10, "{by_pid:?}");
     assert!(
         p["filtered_in_kernel"].as_u64().unwrap() >= 30,
         "the other process was sampled and left out in the kernel"
@@ -400,9 +423,37 @@ fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
         .lines()
         .find(|l| l.ends_with(" plumb_hot_spin"))
         .expect(&table);
-    // Nearly all samples on both sides: the share barely moves.
-    let change: f64 = row.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(change.abs() < 5.0, "{row}");
+    // The same program on both sides: the hot function is in (nearly) all
+    // stacks of each, and its self share moves only by the few samples
+    // taken in the kernel on top of it.
+    let cols: Vec<f64> = row
+        .split_whitespace()
+        .take(6)
+        .map(|c| c.trim_end_matches('%').parse().unwrap())
+        .collect();
+    assert!(cols[4] >= 90.0 && cols[5] >= 90.0, "total shares: {row}");
+    assert!(cols[0].abs() < 15.0, "self share change: {row}");
+    // The differential flame graph in BEFORE's shape, to a file.
+    let dsvg = dir.0.join("d.svg");
+    let (code, printed, err) = plumb(&[
+        "profile",
+        "diff",
+        pb.to_str().unwrap(),
+        folded.to_str().unwrap(),
+        "-o",
+        "svg",
+        "--shape",
+        "before",
+        "--output",
+        dsvg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(printed.trim(), dsvg.to_str().unwrap());
+    let svg = std::fs::read_to_string(&dsvg).unwrap();
+    assert!(
+        svg.contains("widths: BEFORE") && svg.contains("plumb_hot_spin"),
+        "{svg}"
+    );
 
     // SIGTERM ends a long profile early; the profile is still written.
     let child = Command::new(env!("CARGO_BIN_EXE_plumb"))
@@ -423,7 +474,7 @@ fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
         String::from_utf8_lossy(&out.stdout).contains("plumbout;"),
         "no stacks after SIGTERM"
     );
-    assert!(err.contains(" samples on "), "{err}");
+    assert!(err.contains(" samples in the profile, "), "{err}");
     assert_detached(&err);
 }
 
@@ -452,5 +503,272 @@ fn bad_input_is_one_line_and_a_usage_exit_code() {
     assert_eq!(
         (code, err.trim()),
         (2, "plumb: bad value for --pid: 'x1' is not a process id")
+    );
+}
+
+/// Build `dir/name` from C source with frame pointers and symbols.
+fn build_c(dir: &Path, name: &str, source: &str, extra: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).expect("write source");
+    let out = dir.join(name);
+    let st = Command::new("cc")
+        .args(["-g", "-fno-omit-frame-pointer"])
+        .args(extra)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run cc");
+    assert!(st.success(), "cc failed for {name}");
+    out
+}
+
+/// Samples per leaf function, from a JSON profile.
+fn leaves(p: &Value) -> HashMap<String, u64> {
+    let mut by_leaf = HashMap::new();
+    for s in p["stacks"].as_array().unwrap() {
+        if let Some(leaf) = frames(s).last() {
+            *by_leaf.entry(leaf.to_string()).or_default() += s["count"].as_u64().unwrap();
+        }
+    }
+    by_leaf
+}
+
+#[test]
+fn comm_filter_captures_only_the_wanted_process() {
+    require_root();
+    let _serial = serial();
+    let dir = TempDir::new("comm");
+    let want = build_hot(&dir.0, "plumbwant");
+    let other = build_hot(&dir.0, "plumbother");
+    let wanted = spawn(Command::new(&want).arg("5"));
+    let _other = spawn(Command::new(&other).arg("5"));
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, out, err) = plumb(&[
+        "-v",
+        "profile",
+        "cpu",
+        "--comm",
+        "plumbwant",
+        "-d",
+        "2s",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let p: Value = serde_json::from_str(&out).expect("JSON profile");
+    let mut total = 0;
+    for s in p["stacks"].as_array().unwrap() {
+        assert_eq!(s["comm"], "plumbwant", "{s}");
+        assert_eq!(s["pid"].as_u64(), Some(wanted.0.id() as u64), "{s}");
+        total += s["count"].as_u64().unwrap();
+    }
+    assert!(total >= 30, "{total} samples");
+    // The summary's samples are the profile's, not the kernel's aggregate.
+    assert_eq!(p["samples"].as_u64(), Some(total));
+    let left_out =
+        p["filtered_in_kernel"].as_u64().unwrap() + p["filtered_in_user_space"].as_u64().unwrap();
+    assert!(
+        left_out >= 30,
+        "plumbother was sampled and left out: {left_out}"
+    );
+    // Mappings were captured for the wanted process only: the other one
+    // (and everything else running here) was never opened.
+    assert_eq!(p["processes_captured"], 1, "{}", p["processes_captured"]);
+    assert!(err.contains("mappings captured for 1 processes"), "{err}");
+}
+
+/// A program that spins in its own function, then dlopen()s a library and
+/// spins in the library's function. argv: library, seconds before dlopen,
+/// seconds in all.
+const DLOPEN_C: &str = r#"
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <time.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+__attribute__((noinline)) unsigned long plumb_pre_spin(unsigned long n)
+{
+	volatile unsigned long x = 0;
+	for (unsigned long i = 0; i < n; i++)
+		x += i ^ (i >> 3);
+	return x;
+}
+int main(int argc, char **argv)
+{
+	double t0 = now();
+	unsigned long s = 0;
+	if (argc < 4)
+		return 4;
+	while (now() < t0 + atof(argv[2]))
+		s += plumb_pre_spin(200000);
+	void *h = dlopen(argv[1], RTLD_NOW);
+	if (!h)
+		return 2;
+	unsigned long (*spin)(unsigned long) = (unsigned long (*)(unsigned long))dlsym(h, "plumb_dl_spin");
+	if (!spin)
+		return 3;
+	while (now() < t0 + atof(argv[3]))
+		s += spin(200000);
+	return (int)(s & 1);
+}
+"#;
+
+const DL_LIB_C: &str = r#"
+__attribute__((noinline)) unsigned long plumb_dl_spin(unsigned long n)
+{
+	volatile unsigned long x = 0;
+	for (unsigned long i = 0; i < n; i++)
+		x += i * i;
+	return x;
+}
+"#;
+
+fn build_dlopen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let lib = build_c(dir, "libplumbdl.so", DL_LIB_C, &["-O1", "-shared", "-fPIC"]);
+    let bin = build_c(dir, name, DLOPEN_C, &["-O1", "-ldl"]);
+    (bin, lib)
+}
+
+/// The library's code was never shown as an offset or an address.
+fn assert_no_unnamed_library_frames(by_leaf: &HashMap<String, u64>) {
+    let unnamed: Vec<&String> = by_leaf
+        .keys()
+        .filter(|l| l.starts_with("libplumbdl.so+") || l.starts_with("[unknown]@"))
+        .collect();
+    assert!(unnamed.is_empty(), "{unnamed:?} in {by_leaf:?}");
+}
+
+/// Run plumb in the background, started before the workload.
+fn plumb_background(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start plumb")
+}
+
+fn finish(child: Child) -> Value {
+    let out = child.wait_with_output().expect("plumb");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).expect("JSON profile")
+}
+
+#[test]
+fn a_library_dlopened_by_a_running_process_is_symbolized() {
+    require_root();
+    let _serial = serial();
+    let dir = TempDir::new("dlopen");
+    let (bin, lib) = build_dlopen(&dir.0, "plumbdl");
+    let prof = plumb_background(&[
+        "profile", "cpu", "--comm", "plumbdl", "-d", "4s", "-o", "json",
+    ]);
+    std::thread::sleep(Duration::from_millis(1000));
+    // Still running when the profile ends.
+    let _w = spawn(Command::new(&bin).arg(&lib).args(["1.0", "8"]));
+    let p = finish(prof);
+    let by_leaf = leaves(&p);
+    // Sampled (and so captured) before it loaded the library...
+    assert!(
+        by_leaf.get("plumb_pre_spin").is_some_and(|&n| n > 0),
+        "{by_leaf:?}"
+    );
+    // ...and the library's function is named all the same.
+    let dl = by_leaf.get("plumb_dl_spin").copied().unwrap_or(0);
+    assert!(dl >= 20, "{dl} samples in plumb_dl_spin: {by_leaf:?}");
+    assert_no_unnamed_library_frames(&by_leaf);
+    let module = p["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| frames(s).last() == Some(&"plumb_dl_spin"))
+        .and_then(|s| s["frames"].as_array().unwrap().last().cloned())
+        .unwrap();
+    assert_eq!(module["module"].as_str(), Some(lib.to_str().unwrap()));
+}
+
+#[test]
+fn a_library_dlopened_by_a_process_that_exits_before_the_end_is_symbolized() {
+    require_root();
+    let _serial = serial();
+    let dir = TempDir::new("dlexit");
+    let (bin, lib) = build_dlopen(&dir.0, "plumbdlx");
+    let prof = plumb_background(&[
+        "profile", "cpu", "--comm", "plumbdlx", "-d", "5s", "-o", "json",
+    ]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let st = Command::new(&bin)
+        .arg(&lib)
+        .args(["1.0", "2.5"])
+        .status()
+        .expect("run the dlopen program");
+    // 2: dlopen failed, 3: dlsym failed; else the low bit of a sum.
+    assert!(matches!(st.code(), Some(0 | 1)), "{st}");
+    // Gone, and its library with it: only what was captured remains.
+    std::fs::remove_file(&lib).expect("delete the library");
+    let p = finish(prof);
+    let by_leaf = leaves(&p);
+    assert!(
+        by_leaf.get("plumb_pre_spin").is_some_and(|&n| n > 0),
+        "{by_leaf:?}"
+    );
+    let dl = by_leaf.get("plumb_dl_spin").copied().unwrap_or(0);
+    // 1.5 s in the library at 99 Hz: at most about 148.
+    assert!(dl >= 20, "{dl} samples in plumb_dl_spin: {by_leaf:?}");
+    assert_no_unnamed_library_frames(&by_leaf);
+}
+
+/// Recursion 200 calls deep, spinning at the bottom (-O0: every call
+/// keeps its frame).
+const DEEP_C: &str = r#"
+#include <stdlib.h>
+#include <time.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+__attribute__((noinline)) unsigned long plumb_deep(int depth, double end)
+{
+	volatile unsigned long x = 0;
+	if (depth > 0)
+		return plumb_deep(depth - 1, end) + 1;
+	while (now() < end)
+		for (unsigned long i = 0; i < 100000; i++)
+			x += i;
+	return x;
+}
+int main(int argc, char **argv)
+{
+	return (int)(plumb_deep(200, now() + atof(argv[1])) & 1);
+}
+"#;
+
+#[test]
+fn stacks_deeper_than_the_kernel_records_are_counted_as_truncated() {
+    require_root();
+    let _serial = serial();
+    let dir = TempDir::new("deep");
+    let bin = build_c(&dir.0, "plumbdeep", DEEP_C, &["-O0"]);
+    let deep = spawn(Command::new(&bin).arg("5"));
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = deep.0.id().to_string();
+    let (code, out, err) = plumb(&["profile", "cpu", "--pid", &pid, "-d", "2s", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let p: Value = serde_json::from_str(&out).unwrap();
+    let mut cut = 0;
+    for s in p["stacks"].as_array().unwrap() {
+        let f = frames(s);
+        if f.first() == Some(&"[truncated]") {
+            cut += s["count"].as_u64().unwrap();
+            // The frames kept are the innermost 127: the recursion, and at
+            // most a few below it (now(), the vDSO, kernel frames).
+            assert!(f.len() >= 128, "{f:?}");
+            assert!(f[1..=100].iter().all(|n| *n == "plumb_deep"), "{f:?}");
+        }
+    }
+    assert!(cut >= 30, "{cut} truncated samples");
+    assert_eq!(p["stacks_truncated"].as_u64(), Some(cut));
+    assert_eq!(p["max_stack_depth"], 127);
+    assert!(
+        err.contains(&format!(", {cut} samples with a stack cut at 127 frames")),
+        "{err}"
     );
 }

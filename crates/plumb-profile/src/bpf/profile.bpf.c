@@ -3,14 +3,22 @@
  * CPU profiler: a perf_event program on every CPU's software clock.
  *
  * Samples are aggregated here, not streamed: each sample increments a count
- * keyed by thread and the ids of its kernel and user stacks. User space reads
- * the maps once at the end. The only records streamed are notes of processes
- * seen for the first time, so user space can capture their memory mappings
- * while they still exist (a process that exits before the end is still
- * symbolized).
+ * keyed by thread, process image and the ids of its kernel and user stacks.
+ * User space reads the maps once at the end. The only records streamed are
+ * notes of process images seen for the first time (or that mapped new code
+ * since), so user space can capture their memory mappings while they still
+ * exist: a process that exits before the end is still symbolized.
  */
 #include "plumb.h"
 #include "profile.h"
+
+#define PROT_EXEC 0x4
+
+/*
+ * Never read: it puts struct proc_note (which only travels through the ring
+ * buffer) into the skeleton's types, so the Rust mirror's size is checked.
+ */
+const volatile struct proc_note proc_note_layout = {};
 
 /* Which stacks to take (set before load). */
 const volatile __u32 want_kernel = 1;
@@ -30,25 +38,31 @@ struct {
 	__type(value, __u64);
 } counts SEC(".maps");
 
-/* Processes already announced to user space. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u8);
-} seen SEC(".maps");
-
 /*
- * Processes that exec'd during the profile, and how often: a new image
- * means new mappings, so samples and notes carry this generation and user
- * space keeps one set of mappings per (process, generation).
+ * The image last announced to user space, per process. A sample whose image
+ * differs (a reused pid, an exec) is announced again; deleting an entry (new
+ * executable code mapped) asks for a new note too. An eviction only costs a
+ * duplicate note.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u32);
-	__type(value, __u32);
-} gens SEC(".maps");
+	__type(value, struct image_id);
+} seen SEC(".maps");
+
+/*
+ * The image each process runs now, as far as this program saw it (samples
+ * and execs). User space checks it before it trusts /proc/PID/maps for an
+ * image: after an exec, /proc shows the new image's mappings. A missing
+ * entry (evicted) means "unknown", never a wrong image.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct image_id);
+} latest SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -65,15 +79,35 @@ static __always_inline void stat_inc(__u32 slot)
 		*n += 1;
 }
 
+static __always_inline void current_image(struct image_id *img)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	img->start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	img->exec_id = (__u32)BPF_CORE_READ(task, self_exec_id);
+	img->pad = 0;
+}
+
 SEC("tp/sched/sched_process_exec")
 int plumb_profile_exec(void *ctx)
 {
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
-	__u32 *g = bpf_map_lookup_elem(&gens, &pid);
-	__u32 next = g ? *g + 1 : 1;
+	struct image_id img;
 
-	bpf_map_update_elem(&gens, &pid, &next, BPF_ANY);
-	/* Announce the new image on its next sample. */
+	current_image(&img);
+	bpf_map_update_elem(&latest, &pid, &img, BPF_ANY);
+	return 0;
+}
+
+/* dlopen() and JITs map new code: announce the process again. */
+SEC("tp/syscalls/sys_enter_mmap")
+int plumb_profile_mmap(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 pid;
+
+	if (!(ctx->args[2] & PROT_EXEC))
+		return 0;
+	pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_map_delete_elem(&seen, &pid);
 	return 0;
 }
@@ -84,9 +118,8 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
 	struct sample_key key = {};
+	struct image_id *was;
 	__u64 one = 1, *n;
-	__u32 *gen;
-	__u8 yes = 1;
 
 	if ((__u32)pid_tgid == 0) {
 		stat_inc(STAT_IDLE);
@@ -99,24 +132,20 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 	key.pid = pid;
 	key.tid = (__u32)pid_tgid;
 	key.cgroup_id = bpf_get_current_cgroup_id();
-	gen = bpf_map_lookup_elem(&gens, &pid);
-	key.gen = gen ? *gen : 0;
+	current_image(&key.image);
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 
 	key.kstack = -1;
 	key.ustack = -1;
-	if (want_kernel) {
+	/*
+	 * A negative id is kept in the key: -EFAULT means there was no stack to
+	 * take (interrupted in user mode; a kernel thread), anything else that
+	 * the stack could not be recorded, which user space counts.
+	 */
+	if (want_kernel)
 		key.kstack = bpf_get_stackid(ctx, &stacks, 0);
-		/* -EFAULT: interrupted in user mode, no kernel stack to take. */
-		if (key.kstack < 0 && key.kstack != -14)
-			stat_inc(STAT_KSTACK_LOST);
-	}
-	if (want_user) {
+	if (want_user)
 		key.ustack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
-		/* -EFAULT: a kernel thread, which has no user stack. */
-		if (key.ustack < 0 && key.ustack != -14)
-			stat_inc(STAT_USTACK_LOST);
-	}
 
 	n = bpf_map_lookup_elem(&counts, &key);
 	if (n) {
@@ -132,10 +161,20 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 	}
 	stat_inc(STAT_SAMPLES);
 
-	if (want_user && !bpf_map_lookup_elem(&seen, &pid)) {
-		struct proc_note note = { .pid = pid, .gen = key.gen };
+	if (!want_user)
+		return 0;
+	was = bpf_map_lookup_elem(&seen, &pid);
+	if (!was || was->start_ns != key.image.start_ns || was->exec_id != key.image.exec_id) {
+		struct proc_note note = {
+			.image = key.image,
+			.cgroup_id = key.cgroup_id,
+			.pid = pid,
+			.tid = key.tid,
+		};
 
-		bpf_map_update_elem(&seen, &pid, &yes, BPF_ANY);
+		__builtin_memcpy(note.comm, key.comm, sizeof(note.comm));
+		bpf_map_update_elem(&seen, &pid, &key.image, BPF_ANY);
+		bpf_map_update_elem(&latest, &pid, &key.image, BPF_ANY);
 		if (bpf_ringbuf_output(&events, &note, sizeof(note), 0))
 			stat_inc(STAT_NOTE_LOST);
 	}

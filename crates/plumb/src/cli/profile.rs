@@ -1,6 +1,7 @@
 //! `plumb profile cpu` and `plumb profile diff`.
 
 use super::common;
+use anyhow::Context as _;
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Subcommand, ValueEnum};
 use plumb_core::filter::FilterArgs;
 use plumb_profile::{diff, output, pprof, Profile, ProfileOptions};
@@ -108,6 +109,15 @@ impl Args for CpuCmd {
     }
 }
 
+/// Whose stacks shape the differential flame graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiffShape {
+    /// AFTER's stacks: shows what appeared or grew.
+    After,
+    /// BEFORE's stacks: shows what vanished or shrank.
+    Before,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiffFormat {
     /// A differential flame graph: red grew, blue shrank.
@@ -118,7 +128,7 @@ pub enum DiffFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
-    /// The reference profile (folded or pprof, as plumb writes them).
+    /// The reference profile: folded stacks, or pprof (gzipped or not).
     pub before: PathBuf,
     /// The profile to compare with it.
     pub after: PathBuf,
@@ -130,6 +140,10 @@ pub struct DiffArgs {
     /// Rows of the top table.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// The flame graph's frame widths come from this profile's stacks
+    /// (colours always show the change from BEFORE to AFTER).
+    #[arg(long, value_enum, default_value = "after")]
+    pub shape: DiffShape,
 }
 
 pub fn run(cmd: ProfileCmd, verbose: bool) -> anyhow::Result<()> {
@@ -180,7 +194,7 @@ fn write_out(
     match path {
         Some(path) => {
             std::fs::write(&path, bytes)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                .with_context(|| format!("cannot write {}", path.display()))?;
             println!("{}", path.display());
             Ok(())
         }
@@ -263,38 +277,64 @@ fn cpu(c: CpuCmd, verbose: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The end-of-profile summary on stderr: what the profile holds against
+/// what the clocks gave, then how complete its frames are.
 fn summary(p: &Profile, verbose: bool) {
-    let c = &p.completeness;
-    let mut line = format!(
-        "plumb: {} samples on {} CPUs in {:.1}s, {} lost, {} of {} frames unsymbolized",
-        c.samples,
-        p.cpus,
-        p.duration_ns as f64 / 1e9,
-        c.lost + c.missed,
-        c.frames_unsymbolized,
-        c.frames_total
-    );
-    let truncated = c.kernel_stacks_lost + c.user_stacks_lost;
-    if truncated > 0 {
-        line.push_str(&format!(", {truncated} stacks not recorded"));
+    for line in summary_lines(p, verbose) {
+        eprintln!("{line}");
     }
-    if c.process_notes_lost > 0 {
-        line.push_str(&format!(
-            ", {} processes not captured",
-            c.process_notes_lost
+}
+
+fn summary_lines(p: &Profile, verbose: bool) -> Vec<String> {
+    let c = &p.completeness;
+    let secs = p.duration_ns as f64 / 1e9;
+    let mut lines = vec![format!(
+        "plumb: {} samples in the profile, {} lost; {} taken of {} expected ({} Hz x {} CPUs x {:.1}s): \
+         {} idle, {} filtered out in the kernel, {} in user space",
+        c.samples,
+        c.lost + c.missed,
+        c.taken(),
+        p.expected_samples(),
+        p.frequency_hz,
+        p.cpus,
+        secs,
+        c.idle,
+        c.filtered_in_kernel,
+        c.filtered_in_user_space,
+    )];
+    let mut frames = format!(
+        "plumb: {} of {} sampled frames unsymbolized ({} distinct addresses)",
+        c.frames_unsymbolized, c.frames_total, c.addresses_unsymbolized
+    );
+    if c.stacks_truncated > 0 {
+        frames.push_str(&format!(
+            ", {} samples with a stack cut at {} frames",
+            c.stacks_truncated, p.max_stack_depth
         ));
     }
+    let not_recorded = c.kernel_stacks_lost + c.user_stacks_lost;
+    if not_recorded > 0 {
+        frames.push_str(&format!(", {not_recorded} stacks not recorded"));
+    }
+    if c.process_notes_lost > 0 {
+        frames.push_str(&format!(", {} process notes lost", c.process_notes_lost));
+    }
+    if c.processes_not_captured > 0 {
+        frames.push_str(&format!(
+            ", {} processes gone before their mappings were read",
+            c.processes_not_captured
+        ));
+    }
+    lines.push(frames);
     if verbose {
         let ids: Vec<String> = p.prog_ids.iter().map(u32::to_string).collect();
-        line.push_str(&format!(
-            " (idle {}, filtered in kernel {}, in user space {}; BPF program ids {}, detached)",
-            c.idle,
-            c.filtered_in_kernel,
-            c.filtered_in_user_space,
+        lines.push(format!(
+            "plumb: mappings captured for {} processes; BPF program ids {}, detached",
+            c.processes_captured,
             ids.join(",")
         ));
     }
-    eprintln!("{line}");
+    lines
 }
 
 fn run_diff(d: DiffArgs) -> anyhow::Result<()> {
@@ -318,8 +358,62 @@ fn run_diff(d: DiffArgs) -> anyhow::Result<()> {
         }
         DiffFormat::Svg => {
             let title = format!("{} -> {}", d.before.display(), d.after.display());
-            let svg = diff::svg(&before, &after, &title).map_err(profile_error)?;
+            let shape = match d.shape {
+                DiffShape::After => diff::Shape::After,
+                DiffShape::Before => diff::Shape::Before,
+            };
+            let svg = diff::svg(&before, &after, shape, &title).map_err(profile_error)?;
             write_out(d.file.as_deref(), "plumb-profile-diff.svg", &svg, true)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_puts_expected_next_to_taken_and_says_what_frames_count() {
+        let mut p = plumb_profile::Profile {
+            node: "n1".into(),
+            frequency_hz: 99,
+            started: std::time::UNIX_EPOCH,
+            duration_ns: 3_000_000_000,
+            symbolize_ns: 0,
+            symbolize_cpu_ns: 0,
+            cpus: 2,
+            max_stack_depth: 127,
+            completeness: plumb_profile::Completeness {
+                samples: 290,
+                lost: 1,
+                missed: 2,
+                idle: 280,
+                filtered_in_kernel: 10,
+                filtered_in_user_space: 4,
+                stacks_truncated: 5,
+                frames_unsymbolized: 12,
+                frames_total: 1204,
+                addresses_unsymbolized: 3,
+                processes_captured: 2,
+                ..Default::default()
+            },
+            stacks: Vec::new(),
+            prog_ids: vec![41, 42],
+        };
+        assert_eq!(
+            summary_lines(&p, true),
+            [
+                "plumb: 290 samples in the profile, 3 lost; 587 taken of 594 expected \
+                 (99 Hz x 2 CPUs x 3.0s): 280 idle, 10 filtered out in the kernel, 4 in user space",
+                "plumb: 12 of 1204 sampled frames unsymbolized (3 distinct addresses), \
+                 5 samples with a stack cut at 127 frames",
+                "plumb: mappings captured for 2 processes; BPF program ids 41,42, detached",
+            ]
+        );
+        p.completeness.stacks_truncated = 0;
+        assert_eq!(
+            summary_lines(&p, false)[1],
+            "plumb: 12 of 1204 sampled frames unsymbolized (3 distinct addresses)"
+        );
     }
 }
