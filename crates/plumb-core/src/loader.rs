@@ -187,7 +187,12 @@ impl<S: Skel<'static>> Loaded<S> {
 
 /// Sum of a one-slot per-CPU counter map (`plumb_lost`).
 pub fn percpu_sum(map: &dyn MapCore) -> u64 {
-    match map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY) {
+    percpu_slot_sum(map, 0)
+}
+
+/// Sum over CPUs of slot `slot` of a per-CPU array of `u64` counters.
+pub fn percpu_slot_sum(map: &dyn MapCore, slot: u32) -> u64 {
+    match map.lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY) {
         Ok(Some(vals)) => vals
             .iter()
             .filter_map(|v| {
@@ -197,6 +202,25 @@ pub fn percpu_sum(map: &dyn MapCore) -> u64 {
             .sum(),
         _ => 0,
     }
+}
+
+/// Entries an LRU map evicted, from its per-CPU churn counters (slot 0: new
+/// keys inserted, slot 1: keys deleted) and the entries it holds now.
+///
+/// Counting the entries walks the map, so it is only done once the map can
+/// have been full: an LRU map starts evicting a little before it is full
+/// (each CPU keeps a local list of up to 128 free nodes).
+pub fn lru_evicted(map: &dyn MapCore, churn: &dyn MapCore) -> u64 {
+    let inserted = percpu_slot_sum(churn, 0);
+    let deleted = percpu_slot_sum(churn, 1);
+    let live = inserted.saturating_sub(deleted);
+    let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1) as u64;
+    let could_be_full = u64::from(map.max_entries())
+        .saturating_sub(cpus * 128 + 64);
+    if live < could_be_full {
+        return 0;
+    }
+    live.saturating_sub(map.keys().count() as u64)
 }
 
 /// Write the common read-only configuration into a skeleton's `.rodata`.

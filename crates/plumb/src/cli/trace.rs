@@ -145,12 +145,16 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
         Ok(g) => g,
         Err(name) => return Err(gadgets::find(&name).unwrap_err().into()),
     };
-    plumb_core::preflight::check_all()?;
+    // What the user typed is checked first: a wrong flag is reported as
+    // such, whatever the privileges.
     cmd.params.check(gadget)?;
     let enricher_fs = plumb_core::enrich::cgroupfs::CgroupFs::discover();
     let mut filter = Filter::parse(&cmd.filter, enricher_fs.as_ref().map(|f| f.root()))?;
+    gadgets::check_filter(gadget, &filter)?;
+    plumb_core::preflight::check_all()?;
+    let sources = local_sources();
     if let Some(fs) = &enricher_fs {
-        filter.narrow_to_containers(fs);
+        filter.narrow_in_kernel(fs, &sources);
     }
     let opts = RunOptions {
         filter,
@@ -159,7 +163,7 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
         max_events: cmd.output.max_events,
         ..RunOptions::default()
     };
-    let mut enricher = Enricher::with_fs(enricher_fs, local_sources(), Enricher::DEFAULT_CAPACITY);
+    let mut enricher = Enricher::with_fs(enricher_fs, sources, Enricher::DEFAULT_CAPACITY);
     let mut sink = make_sink(gadget, &cmd.output, &opts.node);
     let name = gadget.name;
     let control = Control {
