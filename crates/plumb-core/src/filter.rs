@@ -10,9 +10,9 @@ use crate::enrich::MetadataSource;
 use crate::error::{Error, Result};
 use crate::event::{Event, Header, Workload};
 use crate::raw::{RawFilter, COMM_LEN, MAX_CGROUPS};
-use std::sync::Arc;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Filter values exactly as a user typed them (CLI flags or API fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

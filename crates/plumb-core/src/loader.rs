@@ -215,8 +215,7 @@ pub fn lru_evicted(map: &dyn MapCore, churn: &dyn MapCore) -> u64 {
     let deleted = percpu_slot_sum(churn, 1);
     let live = inserted.saturating_sub(deleted);
     let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1) as u64;
-    let could_be_full = u64::from(map.max_entries())
-        .saturating_sub(cpus * 128 + 64);
+    let could_be_full = u64::from(map.max_entries()).saturating_sub(cpus * 128 + 64);
     if live < could_be_full {
         return 0;
     }

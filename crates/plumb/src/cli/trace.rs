@@ -106,13 +106,32 @@ impl Args for TraceCmd {
     }
 }
 
-/// Runtime metadata sources found on this host.
+static RUNTIME_ENDPOINTS: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// CRI sockets the user named (`--runtime-endpoint`), asked before the
+/// well-known ones.
+pub fn set_runtime_endpoints(endpoints: Vec<std::path::PathBuf>) {
+    let _ = RUNTIME_ENDPOINTS.set(endpoints);
+}
+
+/// Runtime metadata sources found on this host: the CRI runtimes a kubelet
+/// uses (containerd, CRI-O, cri-dockerd) and Docker-API sockets (Docker,
+/// podman). Built once; every command shares them.
 pub fn local_sources() -> Vec<Arc<dyn MetadataSource>> {
-    let mut v: Vec<Arc<dyn MetadataSource>> = Vec::new();
-    if let Some(d) = DockerApi::discover() {
-        v.push(Arc::new(d));
-    }
-    v
+    static SOURCES: std::sync::OnceLock<Vec<Arc<dyn MetadataSource>>> = std::sync::OnceLock::new();
+    SOURCES
+        .get_or_init(|| {
+            let mut v: Vec<Arc<dyn MetadataSource>> = Vec::new();
+            let extra = RUNTIME_ENDPOINTS.get().map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(c) = plumb_cri::CriSource::discover(extra) {
+                v.push(Arc::new(c));
+            }
+            if let Some(d) = DockerApi::discover() {
+                v.push(Arc::new(d));
+            }
+            v
+        })
+        .clone()
 }
 
 /// Build the sink for these output options.

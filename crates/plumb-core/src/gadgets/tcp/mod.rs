@@ -176,7 +176,8 @@ impl Attached for Running {
     /// LRU map evicted (their later events cannot be reported).
     fn lost(&self) -> u64 {
         let maps = &self.loaded.skel().maps;
-        loader::percpu_sum(&maps.plumb_lost) + loader::lru_evicted(&maps.tcp_owners, &maps.tcp_owner_churn)
+        loader::percpu_sum(&maps.plumb_lost)
+            + loader::lru_evicted(&maps.tcp_owners, &maps.tcp_owner_churn)
     }
 
     fn prog_ids(&self) -> Vec<u32> {
