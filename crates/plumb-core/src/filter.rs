@@ -147,8 +147,9 @@ impl Filter {
     /// starts during the run) still reach user space: the kernel also passes
     /// every cgroup newer than the newest one seen here.
     ///
-    /// Nothing changes when the walk cannot be sure: more matches than the
-    /// kernel filter holds, or a pod whose names no source could give.
+    /// Pods whose names no source could give are kept too (they might be
+    /// the ones asked for). Nothing changes when more cgroups would be kept
+    /// than the kernel filter holds.
     pub fn narrow_in_kernel(&mut self, fs: &CgroupFs, sources: &[Arc<dyn MetadataSource>]) {
         if !self.cgroups.is_empty() || !self.needs_workload() {
             return;
@@ -182,12 +183,11 @@ impl Filter {
                     for s in sources {
                         s.fill(&mut w);
                     }
-                    if w.pod_uid.is_some() && w.pod.is_none() {
-                        // A pod we cannot name might be the one asked for.
-                        return;
-                    }
                 }
-                if self.matches_workload(&w) {
+                // A pod no source could name might be the one asked for: the
+                // kernel keeps it, user space decides.
+                let unnamed = names_needed && w.pod_uid.is_some() && w.pod.is_none();
+                if unnamed || self.matches_workload(&w) {
                     if let Ok(t) = resolve_cgroup(fs.root(), &rel) {
                         found.push(t);
                     }
@@ -242,6 +242,45 @@ impl Filter {
             f.cgroup_levels[i] = c.level;
         }
         f
+    }
+
+    /// What the kernel checks, in words (for `-v`).
+    pub fn describe_kernel(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(p) = self.pid {
+            parts.push(format!("pid {p}"));
+        }
+        if let Some(u) = self.uid {
+            parts.push(format!("uid {u}"));
+        }
+        if let Some(c) = &self.comm {
+            parts.push(format!("comm {c}"));
+        }
+        let (cgroups, newer) = if self.cgroups.is_empty() {
+            (&self.kernel_cgroups, self.kernel_newer_than)
+        } else {
+            (&self.cgroups, 0)
+        };
+        if !cgroups.is_empty() || newer > 0 {
+            let mut c = if cgroups.is_empty() {
+                "no cgroup that exists now".to_string()
+            } else {
+                cgroups
+                    .iter()
+                    .map(|t| t.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if newer > 0 {
+                c.push_str(&format!(" (and cgroups created since, id > {newer})"));
+            }
+            parts.push(format!("cgroups {c}"));
+        }
+        if parts.is_empty() {
+            "nothing (every event reaches user space)".to_string()
+        } else {
+            parts.join("; ")
+        }
     }
 
     /// Does the filter select on anything that only user space can check?

@@ -253,14 +253,44 @@ pub enum Hook {
     TpBtf(&'static str),
 }
 
+/// Whether a hook exists on this kernel, as far as this process can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookState {
+    Present,
+    Missing,
+    /// This process may not look (tracefs is readable by root only).
+    Unknown(String),
+}
+
 impl Hook {
-    pub fn available(&self) -> bool {
+    pub fn state(&self) -> HookState {
         match self {
-            Hook::Tracepoint(cat, name) => ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-                .iter()
-                .any(|root| Path::new(root).join("events").join(cat).join(name).exists()),
-            Hook::TpBtf(name) => crate::preflight::vmlinux_has_type(&format!("btf_trace_{name}")),
+            Hook::Tracepoint(cat, name) => {
+                let mut denied = None;
+                for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+                    let dir = Path::new(root).join("events").join(cat).join(name);
+                    match std::fs::metadata(&dir) {
+                        Ok(_) => return HookState::Present,
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            denied = Some(format!("{root} is readable by root only"));
+                        }
+                        Err(_) => {}
+                    }
+                }
+                denied.map_or(HookState::Missing, HookState::Unknown)
+            }
+            Hook::TpBtf(name) => {
+                if crate::preflight::vmlinux_has_type(&format!("btf_trace_{name}")) {
+                    HookState::Present
+                } else {
+                    HookState::Missing
+                }
+            }
         }
+    }
+
+    pub fn available(&self) -> bool {
+        self.state() == HookState::Present
     }
 }
 
@@ -273,11 +303,39 @@ impl std::fmt::Display for Hook {
     }
 }
 
-/// Can this gadget run on this kernel? `Err` says what is missing.
+/// Can this gadget run on this kernel?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    Yes,
+    /// What is missing.
+    No(String),
+    /// Why this process cannot tell.
+    Unknown(String),
+}
+
+/// Can this gadget run on this kernel, as far as this process can tell?
+pub fn check_availability(desc: &GadgetDesc) -> Availability {
+    let mut unknown = None;
+    for h in desc.hooks {
+        match h.state() {
+            HookState::Present => {}
+            HookState::Missing => {
+                return Availability::No(format!("{h} not available on this kernel"))
+            }
+            HookState::Unknown(why) => {
+                unknown.get_or_insert(format!("cannot tell whether {h} exists: {why}"));
+            }
+        }
+    }
+    unknown.map_or(Availability::Yes, Availability::Unknown)
+}
+
+/// Can this gadget run on this kernel? `Err` says what is missing (or why
+/// it cannot be told).
 pub fn availability(desc: &GadgetDesc) -> std::result::Result<(), String> {
-    match desc.hooks.iter().find(|h| !h.available()) {
-        None => Ok(()),
-        Some(h) => Err(format!("{h} not available on this kernel")),
+    match check_availability(desc) {
+        Availability::Yes => Ok(()),
+        Availability::No(why) | Availability::Unknown(why) => Err(why),
     }
 }
 

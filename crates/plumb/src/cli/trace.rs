@@ -175,12 +175,23 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
     if let Some(fs) = &enricher_fs {
         filter.narrow_in_kernel(fs, &sources);
     }
+    if verbose {
+        eprintln!("plumb: in-kernel filter: {}", filter.describe_kernel());
+    }
     let opts = RunOptions {
         filter,
         params: cmd.params.clone(),
         duration: cmd.output.duration,
         max_events: cmd.output.max_events,
         ..RunOptions::default()
+    };
+    let opts = RunOptions {
+        ring_bytes: cmd.output.buffer.unwrap_or(opts.ring_bytes),
+        // Wake the reader before a small buffer fills.
+        wakeup_bytes: opts
+            .wakeup_bytes
+            .min(cmd.output.buffer.unwrap_or(u32::MAX) / 4),
+        ..opts
     };
     let mut enricher = Enricher::with_fs(enricher_fs, sources, Enricher::DEFAULT_CAPACITY);
     let mut sink = make_sink(gadget, &cmd.output, &opts.node);
@@ -203,6 +214,9 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
         );
     }
     let mut line = format!("plumb: {} events, {} lost", stats.seen, stats.lost);
+    if verbose {
+        line.push_str(&format!(", {} filtered in user space", stats.filtered));
+    }
     if stats.malformed > 0 {
         line.push_str(&format!(", {} malformed records skipped", stats.malformed));
     }
