@@ -241,3 +241,43 @@ pub fn set_filter<T>(dst: &mut T, filter: &RawFilter) {
 pub fn prog_exists(id: u32) -> bool {
     libbpf_rs::Program::fd_from_id(id).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    mod rejected {
+        #![allow(clippy::all, clippy::pedantic, dead_code, non_camel_case_types)]
+        include!(concat!(env!("OUT_DIR"), "/rejected.skel.rs"));
+    }
+
+    /// A program the verifier refuses: one line saying so, and with `-v`
+    /// the verifier's own last lines, which name the faulty access.
+    #[test]
+    fn a_rejected_program_reports_the_verifiers_last_lines() {
+        crate::testing::require_root();
+        let err = match super::load("rejected", rejected::RejectedSkelBuilder::default(), |_| {
+            Ok(())
+        }) {
+            Ok(_) => panic!("the verifier accepted a NULL dereference"),
+            Err(e) => e,
+        };
+        assert_eq!(err.exit_code(), 4);
+        crate::error::show_verifier_log(false);
+        let short = err.to_string();
+        assert!(
+            short.starts_with("the kernel's verifier rejected gadget rejected: "),
+            "{short}"
+        );
+        assert!(
+            short.ends_with("(run with -v for the verifier's log)"),
+            "{short}"
+        );
+        crate::error::show_verifier_log(true);
+        let long = err.to_string();
+        crate::error::show_verifier_log(false);
+        assert!(long.contains("verifier log (last lines):"), "{long}");
+        assert!(
+            long.contains("invalid mem access 'map_value_or_null'"),
+            "{long}"
+        );
+    }
+}

@@ -358,3 +358,55 @@ fn a_full_ring_buffer_loses_records_and_counts_each_one() {
     );
     assert_eq!(delivered as u64 + lost_records, OPENS as u64, "{summary}");
 }
+
+/// Run plumb in a private mount namespace prepared by `setup` (shell
+/// commands), so the host's mounts are never touched.
+fn run_in_mount_ns(setup: &str, args: &[&str]) -> (i32, String) {
+    let script = format!("{setup} && exec \"$0\" \"$@\"");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(env!("CARGO_BIN_EXE_plumb"))
+        .args(args)
+        .output()
+        .expect("unshare");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_kernel_without_btf_is_one_line() {
+    require_root();
+    // An empty directory over /sys/kernel/btf: as on a kernel built without BTF.
+    let (code, err) = run_in_mount_ns(
+        "mount -t tmpfs plumb-no-btf /sys/kernel/btf",
+        &["trace", "exec", "--duration", "1s"],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(
+        err.trim(),
+        "plumb: this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); plumb needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8 or newer)"
+    );
+}
+
+#[test]
+fn tracefs_that_cannot_be_mounted_is_one_line() {
+    require_root();
+    // A /sys/kernel holding only the BTF file: no tracefs, no debugfs, and no
+    // directory to mount tracefs on.
+    let dir = std::env::temp_dir().join(format!("plumb-no-tracefs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let d = dir.display();
+    let setup = format!(
+        "mount -t tmpfs plumb-kernel {d} && mkdir {d}/btf && touch {d}/btf/vmlinux && \
+         mount --bind /sys/kernel/btf/vmlinux {d}/btf/vmlinux && mount --rbind {d} /sys/kernel"
+    );
+    let (code, err) = run_in_mount_ns(&setup, &["trace", "open", "--duration", "1s"]);
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(
+        err.trim(),
+        "plumb: tracefs is not mounted at /sys/kernel/tracing and could not be mounted: No such file or directory (os error 2)"
+    );
+}
