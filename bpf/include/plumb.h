@@ -4,8 +4,8 @@
  *
  * Every record a gadget writes to its ring buffer starts with struct
  * plumb_hdr. The Rust side mirrors these structs in plumb-core's
- * `raw` module and checks their sizes against this object's BTF in a unit
- * test, so a change here that is not mirrored fails the build's tests.
+ * `raw` module and checks their sizes against the skeletons' own types at
+ * compile time, so a change here that is not mirrored fails the build.
  */
 #ifndef __PLUMB_H
 #define __PLUMB_H
@@ -37,9 +37,13 @@ struct plumb_hdr {
 	__u32 tid;
 	__u32 uid;
 	__u16 kind;       /* enum plumb_kind */
-	__u16 flags;      /* gadget-specific */
+	__u16 flags;      /* PLUMB_HDR_* */
 	char comm[PLUMB_COMM_LEN];
 };
+
+/* plumb_hdr.flags: raised where no task is meaningful (softirq); pid, tid,
+ * uid and comm are then unknown, not zero. */
+#define PLUMB_HDR_NO_TASK 1
 
 /*
  * In-kernel pre-filter, written by user space before load (read-only data,
@@ -53,6 +57,16 @@ struct plumb_filter {
 	__u32 n_cgroups;  /* 0: any cgroup */
 	__u64 cgroup_ids[PLUMB_MAX_CGROUPS];
 	__u32 cgroup_levels[PLUMB_MAX_CGROUPS];
+	/*
+	 * When non-zero, tasks in a cgroup whose id is above this also pass the
+	 * cgroup check. cgroup ids only grow, so these are cgroups created after
+	 * user space chose the targets (a pod or container that started since):
+	 * user space decides whether they match.
+	 */
+	__u64 cgroups_newer_than;
+	__u32 has_comm;
+	char comm[PLUMB_COMM_LEN];
+	__u32 _pad;
 };
 
 const volatile struct plumb_filter plumb_filter = {};
@@ -118,24 +132,71 @@ static __always_inline void plumb_output(void *data, __u64 size)
 		plumb_count_lost();
 }
 
-/* Is the current task one the user asked for? */
-static __always_inline bool plumb_task_wanted(void)
+/* Is the current task in one of the cgroups the user asked for? */
+static __always_inline bool plumb_cgroup_wanted(void)
+{
+	if (!plumb_filter.n_cgroups && !plumb_filter.cgroups_newer_than)
+		return true;
+	if (plumb_filter.cgroups_newer_than &&
+	    bpf_get_current_cgroup_id() > plumb_filter.cgroups_newer_than)
+		return true;
+	for (int i = 0; i < PLUMB_MAX_CGROUPS; i++) {
+		if (i >= plumb_filter.n_cgroups)
+			break;
+		if (bpf_get_current_ancestor_cgroup_id(plumb_filter.cgroup_levels[i]) ==
+		    plumb_filter.cgroup_ids[i])
+			return true;
+	}
+	return false;
+}
+
+/* Does a command name equal the one the user asked for? */
+static __always_inline bool plumb_comm_equal(const char *comm)
+{
+	for (int i = 0; i < PLUMB_COMM_LEN; i++) {
+		if (comm[i] != plumb_filter.comm[i])
+			return false;
+		if (!comm[i])
+			break;
+	}
+	return true;
+}
+
+/* Is the current task's command name the one the user asked for? */
+static __always_inline bool plumb_comm_wanted(void)
+{
+	char comm[PLUMB_COMM_LEN];
+
+	if (!plumb_filter.has_comm)
+		return true;
+	bpf_get_current_comm(comm, sizeof(comm));
+	return plumb_comm_equal(comm);
+}
+
+/*
+ * Is the current task one the user asked for, leaving its command name
+ * aside? (exec checks the name at exit: exec changes it.)
+ */
+static __always_inline bool plumb_task_wanted_any_comm(void)
 {
 	if (plumb_filter.pid && (bpf_get_current_pid_tgid() >> 32) != plumb_filter.pid)
 		return false;
 	if (plumb_filter.has_uid && (__u32)bpf_get_current_uid_gid() != plumb_filter.uid)
 		return false;
-	if (plumb_filter.n_cgroups) {
-		for (int i = 0; i < PLUMB_MAX_CGROUPS; i++) {
-			if (i >= plumb_filter.n_cgroups)
-				break;
-			if (bpf_get_current_ancestor_cgroup_id(plumb_filter.cgroup_levels[i]) ==
-			    plumb_filter.cgroup_ids[i])
-				return true;
-		}
-		return false;
-	}
-	return true;
+	return plumb_cgroup_wanted();
+}
+
+/* Is the current task one the user asked for? */
+static __always_inline bool plumb_task_wanted(void)
+{
+	return plumb_task_wanted_any_comm() && plumb_comm_wanted();
+}
+
+/* Is any part of the task filter switched on? */
+static __always_inline bool plumb_task_filter_active(void)
+{
+	return plumb_filter.pid || plumb_filter.has_uid || plumb_filter.n_cgroups ||
+	       plumb_filter.cgroups_newer_than || plumb_filter.has_comm;
 }
 
 /* Fill the header from the current task. */
@@ -159,6 +220,7 @@ static __always_inline void plumb_fill_hdr_notask(struct plumb_hdr *h, __u16 kin
 	__builtin_memset(h, 0, sizeof(*h));
 	h->ts_ns = bpf_ktime_get_boot_ns();
 	h->kind = kind;
+	h->flags = PLUMB_HDR_NO_TASK;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -25,7 +25,7 @@ pub enum Error {
         #[source]
         source: libbpf_rs::Error,
     },
-    #[error("the kernel's verifier rejected gadget {gadget}: {source}{}", verifier_tail(.log))]
+    #[error("{}: {source}{}", load_what(gadget, .log), verifier_tail(.log))]
     Load {
         gadget: &'static str,
         #[source]
@@ -63,6 +63,21 @@ static SHOW_VERIFIER_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::Ato
 /// Include the verifier's last lines in load errors (the CLI's `-v`).
 pub fn show_verifier_log(on: bool) {
     SHOW_VERIFIER_LOG.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Did the verifier refuse the program (its log says so), or did the load
+/// fail before it ran (map creation, BTF, permissions)?
+fn load_what(gadget: &str, log: &[String]) -> String {
+    let verifier = log.iter().any(|l| {
+        l.starts_with("processed ")
+            || l.contains("-- BEGIN PROG LOAD LOG --")
+            || l.contains("invalid mem access")
+    });
+    if verifier {
+        format!("the kernel's verifier rejected gadget {gadget}")
+    } else {
+        format!("the kernel refused to load gadget {gadget}")
+    }
 }
 
 fn verifier_tail(log: &[String]) -> String {

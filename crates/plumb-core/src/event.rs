@@ -34,16 +34,19 @@ impl Workload {
     }
 }
 
-/// Fields every event carries.
+/// Fields every event carries. The task fields (`pid`, `tid`, `uid`,
+/// `comm`) are `None` for events raised where no task is meaningful (packet
+/// processing in softirq context): there the running task is unrelated, and
+/// naming it would be wrong.
 #[derive(Debug, Clone, Serialize)]
 pub struct Header {
     #[serde(serialize_with = "rfc3339")]
     pub timestamp: SystemTime,
     pub node: Arc<str>,
-    pub pid: u32,
-    pub tid: u32,
-    pub uid: u32,
-    pub comm: String,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub uid: Option<u32>,
+    pub comm: Option<String>,
     pub cgroup_id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<Arc<str>>,

@@ -6,11 +6,13 @@
 //! kernel part is only ever an optimisation.
 
 use crate::enrich::cgroupfs::CgroupFs;
+use crate::enrich::MetadataSource;
 use crate::error::{Error, Result};
 use crate::event::{Event, Header, Workload};
-use crate::raw::{RawFilter, MAX_CGROUPS};
+use crate::raw::{RawFilter, COMM_LEN, MAX_CGROUPS};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Filter values exactly as a user typed them (CLI flags or API fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,9 +46,12 @@ pub struct Filter {
     pub container: Option<String>,
     pub pod: Option<String>,
     pub namespace: Option<String>,
-    /// Cgroups found to hold the selected container(s): a kernel-side
-    /// narrowing only; the user-space check stays on the container id.
+    /// Cgroups found to hold the selected workloads: a kernel-side
+    /// narrowing only; the user-space check stays on the workload.
     pub kernel_cgroups: Vec<CgroupTarget>,
+    /// With `kernel_cgroups`: the newest cgroup id seen when they were
+    /// chosen; newer cgroups pass the kernel's check too.
+    pub kernel_newer_than: u64,
 }
 
 fn bad(flag: &'static str, reason: impl Into<String>) -> Error {
@@ -132,20 +137,26 @@ impl Filter {
             pod: args.pod.clone(),
             namespace: args.namespace.clone(),
             kernel_cgroups: Vec::new(),
+            kernel_newer_than: 0,
         })
     }
 
-    /// With `--container` and no explicit cgroup, find the container's
-    /// cgroup(s) in the hierarchy so the kernel drops other tasks' events
-    /// early. Nothing changes when none or too many match.
-    pub fn narrow_to_containers(&mut self, fs: &CgroupFs) {
-        let Some(prefix) = self.container.clone() else {
-            return;
-        };
-        if !self.cgroups.is_empty() {
+    /// With `--container`, `--pod` or `--namespace` and no explicit cgroup,
+    /// find the cgroups that hold the selected workloads now, so the kernel
+    /// drops other tasks' events early. Cgroups created later (a pod that
+    /// starts during the run) still reach user space: the kernel also passes
+    /// every cgroup newer than the newest one seen here.
+    ///
+    /// Pods whose names no source could give are kept too (they might be
+    /// the ones asked for). Nothing changes when more cgroups would be kept
+    /// than the kernel filter holds.
+    pub fn narrow_in_kernel(&mut self, fs: &CgroupFs, sources: &[Arc<dyn MetadataSource>]) {
+        if !self.cgroups.is_empty() || !self.needs_workload() {
             return;
         }
+        let names_needed = self.pod.is_some() || self.namespace.is_some();
         let mut found = Vec::new();
+        let mut newest = 0u64;
         let mut stack = vec![fs.root().to_path_buf()];
         while let Some(dir) = stack.pop() {
             let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -156,27 +167,50 @@ impl Filter {
                     continue;
                 }
                 let path = e.path();
-                let rel = path
-                    .strip_prefix(fs.root())
-                    .unwrap_or(&path)
-                    .display()
-                    .to_string();
-                let w = crate::enrich::cgroup::parse(&rel);
-                if w.container_id
-                    .as_deref()
-                    .is_some_and(|id| id.starts_with(prefix.as_str()))
-                {
+                if let Ok(m) = e.metadata() {
+                    newest = newest.max(m.ino());
+                }
+                let rel = format!(
+                    "/{}",
+                    path.strip_prefix(fs.root()).unwrap_or(&path).display()
+                );
+                let mut w = crate::enrich::cgroup::parse(&rel);
+                if w.is_empty() {
+                    stack.push(path);
+                    continue;
+                }
+                if names_needed {
+                    for s in sources {
+                        s.fill(&mut w);
+                    }
+                }
+                // A pod no source could name might be the one asked for: the
+                // kernel keeps it, user space decides.
+                let unnamed = names_needed && w.pod_uid.is_some() && w.pod.is_none();
+                if unnamed || self.matches_workload(&w) {
                     if let Ok(t) = resolve_cgroup(fs.root(), &rel) {
                         found.push(t);
                     }
                     // Its sub-cgroups are covered by the ancestor check.
                     continue;
                 }
-                stack.push(path);
+                if w.container_id.is_none() {
+                    // A pod cgroup: its containers may match one by one.
+                    stack.push(path);
+                }
             }
         }
-        if !found.is_empty() && found.len() <= MAX_CGROUPS {
+        if found.len() <= MAX_CGROUPS && newest > 0 {
             self.kernel_cgroups = found;
+            self.kernel_newer_than = newest;
+        }
+    }
+
+    /// [`Filter::narrow_in_kernel`] without metadata sources: narrows
+    /// container filters only.
+    pub fn narrow_to_containers(&mut self, fs: &CgroupFs) {
+        if self.pod.is_none() && self.namespace.is_none() {
+            self.narrow_in_kernel(fs, &[]);
         }
     }
 
@@ -190,7 +224,14 @@ impl Filter {
             f.uid = uid;
             f.has_uid = 1;
         }
+        if let Some(comm) = &self.comm {
+            // Parsing checked it fits the kernel's 15 characters and a NUL.
+            let n = comm.len().min(COMM_LEN - 1);
+            f.comm[..n].copy_from_slice(&comm.as_bytes()[..n]);
+            f.has_comm = 1;
+        }
         let cgroups = if self.cgroups.is_empty() {
+            f.cgroups_newer_than = self.kernel_newer_than;
             &self.kernel_cgroups
         } else {
             &self.cgroups
@@ -203,13 +244,66 @@ impl Filter {
         f
     }
 
+    /// What the kernel checks, in words (for `-v`).
+    pub fn describe_kernel(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(p) = self.pid {
+            parts.push(format!("pid {p}"));
+        }
+        if let Some(u) = self.uid {
+            parts.push(format!("uid {u}"));
+        }
+        if let Some(c) = &self.comm {
+            parts.push(format!("comm {c}"));
+        }
+        let (cgroups, newer) = if self.cgroups.is_empty() {
+            (&self.kernel_cgroups, self.kernel_newer_than)
+        } else {
+            (&self.cgroups, 0)
+        };
+        if !cgroups.is_empty() || newer > 0 {
+            let mut c = if cgroups.is_empty() {
+                "no cgroup that exists now".to_string()
+            } else {
+                cgroups
+                    .iter()
+                    .map(|t| t.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if newer > 0 {
+                c.push_str(&format!(" (and cgroups created since, id > {newer})"));
+            }
+            parts.push(format!("cgroups {c}"));
+        }
+        if parts.is_empty() {
+            "nothing (every event reaches user space)".to_string()
+        } else {
+            parts.join("; ")
+        }
+    }
+
     /// Does the filter select on anything that only user space can check?
     pub fn needs_workload(&self) -> bool {
         self.container.is_some() || self.pod.is_some() || self.namespace.is_some()
     }
 
-    /// The complete check, applied to every decoded, enriched event.
-    /// Process filters only apply where the event has a process (pid != 0).
+    /// Does the filter select on the process (pid, uid, command name)? The
+    /// flag of the first such filter, for error messages.
+    pub fn process_flag(&self) -> Option<&'static str> {
+        if self.pid.is_some() {
+            Some("pid")
+        } else if self.uid.is_some() {
+            Some("uid")
+        } else if self.comm.is_some() {
+            Some("comm")
+        } else {
+            None
+        }
+    }
+
+    /// The complete check, applied to every decoded, enriched event. An
+    /// event without a task never matches a process filter.
     pub fn matches(&self, ev: &Event) -> bool {
         self.matches_process(&ev.header)
             && (!self.needs_workload()
@@ -226,17 +320,17 @@ impl Filter {
 
     fn matches_process(&self, h: &Header) -> bool {
         if let Some(pid) = self.pid {
-            if h.pid != pid {
+            if h.pid != Some(pid) {
                 return false;
             }
         }
         if let Some(uid) = self.uid {
-            if h.uid != uid {
+            if h.uid != Some(uid) {
                 return false;
             }
         }
         if let Some(comm) = &self.comm {
-            if h.comm != *comm {
+            if h.comm.as_ref() != Some(comm) {
                 return false;
             }
         }

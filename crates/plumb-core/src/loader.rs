@@ -187,7 +187,12 @@ impl<S: Skel<'static>> Loaded<S> {
 
 /// Sum of a one-slot per-CPU counter map (`plumb_lost`).
 pub fn percpu_sum(map: &dyn MapCore) -> u64 {
-    match map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY) {
+    percpu_slot_sum(map, 0)
+}
+
+/// Sum over CPUs of slot `slot` of a per-CPU array of `u64` counters.
+pub fn percpu_slot_sum(map: &dyn MapCore, slot: u32) -> u64 {
+    match map.lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY) {
         Ok(Some(vals)) => vals
             .iter()
             .filter_map(|v| {
@@ -197,6 +202,24 @@ pub fn percpu_sum(map: &dyn MapCore) -> u64 {
             .sum(),
         _ => 0,
     }
+}
+
+/// Entries an LRU map evicted, from its per-CPU churn counters (slot 0: new
+/// keys inserted, slot 1: keys deleted) and the entries it holds now.
+///
+/// Counting the entries walks the map, so it is only done once the map can
+/// have been full: an LRU map starts evicting a little before it is full
+/// (each CPU keeps a local list of up to 128 free nodes).
+pub fn lru_evicted(map: &dyn MapCore, churn: &dyn MapCore) -> u64 {
+    let inserted = percpu_slot_sum(churn, 0);
+    let deleted = percpu_slot_sum(churn, 1);
+    let live = inserted.saturating_sub(deleted);
+    let cpus = libbpf_rs::num_possible_cpus().unwrap_or(1) as u64;
+    let could_be_full = u64::from(map.max_entries()).saturating_sub(cpus * 128 + 64);
+    if live < could_be_full {
+        return 0;
+    }
+    live.saturating_sub(map.keys().count() as u64)
 }
 
 /// Write the common read-only configuration into a skeleton's `.rodata`.
@@ -217,4 +240,44 @@ pub fn set_filter<T>(dst: &mut T, filter: &RawFilter) {
 /// Does a kernel object with this program id still exist?
 pub fn prog_exists(id: u32) -> bool {
     libbpf_rs::Program::fd_from_id(id).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    mod rejected {
+        #![allow(clippy::all, clippy::pedantic, dead_code, non_camel_case_types)]
+        include!(concat!(env!("OUT_DIR"), "/rejected.skel.rs"));
+    }
+
+    /// A program the verifier refuses: one line saying so, and with `-v`
+    /// the verifier's own last lines, which name the faulty access.
+    #[test]
+    fn a_rejected_program_reports_the_verifiers_last_lines() {
+        crate::testing::require_root();
+        let err = match super::load("rejected", rejected::RejectedSkelBuilder::default(), |_| {
+            Ok(())
+        }) {
+            Ok(_) => panic!("the verifier accepted a NULL dereference"),
+            Err(e) => e,
+        };
+        assert_eq!(err.exit_code(), 4);
+        crate::error::show_verifier_log(false);
+        let short = err.to_string();
+        assert!(
+            short.starts_with("the kernel's verifier rejected gadget rejected: "),
+            "{short}"
+        );
+        assert!(
+            short.ends_with("(run with -v for the verifier's log)"),
+            "{short}"
+        );
+        crate::error::show_verifier_log(true);
+        let long = err.to_string();
+        crate::error::show_verifier_log(false);
+        assert!(long.contains("verifier log (last lines):"), "{long}");
+        assert!(
+            long.contains("invalid mem access 'map_value_or_null'"),
+            "{long}"
+        );
+    }
 }

@@ -47,8 +47,15 @@ pub struct RawFilter {
     pub n_cgroups: u32,
     pub cgroup_ids: [u64; MAX_CGROUPS],
     pub cgroup_levels: [u32; MAX_CGROUPS],
+    pub cgroups_newer_than: u64,
+    pub has_comm: u32,
+    pub comm: [u8; COMM_LEN],
+    pub _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<RawFilter>() == 112);
+const _: () = assert!(std::mem::size_of::<RawFilter>() == 144);
+
+/// `plumb_hdr.flags`: the record was raised where no task is meaningful.
+pub const HDR_NO_TASK: u16 = 1;
 
 /// Read a `T` from the front of `data`, or say how short the record was.
 pub fn read<T: Pod>(data: &[u8]) -> Result<T, DecodeError> {

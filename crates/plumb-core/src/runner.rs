@@ -113,15 +113,16 @@ impl State<'_> {
             }
         };
         let (cgroup, workload) = self.enricher.resolve(d.hdr.cgroup_id, d.hdr.pid);
+        let task = d.hdr.flags & raw::HDR_NO_TASK == 0;
         let mut ev = Event {
             body: d.body,
             header: Header {
                 timestamp: self.clock.wall(d.hdr.ts_ns),
                 node: self.node.clone(),
-                pid: d.hdr.pid,
-                tid: d.hdr.tid,
-                uid: d.hdr.uid,
-                comm: raw::cstr(&d.hdr.comm),
+                pid: task.then_some(d.hdr.pid),
+                tid: task.then_some(d.hdr.tid),
+                uid: task.then_some(d.hdr.uid),
+                comm: task.then(|| raw::cstr(&d.hdr.comm)),
                 cgroup_id: d.hdr.cgroup_id,
                 cgroup,
                 workload,
@@ -167,6 +168,7 @@ pub fn run(
     sink: &mut dyn Sink,
     control: Control,
 ) -> Result<RunStats> {
+    crate::gadgets::check_filter(desc, &opts.filter)?;
     let ctx = StartCtx {
         filter: opts.filter.kernel(),
         params: &opts.params,

@@ -195,3 +195,85 @@ pub fn iptables_packets(listing: &str, needle: &str) -> Option<u64> {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
 }
+
+/// A cgroup v2 directory a test made (with any parents it made), removed
+/// with them when dropped, once the processes in it are gone.
+pub struct TestCgroup {
+    /// The cgroup, full path.
+    pub path: std::path::PathBuf,
+    /// Directories to remove, deepest first.
+    made: Vec<std::path::PathBuf>,
+}
+
+impl TestCgroup {
+    /// Make `rel` (a path below the cgroup v2 root) and its missing parents.
+    pub fn new(rel: &str) -> Self {
+        let root = crate::enrich::cgroupfs::CgroupFs::discover()
+            .expect("a cgroup v2 hierarchy is mounted")
+            .root()
+            .to_path_buf();
+        let path = root.join(rel.trim_start_matches('/'));
+        let mut made = Vec::new();
+        let mut p = path.clone();
+        while !p.exists() {
+            made.push(p.clone());
+            match p.parent() {
+                Some(parent) => p = parent.to_path_buf(),
+                None => break,
+            }
+        }
+        std::fs::create_dir_all(&path).expect("make the test cgroup");
+        TestCgroup { path, made }
+    }
+
+    /// The cgroup's id, as `bpf_get_current_cgroup_id()` gives it.
+    pub fn id(&self) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&self.path).expect("cgroup"))
+    }
+
+    /// Spawn `cmd` inside this cgroup: the child moves itself there before
+    /// exec, so its exec already belongs to the cgroup.
+    pub fn spawn(&self, cmd: &mut std::process::Command) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(
+            self.path
+                .join("cgroup.procs")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .expect("path");
+        // SAFETY: only async-signal-safe calls (open, write, close) between
+        // fork and exec, on a path prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            });
+        }
+        cmd.spawn().expect("spawn in the test cgroup")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for dir in &self.made {
+            // Removable once its last process has gone.
+            for _ in 0..100 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}

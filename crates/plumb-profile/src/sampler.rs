@@ -273,10 +273,10 @@ impl UserFilter {
         let header = Header {
             timestamp: self.started,
             node: self.node.clone(),
-            pid,
-            tid,
-            uid: 0,
-            comm: comm.to_string(),
+            pid: Some(pid),
+            tid: Some(tid),
+            uid: None,
+            comm: Some(comm.to_string()),
             cgroup_id,
             cgroup,
             workload,
@@ -323,7 +323,7 @@ pub fn run(
     let fs = CgroupFs::discover();
     let mut filter = Filter::parse(&opts.filter, fs.as_ref().map(|f| f.root()))?;
     if let Some(fs) = &fs {
-        filter.narrow_to_containers(fs);
+        filter.narrow_in_kernel(fs, &opts.sources);
     }
     let running = Running::start(opts, &filter)?;
     let started_wall = SystemTime::now();

@@ -240,20 +240,173 @@ fn duration_ends_the_run_with_a_summary() {
 
 #[test]
 fn gadgets_lists_every_gadget_with_availability() {
+    require_root();
     let (code, out, _) = run(&["gadgets", "-o", "json"]);
     assert_eq!(code, 0);
-    let names: Vec<String> = out
+    let rows: Vec<serde_json::Value> = out
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).expect("json")["name"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     let known: Vec<&str> = plumb_core::gadgets::REGISTRY
         .iter()
         .map(|g| g.name)
         .collect();
     assert_eq!(names, known);
+    // Every hook these gadgets need exists on this machine's kernel.
+    for r in &rows {
+        assert_eq!(r["available"], true, "{r}");
+        assert!(r["reason"].is_null(), "{r}");
+    }
+    // Without root, tracefs cannot be read: nothing is claimed either way.
+    let out = plumb()
+        .args(["gadgets", "-o", "json"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    assert_eq!(out.status.code(), Some(0));
+    let exec: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .find(|r| r["name"] == "exec")
+        .expect("exec row");
+    assert!(exec["available"].is_null(), "{exec}");
+    assert!(
+        exec["reason"]
+            .as_str()
+            .is_some_and(|r| r
+                .starts_with("cannot tell whether tracepoint syscalls:sys_enter_execve exists")),
+        "{exec}"
+    );
+}
+
+/// A ring buffer of one page under an open storm while plumb's output pipe
+/// is not read: records are lost, and every one is counted. What reached
+/// the output plus what was reported lost is exactly what was generated.
+#[test]
+fn a_full_ring_buffer_loses_records_and_counts_each_one() {
+    require_root();
+    const OPENS: usize = 20_000;
+    let m = marker("lost");
+    let path = format!("/nonexistent-{m}");
+    // The shell starts (and opens its libraries) before plumb watches it;
+    // each loop turn is then exactly one failed openat of the marker path
+    // (`read` is a regular builtin: a failed redirection does not end the shell).
+    let mut sh = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "read go; i=0; while [ $i -lt {OPENS} ]; do read x < {path}; i=$((i+1)); done"
+        ))
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh");
+    let pid = sh.id().to_string();
+    let (mut child, ids, mut err) = start_traced(&[
+        "trace", "open", "-o", "json", "--pid", &pid, "--buffer", "4K",
+    ]);
+    // Nobody reads plumb's stdout yet: once its pipe is full, plumb blocks
+    // and the one-page ring buffer overflows.
+    std::io::Write::write_all(&mut sh.stdin.take().expect("stdin"), b"go\n").expect("go");
+    sh.wait().expect("wait sh");
+    let mut out = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        BufReader::new(stdout).read_to_string(&mut s).map(|_| s)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: plain kill(2) of the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait plumb");
+    out.push_str(&reader.join().expect("reader").expect("read stdout"));
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("stderr");
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert_no_programs_left(&ids);
+
+    let (mut delivered, mut lost_records, mut events) = (0usize, 0u64, 0usize);
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        match v["type"].as_str() {
+            Some("open") => {
+                events += 1;
+                if v["path"] == path.as_str() {
+                    assert_eq!(v["errno"], "ENOENT");
+                    delivered += 1;
+                }
+            }
+            Some("lost") => {
+                assert_eq!(v["gadget"], "open");
+                lost_records += v["count"].as_u64().expect("count");
+            }
+            other => panic!("unexpected record {other:?}: {line}"),
+        }
+    }
+    let summary = rest
+        .lines()
+        .find(|l| l.contains(" events, "))
+        .expect("summary line");
+    assert!(
+        summary.starts_with(&format!("plumb: {events} events, {lost_records} lost")),
+        "{summary} vs {events} events and {lost_records} lost in the output"
+    );
+    assert!(
+        lost_records > 0,
+        "a one-page buffer must overflow: {summary}"
+    );
+    assert_eq!(delivered as u64 + lost_records, OPENS as u64, "{summary}");
+}
+
+/// Run plumb in a private mount namespace prepared by `setup` (shell
+/// commands), so the host's mounts are never touched.
+fn run_in_mount_ns(setup: &str, args: &[&str]) -> (i32, String) {
+    let script = format!("{setup} && exec \"$0\" \"$@\"");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(env!("CARGO_BIN_EXE_plumb"))
+        .args(args)
+        .output()
+        .expect("unshare");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_kernel_without_btf_is_one_line() {
+    require_root();
+    // An empty directory over /sys/kernel/btf: as on a kernel built without BTF.
+    let (code, err) = run_in_mount_ns(
+        "mount -t tmpfs plumb-no-btf /sys/kernel/btf",
+        &["trace", "exec", "--duration", "1s"],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(
+        err.trim(),
+        "plumb: this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); plumb needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.8 or newer)"
+    );
+}
+
+#[test]
+fn tracefs_that_cannot_be_mounted_is_one_line() {
+    require_root();
+    // A /sys/kernel holding only the BTF file: no tracefs, no debugfs, and no
+    // directory to mount tracefs on.
+    let dir = std::env::temp_dir().join(format!("plumb-no-tracefs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let d = dir.display();
+    let setup = format!(
+        "mount -t tmpfs plumb-kernel {d} && mkdir {d}/btf && touch {d}/btf/vmlinux && \
+         mount --bind /sys/kernel/btf/vmlinux {d}/btf/vmlinux && mount --rbind {d} /sys/kernel"
+    );
+    let (code, err) = run_in_mount_ns(&setup, &["trace", "open", "--duration", "1s"]);
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(
+        err.trim(),
+        "plumb: tracefs is not mounted at /sys/kernel/tracing and could not be mounted: No such file or directory (os error 2)"
+    );
 }

@@ -66,6 +66,11 @@ fn container(segment: &str, in_pod: bool, parent: Option<&str>) -> Option<(Strin
         // podman with the cgroupfs manager: /libpod_parent/libpod-<id>
         return is_container_id(id).then(|| (id.to_string(), "podman"));
     }
+    if let Some(id) = segment.strip_prefix("crio-") {
+        // CRI-O with the cgroupfs manager: /kubepods/<qos>/pod<uid>/crio-<id>
+        // (its monitor is crio-conmon-<id>, which is not the container).
+        return is_container_id(id).then(|| (id.to_string(), "cri-o"));
+    }
     if !is_container_id(segment) {
         return None;
     }
@@ -179,6 +184,22 @@ mod tests {
     }
 
     #[test]
+    fn crio_cgroupfs_driver() {
+        check(
+            &format!("/kubepods/burstable/pod{UID}/crio-{ID}"),
+            Some(ID),
+            Some("cri-o"),
+            Some(UID),
+        );
+        check(
+            &format!("/kubepods/burstable/pod{UID}/crio-conmon-{ID}"),
+            None,
+            None,
+            Some(UID),
+        );
+    }
+
+    #[test]
     fn kind_node_nests_kubelet_slice() {
         let p = format!(
             "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope",
@@ -266,5 +287,49 @@ mod tests {
         assert_eq!(w.container_id.as_deref(), Some(ID));
         assert_eq!(w.pod_uid.as_deref(), Some(UID));
         assert!(parse_proc_cgroup("0::/\n4:memory:/process_api/abc\n").is_none());
+    }
+
+    #[test]
+    fn v1_files_of_each_runtime() {
+        let uid_ = UID.replace('-', "_");
+        // (the /proc/PID/cgroup of a task on a v1 host, what it names)
+        let cases = [
+            // Docker, cgroupfs driver.
+            (
+                format!("12:pids:/docker/{ID}\n4:memory:/docker/{ID}\n1:name=systemd:/docker/{ID}\n"),
+                Some("docker"),
+                None,
+            ),
+            // Docker, systemd driver.
+            (
+                format!("4:memory:/system.slice/docker-{ID}.scope\n1:name=systemd:/system.slice/docker-{ID}.scope\n"),
+                Some("docker"),
+                None,
+            ),
+            // kubelet + containerd, systemd driver.
+            (
+                format!("9:cpu,cpuacct:/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{ID}.scope\n"),
+                Some("containerd"),
+                Some(UID),
+            ),
+            // kubelet + CRI-O, cgroupfs driver.
+            (
+                format!("7:memory:/kubepods/besteffort/pod{UID}/crio-{ID}\n"),
+                Some("cri-o"),
+                Some(UID),
+            ),
+            // podman, systemd.
+            (
+                format!("5:memory:/machine.slice/libpod-{ID}.scope\n"),
+                Some("podman"),
+                None,
+            ),
+        ];
+        for (file, runtime, uid) in cases {
+            let w = parse_proc_cgroup(&file).unwrap_or_else(|| panic!("nothing in {file}"));
+            assert_eq!(w.container_id.as_deref(), Some(ID), "{file}");
+            assert_eq!(w.container_runtime, runtime, "{file}");
+            assert_eq!(w.pod_uid.as_deref(), uid, "{file}");
+        }
     }
 }

@@ -14,6 +14,25 @@ pub struct CgroupFs {
 /// `FILEID_KERNFS`: the file handle type whose 8 bytes are a kernfs node id.
 const FILEID_KERNFS: i32 = 0xfe;
 
+/// Are cgroup v1 hierarchies with controllers mounted here (a v1-only or
+/// hybrid host)? Then a task's v2 cgroup may say nothing about it.
+pub fn v1_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| v1_in_mountinfo(&info))
+}
+
+fn v1_in_mountinfo(info: &str) -> bool {
+    info.lines().any(|line| {
+        line.split_once(" - ").is_some_and(|(_, post)| {
+            let mut f = post.split_whitespace();
+            // "cgroup" is v1 ("cgroup2" is v2); systemd's own named
+            // hierarchy (name=systemd) holds no controller.
+            f.next() == Some("cgroup")
+                && f.nth(1)
+                    .is_some_and(|opts| !opts.split(',').any(|o| o.starts_with("name=")))
+        })
+    })
+}
+
 impl CgroupFs {
     /// Find the cgroup2 mount in `/proc/self/mountinfo` (`/sys/fs/cgroup` on
     /// unified hosts, `/sys/fs/cgroup/unified` on hybrid ones).
@@ -117,6 +136,18 @@ impl CgroupFs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tells_v1_and_hybrid_hosts_from_unified_ones() {
+        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n";
+        let hybrid = "30 23 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate\n\
+                      31 23 0:28 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:6 - cgroup cgroup rw,xattr,name=systemd\n\
+                      35 23 0:32 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,memory\n";
+        let named_only = "31 23 0:28 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:6 - cgroup cgroup rw,xattr,name=systemd\n";
+        assert!(!v1_in_mountinfo(unified));
+        assert!(v1_in_mountinfo(hybrid));
+        assert!(!v1_in_mountinfo(named_only));
+    }
+
     use super::*;
 
     #[test]

@@ -33,6 +33,12 @@ struct Entry {
     at: Instant,
 }
 
+/// A workload read from `/proc/PID/cgroup` (cgroup v1), and when.
+struct ByPid {
+    workload: Arc<Workload>,
+    at: Instant,
+}
+
 /// Cache statistics, exported by the agent.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EnrichStats {
@@ -46,6 +52,14 @@ pub struct Enricher {
     fs: Option<cgroupfs::CgroupFs>,
     sources: Vec<Arc<dyn MetadataSource>>,
     cache: LruCache<u64, Entry>,
+    /// cgroup v1 answers, per process: on v1 and hybrid hosts many
+    /// processes share one (uninformative) v2 cgroup id, so an answer read
+    /// for one process must never be given to another.
+    by_pid: LruCache<u32, ByPid>,
+    /// Are cgroup v1 hierarchies mounted (v1-only or hybrid host)?
+    v1: bool,
+    /// Where `PID/cgroup` files are read (`/proc`; a fixture in tests).
+    proc_root: std::path::PathBuf,
     ttl_known: Duration,
     ttl_unknown: Duration,
     empty: Arc<Workload>,
@@ -77,6 +91,9 @@ impl Enricher {
             fs,
             sources,
             cache: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)),
+            by_pid: LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)),
+            v1: cgroupfs::v1_mounted(),
+            proc_root: "/proc".into(),
             ttl_known: Duration::from_secs(300),
             ttl_unknown: Duration::from_secs(10),
             empty: Arc::new(Workload::default()),
@@ -84,6 +101,13 @@ impl Enricher {
             net: None,
             netns_owners: HashMap::new(),
         }
+    }
+
+    /// Read cgroup v1 paths from `PID/cgroup` files below `root` (tests).
+    pub fn with_v1_proc_root(mut self, root: std::path::PathBuf) -> Self {
+        self.v1 = true;
+        self.proc_root = root;
+        self
     }
 
     /// The cgroup v2 hierarchy in use, if any.
@@ -146,12 +170,22 @@ impl Enricher {
         }
     }
 
-    /// Path and workload of cgroup `id`; `pid` is used only on hosts whose
-    /// cgroup v2 path says nothing (v1 hierarchies).
+    /// Path and workload of cgroup `id`; `pid` is used only where the
+    /// cgroup v2 path says nothing (v1 hierarchies), and then the answer is
+    /// kept for that process alone.
     pub fn resolve(&mut self, id: u64, pid: u32) -> (Option<Arc<str>>, Arc<Workload>) {
         if id == 0 {
             return (None, self.empty.clone());
         }
+        let (path, w) = self.resolve_v2(id);
+        if !w.is_empty() || pid == 0 || !self.v1 {
+            return (path, w);
+        }
+        (path, self.resolve_v1(pid))
+    }
+
+    /// What the cgroup v2 path of `id` says, cached per id.
+    fn resolve_v2(&mut self, id: u64) -> (Option<Arc<str>>, Arc<Workload>) {
         if let Some(e) = self.cache.get(&id) {
             let ttl = if e.workload.pod.is_some()
                 || e.workload.container_id.is_none() && e.workload.pod_uid.is_none()
@@ -168,17 +202,8 @@ impl Enricher {
         self.stats.misses += 1;
         let path = self.fs.as_ref().and_then(|fs| fs.path_of(id));
         let mut w = path.as_deref().map(cgroup::parse).unwrap_or_default();
-        if w.is_empty() && pid != 0 {
-            if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-                if let Some(v1) = cgroup::parse_proc_cgroup(&s) {
-                    w = v1;
-                }
-            }
-        }
         if !w.is_empty() {
-            for s in &self.sources {
-                s.fill(&mut w);
-            }
+            self.fill_names(&mut w);
         }
         let workload = if w.is_empty() {
             self.empty.clone()
@@ -195,6 +220,39 @@ impl Enricher {
             },
         );
         (path, workload)
+    }
+
+    /// What the v1 hierarchies say about process `pid` (`/proc/PID/cgroup`),
+    /// cached for that process only and briefly, since pids are reused. A
+    /// process that has already exited cannot be asked: it stays empty.
+    fn resolve_v1(&mut self, pid: u32) -> Arc<Workload> {
+        if let Some(e) = self.by_pid.get(&pid) {
+            if e.at.elapsed() < self.ttl_unknown {
+                self.stats.hits += 1;
+                return e.workload.clone();
+            }
+        }
+        self.stats.misses += 1;
+        let mut w = std::fs::read_to_string(self.proc_root.join(format!("{pid}/cgroup")))
+            .ok()
+            .and_then(|s| cgroup::parse_proc_cgroup(&s))
+            .unwrap_or_default();
+        if !w.is_empty() {
+            self.fill_names(&mut w);
+        }
+        let workload = if w.is_empty() {
+            self.empty.clone()
+        } else {
+            Arc::new(w)
+        };
+        self.by_pid.put(
+            pid,
+            ByPid {
+                workload: workload.clone(),
+                at: Instant::now(),
+            },
+        );
+        workload
     }
 }
 
@@ -233,6 +291,31 @@ mod tests {
         let _ = e.resolve(id, 0);
         assert_eq!(e.stats().hits, 1);
         assert_eq!(e.stats().entries, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn v1_answers_belong_to_their_process_only() {
+        const ID: &str = "7c3ad5e8c1f4d1b8b5e9f0e3c2a1b4d6e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3";
+        let dir = std::env::temp_dir().join(format!("plumb-v1-{}", std::process::id()));
+        let root = dir.join("cgroup2");
+        std::fs::create_dir_all(&root).unwrap();
+        for (pid, contents) in [
+            ("100", format!("12:memory:/docker/{ID}\n0::/\n")),
+            ("200", "12:memory:/user.slice\n0::/\n".to_string()),
+        ] {
+            std::fs::create_dir_all(dir.join(pid)).unwrap();
+            std::fs::write(dir.join(pid).join("cgroup"), contents).unwrap();
+        }
+        // Both processes sit in the v2 root: one id, two different answers.
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&root).unwrap());
+        let mut e = Enricher::with_fs(Some(cgroupfs::CgroupFs::at(root)), vec![], 8)
+            .with_v1_proc_root(dir.clone());
+        assert_eq!(e.resolve(id, 100).1.container_id.as_deref(), Some(ID));
+        assert!(e.resolve(id, 200).1.is_empty());
+        assert_eq!(e.resolve(id, 100).1.container_id.as_deref(), Some(ID));
+        // A process that is gone is not attributed.
+        assert!(e.resolve(id, 300).1.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,7 +1,9 @@
 //! Names from a container runtime's API socket (Docker, and podman's
-//! Docker-compatible socket): container name, and for containers started by
-//! a kubelet through dockershim/cri-dockerd, the pod's name and namespace
-//! from the labels the kubelet sets.
+//! Docker-compatible socket, rootful and each user's rootless one):
+//! container name, and for containers started by a kubelet through
+//! dockershim/cri-dockerd, the pod's name and namespace from the labels the
+//! kubelet sets. (CRI runtimes, containerd and CRI-O, are asked by the
+//! plumb-cri crate.)
 
 use super::MetadataSource;
 use crate::event::Workload;
@@ -13,36 +15,58 @@ use std::time::Duration;
 /// Sockets that speak the Docker Engine API, in the order they are tried.
 const SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/podman/podman.sock"];
 
-/// A Docker-API runtime reached through its unix socket.
+/// Docker-API runtimes reached through their unix sockets.
 pub struct DockerApi {
-    socket: PathBuf,
+    sockets: Vec<PathBuf>,
 }
 
+/// Longest wait for one answer: this runs on the event path.
+const TIMEOUT: Duration = Duration::from_millis(250);
+
 impl DockerApi {
-    /// The first runtime socket present on this host.
+    /// The runtime sockets present on this host: Docker's, rootful
+    /// podman's, and every user's rootless podman socket.
     pub fn discover() -> Option<Self> {
-        SOCKETS
+        let mut sockets: Vec<PathBuf> = SOCKETS
             .iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .map(|p| DockerApi {
-                socket: p.to_path_buf(),
-            })
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect();
+        if let Ok(users) = std::fs::read_dir("/run/user") {
+            let mut rootless: Vec<PathBuf> = users
+                .flatten()
+                .map(|u| u.path().join("podman/podman.sock"))
+                .filter(|p| p.exists())
+                .collect();
+            rootless.sort();
+            sockets.extend(rootless);
+        }
+        (!sockets.is_empty()).then_some(DockerApi { sockets })
+    }
+
+    /// The sockets asked, in order.
+    pub fn sockets(&self) -> &[PathBuf] {
+        &self.sockets
     }
 
     fn inspect(&self, id: &str) -> Option<serde_json::Value> {
-        let mut s = UnixStream::connect(&self.socket).ok()?;
-        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-        s.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
-        write!(
-            s,
-            "GET /containers/{id}/json HTTP/1.0\r\nHost: localhost\r\n\r\n"
-        )
-        .ok()?;
-        let mut buf = Vec::new();
-        s.take(1 << 20).read_to_end(&mut buf).ok()?;
-        parse_inspect_response(&buf)
+        self.sockets.iter().find_map(|s| inspect_at(s, id))
     }
+}
+
+/// `GET /containers/ID/json` on one socket.
+fn inspect_at(socket: &Path, id: &str) -> Option<serde_json::Value> {
+    let mut s = UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(TIMEOUT)).ok()?;
+    s.set_write_timeout(Some(TIMEOUT)).ok()?;
+    write!(
+        s,
+        "GET /containers/{id}/json HTTP/1.0\r\nHost: localhost\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.take(1 << 20).read_to_end(&mut buf).ok()?;
+    parse_inspect_response(&buf)
 }
 
 /// The JSON body of an HTTP/1.0 response with status 200.

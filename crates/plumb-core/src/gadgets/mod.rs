@@ -3,7 +3,13 @@
 //! A gadget is one folder below this one: its `NAME.bpf.c` (built into a
 //! skeleton by build.rs), its Rust owner (`mod.rs`: load, attach, decode,
 //! describe its columns and parameters) and its tests. Adding one means
-//! adding the folder, a line to [`REGISTRY`] and its variant of [`Body`].
+//! adding the folder, its `mod` line and one line in the [`registry!`]
+//! invocation below; the registry, the event enum and its dispatch are
+//! generated from that line.
+//!
+//! The kernel side tags each record with an `enum plumb_kind` value
+//! (`plumb.h`, mirrored in `raw::kind`): an id the decoder checks, not a
+//! registration; a new gadget takes the next free number.
 
 pub mod drop;
 pub mod exec;
@@ -15,6 +21,7 @@ pub mod tcp;
 
 use crate::error::{DecodeError, Error, Result};
 use crate::event::{Event, Workload};
+use crate::filter::Filter;
 use crate::loader::StartCtx;
 use crate::raw::RawHdr;
 use serde::{Deserialize, Serialize};
@@ -22,67 +29,96 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Every gadget plumb knows, in the order `plumb gadgets` lists them.
-pub static REGISTRY: &[&GadgetDesc] = &[
-    &exec::DESC,
-    &open::DESC,
-    &tcp::DESC,
-    &drop::DESC,
-    &retrans::DESC,
-    &reset::DESC,
-];
+/// Generates [`REGISTRY`], [`Body`] and its dispatch from one list of
+/// `module::EventType`, in the order `plumb gadgets` lists them. `{ flow }`
+/// marks a network gadget: its event has a `flow` naming both sides, and it
+/// is raised in packet context, without a task.
+macro_rules! registry {
+    ($($module:ident :: $ty:ident $({ $flow:ident })?),* $(,)?) => {
+        /// Every gadget plumb knows, in the order `plumb gadgets` lists them.
+        pub static REGISTRY: &[&GadgetDesc] = &[$(&$module::DESC),*];
 
-/// What a gadget saw; the `type` key of the JSON output.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-// Events are built once and handed on by reference; boxing the larger
-// network variants would only add an allocation per event.
-#[allow(clippy::large_enum_variant)]
-pub enum Body {
-    Exec(exec::Exec),
-    Open(open::Open),
-    Tcp(tcp::Tcp),
-    Drop(drop::Drop),
-    Retrans(retrans::Retrans),
-    Reset(reset::Reset),
+        /// What a gadget saw; the `type` key of the JSON output.
+        #[derive(Debug, Clone, Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        // Events are built once and handed on by reference; boxing the larger
+        // network variants would only add an allocation per event.
+        #[allow(clippy::large_enum_variant)]
+        pub enum Body {
+            $($ty($module::$ty)),*
+        }
+
+        impl Body {
+            /// The event's `type` key: its gadget's name.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Body::$ty(_) => $module::DESC.name),*
+                }
+            }
+
+            /// The flow of a network event.
+            pub fn flow(&self) -> Option<&net::Flow> {
+                match self {
+                    $(Body::$ty(_b) => registry!(@flow _b $($flow)?)),*
+                }
+            }
+
+            /// Fill in body-side enrichment (per-side pods of network events).
+            pub fn enrich(&mut self, _enricher: &mut crate::enrich::Enricher) {
+                match self {
+                    $(Body::$ty(_b) => registry!(@enrich _b _enricher $($flow)?)),*
+                }
+            }
+        }
+
+        /// Does this gadget's events name the task that caused them? Network
+        /// gadgets' events are raised in packet context, where the running
+        /// task is unrelated.
+        pub fn has_task(desc: &GadgetDesc) -> bool {
+            $(if desc.name == $module::DESC.name {
+                return registry!(@task $($flow)?);
+            })*
+            true
+        }
+    };
+    (@flow $b:ident flow) => { Some(&$b.flow) };
+    (@flow $b:ident) => { None };
+    (@enrich $b:ident $e:ident flow) => { $b.flow.enrich($e) };
+    (@enrich $b:ident $e:ident) => { () };
+    (@task flow) => { false };
+    (@task) => { true };
+}
+
+registry! {
+    exec::Exec,
+    open::Open,
+    tcp::Tcp,
+    drop::Drop { flow },
+    retrans::Retrans { flow },
+    reset::Reset { flow },
 }
 
 impl Body {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Body::Exec(_) => "exec",
-            Body::Open(_) => "open",
-            Body::Tcp(_) => "tcp",
-            Body::Drop(_) => "drop",
-            Body::Retrans(_) => "retrans",
-            Body::Reset(_) => "reset",
-        }
-    }
-
     /// Workloads named inside the body (network events name one per side),
     /// for pod and container filters.
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
         self.flow().into_iter().flat_map(|f| f.workloads())
     }
+}
 
-    /// The flow of a network event.
-    pub fn flow(&self) -> Option<&net::Flow> {
-        match self {
-            Body::Drop(d) => Some(&d.flow),
-            Body::Retrans(r) => Some(&r.flow),
-            Body::Reset(r) => Some(&r.flow),
-            _ => None,
-        }
-    }
-
-    /// Fill in body-side enrichment (per-side pods of network events).
-    pub fn enrich(&mut self, enricher: &mut crate::enrich::Enricher) {
-        match self {
-            Body::Drop(d) => d.flow.enrich(enricher),
-            Body::Retrans(r) => r.flow.enrich(enricher),
-            Body::Reset(r) => r.flow.enrich(enricher),
-            _ => {}
-        }
+/// Refuse filters a gadget's events can never match: process filters on
+/// network gadgets, whose events carry no task.
+pub fn check_filter(desc: &GadgetDesc, filter: &Filter) -> Result<()> {
+    match filter.process_flag() {
+        Some(flag) if !has_task(desc) => Err(Error::BadFilter {
+            flag,
+            reason: format!(
+                "{} events are raised while the kernel handles a packet and name no process; \
+                 filter by --cgroup, --container, --pod or -n/--namespace instead",
+                desc.name
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -217,14 +253,44 @@ pub enum Hook {
     TpBtf(&'static str),
 }
 
+/// Whether a hook exists on this kernel, as far as this process can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookState {
+    Present,
+    Missing,
+    /// This process may not look (tracefs is readable by root only).
+    Unknown(String),
+}
+
 impl Hook {
-    pub fn available(&self) -> bool {
+    pub fn state(&self) -> HookState {
         match self {
-            Hook::Tracepoint(cat, name) => ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-                .iter()
-                .any(|root| Path::new(root).join("events").join(cat).join(name).exists()),
-            Hook::TpBtf(name) => crate::preflight::vmlinux_has_type(&format!("btf_trace_{name}")),
+            Hook::Tracepoint(cat, name) => {
+                let mut denied = None;
+                for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+                    let dir = Path::new(root).join("events").join(cat).join(name);
+                    match std::fs::metadata(&dir) {
+                        Ok(_) => return HookState::Present,
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            denied = Some(format!("{root} is readable by root only"));
+                        }
+                        Err(_) => {}
+                    }
+                }
+                denied.map_or(HookState::Missing, HookState::Unknown)
+            }
+            Hook::TpBtf(name) => {
+                if crate::preflight::vmlinux_has_type(&format!("btf_trace_{name}")) {
+                    HookState::Present
+                } else {
+                    HookState::Missing
+                }
+            }
         }
+    }
+
+    pub fn available(&self) -> bool {
+        self.state() == HookState::Present
     }
 }
 
@@ -237,11 +303,39 @@ impl std::fmt::Display for Hook {
     }
 }
 
-/// Can this gadget run on this kernel? `Err` says what is missing.
+/// Can this gadget run on this kernel?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    Yes,
+    /// What is missing.
+    No(String),
+    /// Why this process cannot tell.
+    Unknown(String),
+}
+
+/// Can this gadget run on this kernel, as far as this process can tell?
+pub fn check_availability(desc: &GadgetDesc) -> Availability {
+    let mut unknown = None;
+    for h in desc.hooks {
+        match h.state() {
+            HookState::Present => {}
+            HookState::Missing => {
+                return Availability::No(format!("{h} not available on this kernel"))
+            }
+            HookState::Unknown(why) => {
+                unknown.get_or_insert(format!("cannot tell whether {h} exists: {why}"));
+            }
+        }
+    }
+    unknown.map_or(Availability::Yes, Availability::Unknown)
+}
+
+/// Can this gadget run on this kernel? `Err` says what is missing (or why
+/// it cannot be told).
 pub fn availability(desc: &GadgetDesc) -> std::result::Result<(), String> {
-    match desc.hooks.iter().find(|h| !h.available()) {
-        None => Ok(()),
-        Some(h) => Err(format!("{h} not available on this kernel")),
+    match check_availability(desc) {
+        Availability::Yes => Ok(()),
+        Availability::No(why) | Availability::Unknown(why) => Err(why),
     }
 }
 

@@ -127,10 +127,10 @@ mod tests {
             header: Header {
                 timestamp: UNIX_EPOCH + Duration::from_nanos(1_790_000_000_123_456_789),
                 node: Arc::from("node-a"),
-                pid,
-                tid: pid,
-                uid: 0,
-                comm: comm.into(),
+                pid: Some(pid),
+                tid: Some(pid),
+                uid: Some(0),
+                comm: Some(comm.into()),
                 cgroup_id: 7,
                 cgroup: None,
                 workload: Arc::new(Workload {

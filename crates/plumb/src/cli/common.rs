@@ -72,7 +72,36 @@ pub fn output_args() -> Vec<Arg> {
             .value_name("INTERVAL")
             .value_parser(parse_duration)
             .help("Print counts per key every INTERVAL instead of one line per event"),
+        Arg::new("buffer")
+            .long("buffer")
+            .value_name("SIZE")
+            .value_parser(parse_ring_size)
+            .help("Size of the kernel's ring buffer (a power of two: 64K, 4M; default 4M). Records that do not fit are counted as lost"),
     ]
+}
+
+/// A ring buffer size: a power of two of at least one page, `K`/`M`/`G` suffixes allowed.
+pub fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n = num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("'{s}' is not a size (like 64K or 4M)"))?;
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    if !n.is_power_of_two() || n < page || n > 1 << 30 {
+        return Err(format!(
+            "'{s}' must be a power of two between the page size ({page} bytes) and 1G"
+        ));
+    }
+    Ok(n as u32)
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -92,6 +121,8 @@ pub struct OutputOpts {
     pub duration: Option<Duration>,
     pub max_events: Option<u64>,
     pub summary: Option<Duration>,
+    /// Ring buffer size in bytes (`--buffer`), when given.
+    pub buffer: Option<u32>,
 }
 
 pub fn output_from(m: &ArgMatches) -> OutputOpts {
@@ -113,6 +144,7 @@ pub fn output_from(m: &ArgMatches) -> OutputOpts {
             .copied(),
         max_events: m.try_get_one::<u64>("max-events").ok().flatten().copied(),
         summary: m.try_get_one::<Duration>("summary").ok().flatten().copied(),
+        buffer: m.try_get_one::<u32>("buffer").ok().flatten().copied(),
     }
 }
 

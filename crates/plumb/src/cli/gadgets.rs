@@ -1,6 +1,6 @@
 //! `plumb gadgets`: one line per gadget, and whether it can run here.
 
-use plumb_core::gadgets::{availability, REGISTRY};
+use plumb_core::gadgets::{check_availability, Availability, REGISTRY};
 
 #[derive(Debug, clap::Args)]
 pub struct GadgetsArgs {
@@ -20,23 +20,24 @@ pub fn run(args: GadgetsArgs) -> anyhow::Result<()> {
         ));
     }
     for g in REGISTRY {
-        let avail = availability(g);
+        let (available, status, reason) = match check_availability(g) {
+            Availability::Yes => (Some(true), "yes", None),
+            Availability::No(why) => (Some(false), "no", Some(why)),
+            // Not root: tracefs cannot be read, so nothing is claimed.
+            Availability::Unknown(why) => (None, "unknown", Some(why)),
+        };
         if args.output == "json" {
             let v = serde_json::json!({
                 "name": g.name,
                 "summary": g.summary,
-                "available": avail.is_ok(),
-                "reason": avail.as_ref().err(),
+                "available": available,
+                "reason": reason,
                 "params": g.params.iter().map(|p| p.name).collect::<Vec<_>>(),
             });
             out.push_str(&format!("{v}\n"));
         } else {
-            let status = match &avail {
-                Ok(()) => "yes".to_string(),
-                Err(_) => "no".to_string(),
-            };
             let mut line = format!("{:<10} {:<13} {}", g.name, status, g.summary);
-            if let Err(why) = avail {
+            if let Some(why) = reason {
                 line.push_str(&format!(" [{why}]"));
             }
             out.push_str(&line);

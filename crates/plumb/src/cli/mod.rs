@@ -24,6 +24,16 @@ pub struct Cli {
     /// Say more: libbpf warnings, the verifier's log on load failures, skipped hooks.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// A container runtime's CRI socket to ask for pod and container names
+    /// (repeatable). containerd's, CRI-O's and cri-dockerd's usual sockets
+    /// are found without it.
+    #[arg(
+        long = "runtime-endpoint",
+        global = true,
+        value_name = "unix:///PATH",
+        value_parser = plumb_cri::parse_endpoint
+    )]
+    pub runtime_endpoints: Vec<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,6 +66,7 @@ pub fn parse() -> Cli {
         let k = remote::KubectlCli::parse();
         return Cli {
             verbose: k.verbose,
+            runtime_endpoints: Vec::new(),
             command: Command::KubectlPlugin(k.args),
         };
     }
@@ -64,6 +75,7 @@ pub fn parse() -> Cli {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     plumb_core::error::show_verifier_log(cli.verbose);
+    trace::set_runtime_endpoints(cli.runtime_endpoints);
     match cli.command {
         Command::Trace(t) => trace::run(*t, cli.verbose),
         Command::Gadgets(g) => gadgets::run(g),

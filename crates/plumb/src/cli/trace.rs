@@ -106,13 +106,32 @@ impl Args for TraceCmd {
     }
 }
 
-/// Runtime metadata sources found on this host.
+static RUNTIME_ENDPOINTS: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// CRI sockets the user named (`--runtime-endpoint`), asked before the
+/// well-known ones.
+pub fn set_runtime_endpoints(endpoints: Vec<std::path::PathBuf>) {
+    let _ = RUNTIME_ENDPOINTS.set(endpoints);
+}
+
+/// Runtime metadata sources found on this host: the CRI runtimes a kubelet
+/// uses (containerd, CRI-O, cri-dockerd) and Docker-API sockets (Docker,
+/// podman). Built once; every command shares them.
 pub fn local_sources() -> Vec<Arc<dyn MetadataSource>> {
-    let mut v: Vec<Arc<dyn MetadataSource>> = Vec::new();
-    if let Some(d) = DockerApi::discover() {
-        v.push(Arc::new(d));
-    }
-    v
+    static SOURCES: std::sync::OnceLock<Vec<Arc<dyn MetadataSource>>> = std::sync::OnceLock::new();
+    SOURCES
+        .get_or_init(|| {
+            let mut v: Vec<Arc<dyn MetadataSource>> = Vec::new();
+            let extra = RUNTIME_ENDPOINTS.get().map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(c) = plumb_cri::CriSource::discover(extra) {
+                v.push(Arc::new(c));
+            }
+            if let Some(d) = DockerApi::discover() {
+                v.push(Arc::new(d));
+            }
+            v
+        })
+        .clone()
 }
 
 /// Build the sink for these output options.
@@ -145,12 +164,19 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
         Ok(g) => g,
         Err(name) => return Err(gadgets::find(&name).unwrap_err().into()),
     };
-    plumb_core::preflight::check_all()?;
+    // What the user typed is checked first: a wrong flag is reported as
+    // such, whatever the privileges.
     cmd.params.check(gadget)?;
     let enricher_fs = plumb_core::enrich::cgroupfs::CgroupFs::discover();
     let mut filter = Filter::parse(&cmd.filter, enricher_fs.as_ref().map(|f| f.root()))?;
+    gadgets::check_filter(gadget, &filter)?;
+    plumb_core::preflight::check_all()?;
+    let sources = local_sources();
     if let Some(fs) = &enricher_fs {
-        filter.narrow_to_containers(fs);
+        filter.narrow_in_kernel(fs, &sources);
+    }
+    if verbose {
+        eprintln!("plumb: in-kernel filter: {}", filter.describe_kernel());
     }
     let opts = RunOptions {
         filter,
@@ -159,7 +185,15 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
         max_events: cmd.output.max_events,
         ..RunOptions::default()
     };
-    let mut enricher = Enricher::with_fs(enricher_fs, local_sources(), Enricher::DEFAULT_CAPACITY);
+    let opts = RunOptions {
+        ring_bytes: cmd.output.buffer.unwrap_or(opts.ring_bytes),
+        // Wake the reader before a small buffer fills.
+        wakeup_bytes: opts
+            .wakeup_bytes
+            .min(cmd.output.buffer.unwrap_or(u32::MAX) / 4),
+        ..opts
+    };
+    let mut enricher = Enricher::with_fs(enricher_fs, sources, Enricher::DEFAULT_CAPACITY);
     let mut sink = make_sink(gadget, &cmd.output, &opts.node);
     let name = gadget.name;
     let control = Control {
@@ -180,6 +214,9 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
         );
     }
     let mut line = format!("plumb: {} events, {} lost", stats.seen, stats.lost);
+    if verbose {
+        line.push_str(&format!(", {} filtered in user space", stats.filtered));
+    }
     if stats.malformed > 0 {
         line.push_str(&format!(", {} malformed records skipped", stats.malformed));
     }

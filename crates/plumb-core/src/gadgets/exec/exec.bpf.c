@@ -6,6 +6,10 @@
  * record. On success the old address space is gone, so the arguments are read
  * from the new one (mm->arg_start..arg_end, one copy); on failure they are read
  * through the saved argv pointers.
+ *
+ * The enter -> exit state is keyed by thread id. When a thread other than
+ * the leader execs, the kernel gives it the leader's id during the exec;
+ * sched_process_exec (which carries both ids) moves the state along.
  */
 #include "plumb.h"
 #include "exec.h"
@@ -19,9 +23,11 @@ struct exec_start {
 	char filename[EXEC_FILENAME_LEN];
 };
 
+/* A plain hash, not an LRU: a full map fails the insert, which is counted
+ * as a lost event, where an LRU would evict another exec silently. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
 	__type(key, __u32);
 	__type(value, struct exec_start);
 } exec_starts SEC(".maps");
@@ -47,7 +53,8 @@ static __always_inline int on_enter(const char *filename, const char *const *arg
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct exec_start *s;
 
-	if (!plumb_task_wanted())
+	/* The command name is checked at exit: exec changes it. */
+	if (!plumb_task_wanted_any_comm())
 		return 0;
 	s = bpf_map_lookup_elem(&start_scratch, &zero);
 	if (!s)
@@ -58,7 +65,8 @@ static __always_inline int on_enter(const char *filename, const char *const *arg
 	s->uid = (__u32)bpf_get_current_uid_gid();
 	if (bpf_probe_read_user_str(s->filename, sizeof(s->filename), filename) < 0)
 		s->filename[0] = 0;
-	bpf_map_update_elem(&exec_starts, &tid, s, BPF_ANY);
+	if (bpf_map_update_elem(&exec_starts, &tid, s, BPF_ANY))
+		plumb_count_lost();
 	return 0;
 }
 
@@ -77,7 +85,7 @@ int execat_enter(struct trace_event_raw_sys_enter *ctx)
 /* Arguments of a successful exec: one copy from the new mm. */
 static __always_inline void args_from_mm(struct exec_event *e)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
 	unsigned long end = BPF_CORE_READ(task, mm, arg_end);
 	unsigned long len = end > start ? end - start : 0;
@@ -110,6 +118,11 @@ static __always_inline void args_from_argv(struct exec_event *e, const char *con
 		if (n <= 0)
 			goto done;
 		off += n;
+		/* The last string kept ran past the limit: it was cut. */
+		if (off > EXEC_ARGS_LIMIT) {
+			e->args_truncated = 1;
+			goto done;
+		}
 	}
 	/* More pointers than we follow. */
 	e->args_truncated = 1;
@@ -128,6 +141,10 @@ static __always_inline int on_exit(long ret)
 
 	if (!s)
 		return 0;
+	if (!plumb_comm_wanted()) {
+		bpf_map_delete_elem(&exec_starts, &tid);
+		return 0;
+	}
 	e = bpf_map_lookup_elem(&exec_scratch, &zero);
 	if (!e) {
 		bpf_map_delete_elem(&exec_starts, &tid);
@@ -137,7 +154,7 @@ static __always_inline int on_exit(long ret)
 	/* Identity as it was when exec was called. */
 	e->hdr.cgroup_id = s->cgroup_id;
 	e->hdr.uid = s->uid;
-	task = (struct task_struct *)bpf_get_current_task_btf();
+	task = (struct task_struct *)bpf_get_current_task();
 	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	e->retval = ret;
 	e->args_size = 0;
@@ -167,4 +184,25 @@ SEC("tracepoint/syscalls/sys_exit_execveat")
 int execat_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_exit(ctx->ret);
+}
+
+/*
+ * A successful exec by a thread other than the leader: the thread now has
+ * the leader's id, so the state saved under its old id moves to the new one.
+ */
+SEC("tracepoint/sched/sched_process_exec")
+int exec_rekey(struct trace_event_raw_sched_process_exec *ctx)
+{
+	__u32 old = ctx->old_pid, now = ctx->pid;
+	struct exec_start *s;
+
+	if (old == now)
+		return 0;
+	s = bpf_map_lookup_elem(&exec_starts, &old);
+	if (!s)
+		return 0;
+	if (bpf_map_update_elem(&exec_starts, &now, s, BPF_ANY))
+		plumb_count_lost();
+	bpf_map_delete_elem(&exec_starts, &old);
+	return 0;
 }

@@ -35,12 +35,12 @@ fn marker_exec_is_seen_with_pid_ppid_and_args() {
         .wait_for(Duration::from_secs(10), |e| has_arg(e, &m))
         .expect("exec of /bin/true with the marker was not seen");
     let x = exec_of(&ev).unwrap();
-    assert_eq!(ev.header.pid, child_pid);
+    assert_eq!(ev.header.pid, Some(child_pid));
     assert_eq!(x.ppid, std::process::id());
     assert_eq!(x.filename, "/bin/true");
     assert_eq!(x.args, vec!["/bin/true".to_string(), m.clone()]);
     assert_eq!(x.retval, 0);
-    assert_eq!(ev.header.comm, "true");
+    assert_eq!(ev.header.comm.as_deref(), Some("true"));
     assert!(!x.args_truncated);
     t.finish();
 }
@@ -171,4 +171,73 @@ fn cgroup_filter_selects_only_that_cgroup_and_attributes_it() {
         "every event is from the cgroup"
     );
     drop(cg);
+}
+
+/// The kernel part of the filter, alone: user space keeps everything it is
+/// handed, so whatever does not reach it was dropped in the kernel.
+#[test]
+fn kernel_filter_drops_other_cgroups_and_commands() {
+    require_root();
+    let cg = testing::TestCgroup::new(&format!("plumb-test-kfilter-{}", std::process::id()));
+    let mut opts = RunOptions::default();
+    // Cgroups newer than the one just made's parent pass: this one does,
+    // the test's own (older) cgroup does not.
+    opts.filter.kernel_newer_than = cg.id() - 1;
+    let t = testing::start(&super::DESC, opts);
+    let (inside, outside) = (marker("kf-in"), marker("kf-out"));
+    cg.spawn(Command::new("/bin/true").arg(&inside))
+        .wait()
+        .expect("wait");
+    Command::new("/bin/true")
+        .arg(&outside)
+        .status()
+        .expect("run outside");
+    t.wait_for(Duration::from_secs(10), |e| has_arg(e, &inside))
+        .expect("exec in the new cgroup passes the kernel filter");
+    std::thread::sleep(Duration::from_millis(300));
+    let (events, stats) = t.finish();
+    assert!(!events.iter().any(|e| has_arg(e, &outside)));
+    assert_eq!(
+        stats.filtered, 0,
+        "dropped in the kernel, not in user space"
+    );
+
+    // --comm, checked in the kernel at exec's exit (exec changes the name).
+    let filter = Filter::parse(
+        &FilterArgs {
+            comm: Some("true".into()),
+            ..Default::default()
+        },
+        None,
+    )
+    .expect("filter");
+    let t = testing::start(
+        &super::DESC,
+        RunOptions {
+            filter,
+            ..Default::default()
+        },
+    );
+    let (wanted, other) = (marker("kf-true"), marker("kf-echo"));
+    Command::new("/bin/echo")
+        .arg(&other)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("echo");
+    Command::new("/bin/true")
+        .arg(&wanted)
+        .status()
+        .expect("true");
+    t.wait_for(Duration::from_secs(10), |e| has_arg(e, &wanted))
+        .expect("the exec of true, whose name matches after exec");
+    std::thread::sleep(Duration::from_millis(300));
+    let (events, stats) = t.finish();
+    assert!(!events.iter().any(|e| has_arg(e, &other)));
+    assert!(events
+        .iter()
+        .all(|e| e.header.comm.as_deref() == Some("true")));
+    assert_eq!(
+        stats.filtered, 0,
+        "dropped in the kernel, not in user space"
+    );
 }

@@ -38,7 +38,9 @@ static __always_inline int on_enter(int dirfd, const char *path, __u64 flags, __
 	s.mode = mode;
 	s.syscall = sys;
 	s.dirfd = dirfd;
-	bpf_map_update_elem(&open_starts, &tid, &s, BPF_ANY);
+	/* A full map loses this open: count it. */
+	if (bpf_map_update_elem(&open_starts, &tid, &s, BPF_ANY))
+		plumb_count_lost();
 	return 0;
 }
 

@@ -168,7 +168,25 @@ pub fn decode(data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
 }
 
 impl Attached for Running {
-    crate::impl_attached_common!();
+    fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore> {
+        vec![&self.loaded.skel().maps.events]
+    }
+
+    /// Records the ring buffer could not take, and sockets whose owner the
+    /// LRU map evicted (their later events cannot be reported).
+    fn lost(&self) -> u64 {
+        let maps = &self.loaded.skel().maps;
+        loader::percpu_sum(&maps.plumb_lost)
+            + loader::lru_evicted(&maps.tcp_owners, &maps.tcp_owner_churn)
+    }
+
+    fn prog_ids(&self) -> Vec<u32> {
+        self.loaded.prog_ids()
+    }
+
+    fn skipped(&self) -> Vec<String> {
+        self.loaded.skipped.clone()
+    }
 
     fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
         decode(data)

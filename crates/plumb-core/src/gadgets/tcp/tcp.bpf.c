@@ -8,6 +8,11 @@
  * CLOSE -> SYN_SENT change) and accept() (the syscall's exit, which returns
  * the new socket's fd). Records raised later carry that owner, never the
  * interrupted task.
+ *
+ * Owners live in an LRU map so that sockets we never see close cannot fill
+ * it. An eviction would lose that socket's later events silently, so
+ * inserts of new keys and deletes are counted: user space reports
+ * inserted - deleted - entries left as lost.
  */
 #include "plumb.h"
 #include "tcp.h"
@@ -23,6 +28,37 @@ struct {
 	__type(value, struct tcp_owner);
 } tcp_owners SEC(".maps");
 
+/* [0]: owners inserted under a new key, [1]: owners deleted. Per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} tcp_owner_churn SEC(".maps");
+
+static __always_inline void churn(__u32 slot)
+{
+	__u64 *n = bpf_map_lookup_elem(&tcp_owner_churn, &slot);
+
+	if (n)
+		*n += 1;
+}
+
+/* Insert or replace an owner, counting new keys. */
+static __always_inline void owner_put(__u64 *key, struct tcp_owner *o)
+{
+	if (!bpf_map_update_elem(&tcp_owners, key, o, BPF_NOEXIST))
+		churn(0);
+	else if (bpf_map_update_elem(&tcp_owners, key, o, BPF_EXIST))
+		plumb_count_lost();
+}
+
+static __always_inline void owner_del(__u64 *key)
+{
+	if (!bpf_map_delete_elem(&tcp_owners, key))
+		churn(1);
+}
+
 /* Never written: gives the skeleton the record's layout for a size check. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -30,11 +66,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tcp_event);
 } tcp_layout SEC(".maps");
-
-static __always_inline bool filter_active(void)
-{
-	return plumb_filter.pid || plumb_filter.has_uid || plumb_filter.n_cgroups;
-}
 
 static __always_inline void own_current(struct tcp_owner *o)
 {
@@ -106,7 +137,7 @@ int BPF_PROG(tcp_state, const struct sock *sk, const int oldstate, const int new
 			return 0;
 		own_current(&n);
 		n.active = 1;
-		bpf_map_update_elem(&tcp_owners, &key, &n, BPF_ANY);
+		owner_put(&key, &n);
 		return 0;
 	}
 	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
@@ -114,7 +145,7 @@ int BPF_PROG(tcp_state, const struct sock *sk, const int oldstate, const int new
 		struct tcp_owner n = {};
 
 		n.start_ns = bpf_ktime_get_boot_ns();
-		bpf_map_update_elem(&tcp_owners, &key, &n, BPF_ANY);
+		owner_put(&key, &n);
 		return 0;
 	}
 
@@ -130,17 +161,17 @@ int BPF_PROG(tcp_state, const struct sock *sk, const int oldstate, const int new
 		return 0;
 	if (oldstate == TCP_SYN_SENT) {
 		emit(sk, o, TCP_EV_CONNECT_FAILED, BPF_CORE_READ(sk, sk_err));
-	} else if (o->pid || !filter_active()) {
+	} else if (o->pid || !plumb_task_filter_active()) {
 		emit(sk, o, TCP_EV_CLOSE, 0);
 	}
-	bpf_map_delete_elem(&tcp_owners, &key);
+	owner_del(&key);
 	return 0;
 }
 
 /* accept() returned fd `ret`: find its socket through the fd table. */
 static __always_inline int on_accept_exit(long ret)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct file **fds;
 	struct file *f = NULL;
 	struct socket *sock;
@@ -161,12 +192,12 @@ static __always_inline int on_accept_exit(long ret)
 	o = bpf_map_lookup_elem(&tcp_owners, &key);
 	if (!plumb_task_wanted()) {
 		if (o)
-			bpf_map_delete_elem(&tcp_owners, &key);
+			owner_del(&key);
 		return 0;
 	}
 	if (!o) {
 		/* Established before we started: owner known, duration not. */
-		bpf_map_update_elem(&tcp_owners, &key, &n, BPF_NOEXIST);
+		owner_put(&key, &n);
 		o = bpf_map_lookup_elem(&tcp_owners, &key);
 		if (!o)
 			return 0;
