@@ -307,6 +307,55 @@ macro_rules! btf_fixture {
 #[cfg(test)]
 pub(crate) use btf_fixture;
 
+/// Checks the lab tests of the network gadgets share.
+#[cfg(test)]
+pub(crate) mod lab_checks {
+    use super::Flow;
+    use plumb_netlab::Pod;
+
+    /// Side `src` (else the destination) of `flow` is exactly `pod`: its
+    /// namespace and the namespace's name, and, for a k8s lab pod, the pod
+    /// UID and container id of the process holding it.
+    pub fn assert_side(flow: &Flow, src: bool, pod: &Pod) {
+        let (netns, name, uid, cid, who) = if src {
+            (
+                flow.src_netns,
+                &flow.src_netns_name,
+                &flow.src_pod_uid,
+                &flow.src_container_id,
+                &flow.src_who,
+            )
+        } else {
+            (
+                flow.dst_netns,
+                &flow.dst_netns_name,
+                &flow.dst_pod_uid,
+                &flow.dst_container_id,
+                &flow.dst_who,
+            )
+        };
+        let side = if src { "source" } else { "destination" };
+        assert_eq!(netns, Some(pod.ns.inode), "{side} netns");
+        assert_eq!(
+            name.as_deref(),
+            Some(pod.ns.name.as_str()),
+            "{side} netns_name"
+        );
+        let k = pod.k8s.as_ref().expect("a k8s lab pod");
+        assert_eq!(uid.as_deref(), Some(k.pod_uid.as_str()), "{side} pod_uid");
+        assert_eq!(
+            cid.as_deref(),
+            Some(k.container_id.as_str()),
+            "{side} container_id"
+        );
+        assert_eq!(
+            who.clone(),
+            Some(format!("pod:{}", &k.pod_uid[..8])),
+            "{side} who"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,3 +217,48 @@ fn kernels_without_reasons_say_unknown() {
     };
     assert_eq!(d.reason, UNKNOWN_REASON);
 }
+
+/// The `__print_symbolic(REC-><field>, { N, "NAME" }, ...)` table of a
+/// tracefs event format: the kernel's own value → name list, an oracle
+/// independent of BTF.
+pub(super) fn print_symbolic(format: &str, field: &str) -> Vec<(u32, String)> {
+    let start = format!("__print_symbolic(REC->{field},");
+    let Some(at) = format.find(&start) else {
+        return Vec::new();
+    };
+    let mut rest = &format[at + start.len()..];
+    let mut out = Vec::new();
+    while let Some(open) = rest.find('{') {
+        // The table ends at the call's closing parenthesis.
+        if rest[..open].contains(')') {
+            break;
+        }
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let pair = &rest[open + 1..open + close];
+        if let Some((v, n)) = pair.split_once(',') {
+            if let Ok(v) = v.trim().parse() {
+                out.push((v, n.trim().trim_matches('"').to_string()));
+            }
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out
+}
+
+#[test]
+fn reads_the_symbolic_table_of_a_tracefs_format() {
+    // Trimmed from /sys/kernel/tracing/events/skb/kfree_skb/format (6.18).
+    let fmt = r#"print fmt: "skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s", REC->skbaddr, REC->rx_sk, REC->protocol, REC->location, __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 3, "NO_SOCKET" }, { 12, "NETFILTER_DROP" }, { 128, "MAX" })"#;
+    assert_eq!(
+        print_symbolic(fmt, "reason"),
+        [
+            (2, "NOT_SPECIFIED".to_string()),
+            (3, "NO_SOCKET".to_string()),
+            (12, "NETFILTER_DROP".to_string()),
+            (128, "MAX".to_string())
+        ]
+    );
+    assert!(print_symbolic(fmt, "state").is_empty());
+}
