@@ -7,12 +7,14 @@ use std::io::Write;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: plumb-netlab [--pods N] [--remote-pods K] [--k8s] [--tag WORD]
+       plumb-netlab --clean   (remove what labs whose owner is gone left behind, and exit)
   --pods N         pods on node 0 (default 2)
   --remote-pods K  pods on a second node, joined to the first by a routed link (default 0)
   --k8s            give every pod a process in a kubepods-style cgroup (pod UID, container id)
   --tag WORD       a word in the namespace names (default lab)";
 
 struct Args {
+    clean: bool,
     pods: usize,
     remote: usize,
     k8s: bool,
@@ -21,6 +23,7 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
+        clean: false,
         pods: 2,
         remote: 0,
         k8s: false,
@@ -41,6 +44,7 @@ fn parse() -> Result<Args, String> {
                     .map_err(|e| format!("--remote-pods: {e}"))?
             }
             "--k8s" => a.k8s = true,
+            "--clean" => a.clean = true,
             "--tag" => a.tag = value("--tag")?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -100,6 +104,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.clean {
+        plumb_netlab::alloc::clean_stale();
+        return ExitCode::SUCCESS;
+    }
     // Blocked before anything is built, so a signal that arrives while
     // building still tears the lab down.
     let signals = block_signals();
