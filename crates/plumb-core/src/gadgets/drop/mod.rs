@@ -34,6 +34,10 @@ pub mod flag {
     pub const NO_STACK: u16 = 4;
 }
 
+/// Frames of the tracing machinery itself (the BPF program, the
+/// tracepoint's iterator), left off the front of a stack.
+const TRACING_FRAMES: &[&str] = &["bpf_prog_", "bpf_trace_run", "__traceiter_", "__bpf_trace_"];
+
 /// What `reason` says on kernels whose tracepoint gives none (before 5.17).
 pub const UNKNOWN_REASON: &str = "UNKNOWN";
 
@@ -251,12 +255,19 @@ pub fn decode_with(
         });
     }
     let stack = raw::tail::<RawDrop>(data, stack_len)?;
-    let frames: Vec<String> = stack
+    let mut frames: Vec<String> = stack
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
         .filter(|&a| a != 0)
         .map(&mut sym)
         .collect();
+    // The innermost frames are our own program and the tracepoint's
+    // plumbing, not the path that dropped the packet.
+    let ours = frames
+        .iter()
+        .take_while(|f| TRACING_FRAMES.iter().any(|p| f.starts_with(p)))
+        .count();
+    frames.drain(..ours);
     let asked = r.hdr.flags & flag::STACK != 0;
     Ok(Decoded {
         hdr: r.hdr,

@@ -187,6 +187,34 @@ fn decodes_stack_and_rejects_bad_lengths() {
 }
 
 #[test]
+fn the_tracing_machinery_is_left_off_the_stack() {
+    let names = fixture_names();
+    let v = record(flag::REASON | flag::STACK, 8, &[1, 2, 3, 4, 5]);
+    // As this machine's kernel symbolizes them.
+    let sym = |a: u64| {
+        match a {
+            1 => "bpf_prog_8f818051449b9764_drop_kfree_skb+0x72a",
+            2 => "bpf_trace_run4+0xfc",
+            3 => "__traceiter_kfree_skb+0x41",
+            4 => "sk_skb_reason_drop+0x90",
+            5 => "nft_do_chain+0x3e8",
+            _ => "nf_hook_slow+0x43",
+        }
+        .to_string()
+    };
+    let Body::Drop(d) = decode_with(&v, |x| names.name(x), sym).unwrap().body else {
+        panic!()
+    };
+    assert_eq!(
+        d.stack,
+        Some(vec![
+            "sk_skb_reason_drop+0x90".into(),
+            "nft_do_chain+0x3e8".into()
+        ])
+    );
+}
+
+#[test]
 fn a_stack_asked_for_but_not_recorded_is_an_empty_list() {
     let v = record(flag::REASON | flag::STACK | flag::NO_STACK, 3, &[]);
     let d = decode_with(&v, |_| "NO_SOCKET".into(), |a| format!("{a:x}")).unwrap();
