@@ -74,7 +74,10 @@ impl<W: Write> SummarySink<W> {
         self.counts.clear();
         self.last = Instant::now();
         let now = SystemTime::now();
-        let node = self.node.as_deref().unwrap_or("");
+        if self.node.is_none() {
+            self.node = Some(Arc::from(crate::runner::node_name()));
+        }
+        let node = self.node.as_deref().unwrap_or_default();
         if self.json {
             let ts = humantime::format_rfc3339_seconds(now).to_string();
             for (vals, n) in rows {

@@ -7,7 +7,8 @@
 //!   retransmits are reported against the client pod;
 //! - three different reasons from real drops (NETFILTER_DROP, NO_SOCKET,
 //!   IP_NOPROTO), with names checked against the kernel's tracefs table;
-//! - IPv6 (ip6tables) and ICMP (echo requests) drops;
+//! - IPv6 (ip6tables) and ICMP (echo requests) drops, and IPv6 ports read
+//!   behind hop-by-hop and destination options headers;
 //! - a drop on a second node, from a pod on the first.
 
 use super::tests::print_symbolic;
@@ -321,6 +322,84 @@ fn ipv6_and_icmp_drops_have_exact_tuples_and_icmp_type_code() {
         assert_side(&d.flow, false, &server);
     }
     assert_eq!(ours.len(), v6.len() + icmp.len(), "nothing else: {ours:?}");
+}
+
+/// Send one UDP datagram over IPv6 carrying a hop-by-hop and a
+/// destination options header (PadN only) from the calling thread's
+/// namespace; returns the source port.
+fn send_udp6_with_options(to: std::net::SocketAddrV6) -> u16 {
+    use std::os::fd::AsRawFd;
+    let s = UdpSocket::bind("[::]:0").expect("bind");
+    // next header (set by the kernel), length 0 (8 bytes), PadN of 4.
+    let opts: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+    for name in [libc::IPV6_HOPOPTS, libc::IPV6_DSTOPTS] {
+        // SAFETY: setsockopt with a buffer of the length given.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                name,
+                opts.as_ptr().cast(),
+                opts.len() as u32,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "setsockopt {name}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    s.send_to(b"plumb-ext-headers", to).expect("send");
+    s.local_addr().expect("addr").port()
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_to_the_ports() {
+    require_root();
+    let mut lab = Lab::new("ext").expect("lab");
+    let client = lab.add_k8s_pod("cli").expect("client");
+    let server = lab.add_k8s_pod("srv").expect("server");
+    let port = 9998;
+    // A counting rule (it accepts) that proves the headers are on the wire.
+    server
+        .ns
+        .sh("ip6tables -w -A INPUT -p udp -m ipv6header --header hop,dst --soft -j ACCEPT")
+        .expect("ip6tables ipv6header rule");
+    let t = testing::start(&super::DESC, with_params(&[("reason", "NO_SOCKET")]));
+    let to = std::net::SocketAddrV6::new(server.ip6, port, 0, 0);
+    let sport = client
+        .ns
+        .run(move || send_udp6_with_options(to))
+        .expect("run");
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = iptables_packets(
+        &server.ns.sh("ip6tables -w -vnxL INPUT").expect("list"),
+        "ipv6header",
+    )
+    .expect("counter");
+    assert_eq!(seen, 1, "the datagram carried both extension headers");
+    let (events, _) = t.finish();
+    let ours = drops_in(&events, &server);
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let d = ours[0];
+    assert_eq!(d.reason, "NO_SOCKET");
+    assert_eq!(
+        (d.flow.proto.as_str(), d.flow.family),
+        ("udp", Some("ipv6")),
+        "the transport header behind the options"
+    );
+    assert_eq!(
+        (d.flow.saddr, d.flow.sport, d.flow.daddr, d.flow.dport),
+        (
+            Some(IpAddr::from(client.ip6)),
+            Some(sport),
+            Some(IpAddr::from(server.ip6)),
+            Some(port)
+        )
+    );
+    assert_side(&d.flow, true, &client);
+    assert_side(&d.flow, false, &server);
 }
 
 #[test]
