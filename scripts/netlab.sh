@@ -1,41 +1,65 @@
 #!/usr/bin/env bash
-# The network lab for humans: the same layout the tests build with the
-# plumb-netlab crate. A node namespace with a bridge, and "pod" namespaces
-# joined to it by veths, with addresses that exist only inside the lab and
-# no route out of it.
+# The network lab for humans. The plumb-netlab crate's own binary builds the
+# lab the tests build: names and subnets unique on this machine (parallel
+# labs never collide), IPv4 and IPv6 (ULA) per pod, no route out, a second
+# node with --remote-pods, and with --k8s a process per pod in a
+# kubepods-style cgroup so tracers name the pod UID and container id. It
+# prints the pods and holds the lab until Ctrl-C or SIGTERM, then tears it
+# down; what a killed run left behind is removed by the next start.
 #
-#   sudo scripts/netlab.sh up [PODS]     # default 2 pods: lab-p1 (10.250.0.2), lab-p2 (10.250.0.3)
-#   sudo scripts/netlab.sh down
-#   nsenter --net=/run/netns/lab-p1 ping 10.250.0.3
+#   sudo scripts/netlab.sh up [--pods N] [--remote-pods K] [--k8s]
+#   sudo scripts/netlab.sh sh NETNS CMD...          # a command inside a lab namespace
+#   sudo scripts/netlab.sh drop NETNS PORT [tcp|udp] # iptables DROP for PORT in NETNS
+#   sudo scripts/netlab.sh drop6 NETNS PORT         # the same with ip6tables (TCP)
+#   sudo scripts/netlab.sh drop-icmp NETNS          # drop ICMP echo requests in NETNS
+#   sudo scripts/netlab.sh lossy NETNS PORT PROB    # drop TCP/PORT at random (0 < PROB < 1)
+#   sudo scripts/netlab.sh down                     # remove labs whose owner is gone
+#
+# NETNS is a name printed by `up` (pl<id>-<tag>-<pod>). Commands enter it
+# with nsenter --net= (not ip netns exec, which would hide tracefs).
 set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$root/target/release/plumb-netlab"
+
+lab_ns() {
+    case "$1" in
+    pl[0-9]*-*) [ -e "/run/netns/$1" ] || { echo "no lab namespace $1" >&2; exit 2; } ;;
+    *) echo "$1 is not a lab namespace (pl<id>-...)" >&2; exit 2 ;;
+    esac
+}
+in_ns() { local ns=$1; shift; nsenter --net="/run/netns/$ns" "$@"; }
+
 cmd=${1:-}
-n=${2:-2}
+[ $# -gt 0 ] && shift
 case "$cmd" in
-up)
-    ip netns add lab-node
-    ip -n lab-node link set lo up
-    ip -n lab-node link add br0 type bridge
-    ip -n lab-node addr add 10.250.0.1/24 dev br0
-    ip -n lab-node link set br0 up
-    for i in $(seq 1 "$n"); do
-        ns=lab-p$i
-        ip netns add "$ns"
-        ip -n "$ns" link set lo up
-        ip link add eth0 netns "$ns" type veth peer name vp$i netns lab-node
-        ip -n lab-node link set vp$i master br0
-        ip -n lab-node link set vp$i up
-        ip -n "$ns" addr add 10.250.0.$((i + 1))/24 dev eth0
-        ip -n "$ns" link set eth0 up
-        echo "$ns: 10.250.0.$((i + 1))"
-    done
+up | down)
+    if [ ! -x "$bin" ] || [ -n "$(find "$root/crates/plumb-netlab" -newer "$bin" -name '*.rs' -print -quit)" ]; then
+        (cd "$root" && cargo build --release -q -p plumb-netlab --bin plumb-netlab)
+    fi
+    if [ "$cmd" = up ]; then exec "$bin" "$@"; else exec "$bin" --clean; fi
     ;;
-down)
-    for ns in $(ip netns list | awk '/^lab-(node|p[0-9]+)/ {print $1}'); do
-        ip netns del "$ns"
-    done
+sh)
+    lab_ns "$1"; ns=$1; shift
+    in_ns "$ns" "$@"
+    ;;
+drop)
+    lab_ns "$1"
+    in_ns "$1" iptables -w -A INPUT -p "${3:-tcp}" --dport "$2" -j DROP
+    ;;
+drop6)
+    lab_ns "$1"
+    in_ns "$1" ip6tables -w -A INPUT -p tcp --dport "$2" -j DROP
+    ;;
+drop-icmp)
+    lab_ns "$1"
+    in_ns "$1" iptables -w -A INPUT -p icmp --icmp-type echo-request -j DROP
+    ;;
+lossy)
+    lab_ns "$1"
+    in_ns "$1" iptables -w -A INPUT -p tcp --dport "$2" -m statistic --mode random --probability "$3" -j DROP
     ;;
 *)
-    echo "usage: $0 up [PODS] | down" >&2
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -21,6 +21,13 @@
 #define PLUMB_IPPROTO_TCP 6
 #define PLUMB_IPPROTO_UDP 17
 #define PLUMB_IPPROTO_ICMPV6 58
+/* IPv6 extension headers the flow parser walks past */
+#define PLUMB_IPV6_HOPOPTS 0
+#define PLUMB_IPV6_ROUTING 43
+#define PLUMB_IPV6_FRAGMENT 44
+#define PLUMB_IPV6_AUTH 51
+#define PLUMB_IPV6_DSTOPTS 60
+#define PLUMB_IPV6_MAX_EXT 8
 
 struct plumb_flow {
 	__u32 saddr[4];   /* network order words; IPv4 in saddr[0] */
@@ -45,13 +52,26 @@ static __always_inline void flow_dev(struct plumb_flow *f, const struct net_devi
 	bpf_probe_read_kernel_str(f->ifname, sizeof(f->ifname), BPF_CORE_READ(dev, name));
 }
 
+/*
+ * sk_fullsock(): TIME_WAIT and request sockets are smaller structs that
+ * share only struct sock_common with a full socket; fields past it (the
+ * cgroup, inet_sock's ports) must not be read from them.
+ */
+static __always_inline bool flow_fullsock(const struct sock *sk)
+{
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+
+	return state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
+}
+
 static __always_inline void flow_sock_owner(struct plumb_flow *f, const struct sock *sk)
 {
 	if (!sk)
 		return;
 	if (!f->netns)
 		f->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	f->sk_cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	if (flow_fullsock(sk))
+		f->sk_cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
 }
 
 /* Ports (or ICMP type/code) at `l4` of the packet. */
@@ -105,18 +125,51 @@ static __always_inline void flow_from_skb(struct plumb_flow *f, const struct sk_
 		flow_l4(f, head + nh + ip.ihl * 4);
 	} else if (proto == PLUMB_ETH_P_IPV6) {
 		struct ipv6hdr ip6;
+		__u32 off = nh + sizeof(ip6);
+		__u8 next;
 
 		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
 			return;
 		f->family = PLUMB_AF_INET6;
-		f->proto = ip6.nexthdr;
 		__builtin_memcpy(f->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(f->daddr, &ip6.daddr, 16);
-		flow_l4(f, head + nh + sizeof(ip6));
+		next = ip6.nexthdr;
+		/* Walk the extension headers (bounded) to the transport header. */
+		for (int i = 0; i < PLUMB_IPV6_MAX_EXT; i++) {
+			__u8 h[4];
+
+			if (next != PLUMB_IPV6_HOPOPTS && next != PLUMB_IPV6_ROUTING &&
+			    next != PLUMB_IPV6_FRAGMENT && next != PLUMB_IPV6_AUTH &&
+			    next != PLUMB_IPV6_DSTOPTS)
+				break;
+			/* h[0]: next header; h[1]: length; fragment: h[2..3] offset */
+			if (bpf_probe_read_kernel(h, sizeof(h), head + off)) {
+				f->proto = next;
+				return;
+			}
+			if (next == PLUMB_IPV6_FRAGMENT) {
+				f->proto = h[0];
+				/* Fragments after the first carry no ports. */
+				if (((h[2] << 8) | h[3]) & 0xfff8)
+					return;
+				off += 8;
+			} else if (next == PLUMB_IPV6_AUTH) {
+				off += ((__u32)h[1] + 2) * 4;
+			} else {
+				off += ((__u32)h[1] + 1) * 8;
+			}
+			next = h[0];
+		}
+		f->proto = next;
+		flow_l4(f, head + off);
 	}
 }
 
-/* The flow of a TCP socket: local end as source. */
+/*
+ * The flow of a TCP socket: local end as source. Only struct sock_common is
+ * read (the local port is skc_num, not inet_sock's), so this is safe for
+ * TIME_WAIT and request sockets too.
+ */
 static __always_inline void flow_from_sock(struct plumb_flow *f, const struct sock *sk)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -124,7 +177,7 @@ static __always_inline void flow_from_sock(struct plumb_flow *f, const struct so
 	flow_sock_owner(f, sk);
 	f->proto = PLUMB_IPPROTO_TCP;
 	f->family = family;
-	f->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	f->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	f->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	f->has_ports = 1;
 	if (family == PLUMB_AF_INET) {

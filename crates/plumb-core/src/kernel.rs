@@ -1,12 +1,15 @@
-//! Names from the running kernel: enum values from its BTF (drop reasons,
-//! reset reasons, TCP states) and kernel addresses from kallsyms.
+//! Names and shapes from the running kernel: enum values from its BTF (drop
+//! reasons, reset reasons), the prototypes of its BTF-typed tracepoints
+//! (which arguments a `tp_btf` program receives on this kernel), and kernel
+//! addresses from kallsyms.
 //!
-//! Enum numbering differs between kernel versions, so no table here is
-//! copied from one kernel: every name is read from the BTF that describes
-//! the kernel we run on (or, in tests, from a BTF fixture).
+//! Enum numbering and tracepoint arguments differ between kernel versions,
+//! so nothing here is copied from one kernel: every answer is read from the
+//! BTF that describes the kernel we run on (or, in tests, from a BTF
+//! fixture).
 
-use libbpf_rs::btf::types::{Enum, Enum64};
-use libbpf_rs::btf::Btf;
+use libbpf_rs::btf::types::{Enum, Enum64, FuncProto, Int, IntEncoding, Struct, Typedef};
+use libbpf_rs::btf::{Btf, BtfKind, BtfType};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
 
@@ -30,6 +33,146 @@ pub fn enum_names(btf: &Btf<'_>, name: &str, strip: &str) -> Option<BTreeMap<u32
             .filter_map(|m| Some((m.value as u32, clean(m.name?))))
             .collect(),
     )
+}
+
+/// Every member of C enum `name` as (name, value), unchanged. `None` if the
+/// BTF has no such enum.
+pub fn enum_members(btf: &Btf<'_>, name: &str) -> Option<Vec<(String, i128)>> {
+    let s = |n: &std::ffi::OsStr| n.to_string_lossy().into_owned();
+    if let Some(e) = btf.type_by_name::<Enum<'_>>(name) {
+        return Some(
+            e.iter()
+                .filter_map(|m| Some((s(m.name?), m.value as i128)))
+                .collect(),
+        );
+    }
+    let e = btf.type_by_name::<Enum64<'_>>(name)?;
+    Some(
+        e.iter()
+            .filter_map(|m| Some((s(m.name?), m.value)))
+            .collect(),
+    )
+}
+
+/// Every enum of the BTF whose name satisfies `want`, with its members.
+pub fn enums_named(
+    btf: &Btf<'_>,
+    want: impl Fn(&str) -> bool,
+) -> Vec<(String, Vec<(String, i128)>)> {
+    let mut out = Vec::new();
+    for id in 1..=btf.len() as u32 {
+        let Some(t) = btf.type_by_id::<BtfType<'_>>(id.into()) else {
+            continue;
+        };
+        if !matches!(t.kind(), BtfKind::Enum | BtfKind::Enum64) {
+            continue;
+        }
+        let Some(name) = t.name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if want(name) {
+            if let Some(m) = enum_members(btf, name) {
+                out.push((name.to_string(), m));
+            }
+        }
+    }
+    out
+}
+
+/// Does the BTF define `struct name`?
+pub fn has_struct(btf: &Btf<'_>, name: &str) -> bool {
+    btf.type_by_name::<Struct<'_>>(name).is_some()
+}
+
+/// One argument of a tracepoint, as much as a gadget needs to know of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    /// A pointer, with the name of the struct it points to (if it does).
+    Ptr(Option<String>),
+    Int {
+        bits: u8,
+        signed: bool,
+    },
+    Enum(String),
+    Other,
+}
+
+impl std::fmt::Display for Arg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arg::Ptr(Some(s)) => write!(f, "struct {s} *"),
+            Arg::Ptr(None) => f.write_str("void *"),
+            Arg::Int { bits, signed } => write!(f, "{}{bits}", if *signed { "s" } else { "u" }),
+            Arg::Enum(e) => write!(f, "enum {e}"),
+            Arg::Other => f.write_str("?"),
+        }
+    }
+}
+
+/// Follow typedefs and const/volatile/restrict/type tags to the type they
+/// name (bounded: a malformed BTF cannot loop).
+fn strip<'b>(mut t: BtfType<'b>) -> Option<BtfType<'b>> {
+    for _ in 0..64 {
+        if !(t.is_mod() || t.kind() == BtfKind::Typedef) {
+            return Some(t);
+        }
+        t = t.next_type()?;
+    }
+    None
+}
+
+fn classify(t: BtfType<'_>) -> Arg {
+    let Some(t) = strip(t) else {
+        return Arg::Other;
+    };
+    let name = |t: &BtfType<'_>| t.name().map(|n| n.to_string_lossy().into_owned());
+    match t.kind() {
+        BtfKind::Ptr => {
+            let to = t.next_type().and_then(strip);
+            Arg::Ptr(
+                to.filter(|p| matches!(p.kind(), BtfKind::Struct | BtfKind::Fwd))
+                    .and_then(|p| name(&p)),
+            )
+        }
+        BtfKind::Int => match Int::try_from(t) {
+            Ok(i) => Arg::Int {
+                bits: i.bits,
+                signed: matches!(i.encoding, IntEncoding::Signed),
+            },
+            Err(_) => Arg::Other,
+        },
+        BtfKind::Enum | BtfKind::Enum64 => name(&t).map(Arg::Enum).unwrap_or(Arg::Other),
+        _ => Arg::Other,
+    }
+}
+
+/// The arguments a `tp_btf/<name>` program receives on the kernel that
+/// `btf` describes, read from its `btf_trace_<name>` typedef (a pointer to
+/// the probe's prototype, whose first argument is the tracepoint's private
+/// `void *` and is left out). `None` if there is no such tracepoint.
+pub fn tracepoint_args(btf: &Btf<'_>, name: &str) -> Option<Vec<Arg>> {
+    let td = btf.type_by_name::<Typedef<'_>>(&format!("btf_trace_{name}"))?;
+    let ptr = strip(td.next_type()?)?;
+    if ptr.kind() != BtfKind::Ptr {
+        return None;
+    }
+    let proto = FuncProto::try_from(strip(ptr.next_type()?)?).ok()?;
+    Some(
+        proto
+            .iter()
+            .skip(1)
+            .map(|p| {
+                btf.type_by_id::<BtfType<'_>>(p.ty)
+                    .map(classify)
+                    .unwrap_or(Arg::Other)
+            })
+            .collect(),
+    )
+}
+
+/// Run `f` on the running kernel's BTF; `None` if it cannot be read.
+pub fn with_vmlinux<T>(f: impl FnOnce(&Btf<'_>) -> T) -> Option<T> {
+    Btf::from_vmlinux().ok().map(|b| f(&b))
 }
 
 /// The running kernel's members of enum `name`, read once per process.

@@ -1,26 +1,36 @@
-//! End-to-end tests of the network tracers through the binary, in the lab:
-//! `--summary` counts equal the per-event counts (and the rule's counter)
-//! for the same traffic, and `--stack` names the netfilter code path.
+//! End-to-end tests of the network tracers through the binary, in the lab
+//! (k8s-style pods, so sides are named): for drop, retrans and reset,
+//! `--summary 1s` counts equal the per-event counts for the same traffic
+//! (and, for drop, the rule's counter), over several intervals; summary
+//! rows carry the node and numeric keys as numbers; `--stack` names the
+//! netfilter code path; `--reason` with `--all-reasons` is refused.
 
-use plumb_netlab::Lab;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpStream};
+use plumb_netlab::{Lab, Pod};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Plumb(Child);
+struct Plumb {
+    child: Child,
+    /// The rest of stderr after "attached", read on a thread so plumb's
+    /// last line always has somewhere to go.
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
 
 impl Drop for Plumb {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
 
 /// Start plumb with -v and wait until its programs are attached.
-fn start(args: &[&str]) -> (Plumb, BufReader<std::process::ChildStderr>) {
+fn start(args: &[&str]) -> Plumb {
     let child = Command::new(env!("CARGO_BIN_EXE_plumb"))
         .arg("-v")
         .args(args)
@@ -28,8 +38,11 @@ fn start(args: &[&str]) -> (Plumb, BufReader<std::process::ChildStderr>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn plumb");
-    let mut p = Plumb(child);
-    let mut err = BufReader::new(p.0.stderr.take().expect("stderr"));
+    let mut p = Plumb {
+        child,
+        stderr: None,
+    };
+    let mut err = BufReader::new(p.child.stderr.take().expect("stderr"));
     let mut line = String::new();
     loop {
         line.clear();
@@ -38,30 +51,90 @@ fn start(args: &[&str]) -> (Plumb, BufReader<std::process::ChildStderr>) {
             "plumb exited before attaching"
         );
         if line.contains("attached") {
-            return (p, err);
+            break;
         }
     }
+    p.stderr = Some(std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = err.read_to_string(&mut rest);
+        rest
+    }));
+    p
 }
 
-fn finish(mut p: Plumb) -> Vec<serde_json::Value> {
+/// Wait for plumb to end; its JSON lines. Its last stderr line must say
+/// nothing was lost.
+fn finish(mut p: Plumb) -> Vec<Value> {
     let mut out = String::new();
-    p.0.stdout
+    p.child
+        .stdout
         .take()
         .expect("stdout")
         .read_to_string(&mut out)
         .expect("read");
-    assert!(p.0.wait().expect("wait").success());
+    let status = p.child.wait().expect("wait");
+    let err = p
+        .stderr
+        .take()
+        .map(|h| h.join().expect("stderr reader"))
+        .unwrap_or_default();
+    assert!(status.success(), "plumb failed: {err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("plumb: ") && last.ends_with(" events, 0 lost"),
+        "{err}"
+    );
     out.lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect()
 }
 
+/// The same gadget twice: per event and `--summary 1s`, both JSON.
+fn both(gadget_args: &[&str], secs: u32) -> (Plumb, Plumb) {
+    let duration = format!("{secs}s");
+    let common: Vec<&str> = ["trace"]
+        .iter()
+        .copied()
+        .chain(gadget_args.iter().copied())
+        .chain(["-o", "json", "--duration", &duration])
+        .collect();
+    let summary = start(&[&common[..], &["--summary", "1s"]].concat());
+    let events = start(&common);
+    (summary, events)
+}
+
+fn who(p: &Pod) -> String {
+    let k = p.k8s.as_ref().expect("k8s pod");
+    format!("pod:{}", &k.pod_uid[..8])
+}
+
+/// Summary rows matching `keep`, checked for the node and for numbers.
+fn summary_rows(lines: &[Value], node: &Value, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let rows: Vec<Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "summary" && keep(v))
+        .cloned()
+        .collect();
+    for r in &rows {
+        assert_eq!(&r["node"], node, "{r}");
+        assert!(r["count"].is_u64(), "{r}");
+    }
+    rows
+}
+
+fn intervals(rows: &[Value]) -> usize {
+    rows.iter()
+        .map(|r| r["timestamp"].as_str().unwrap_or_default().to_string())
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
 #[test]
-fn summary_counts_equal_event_counts_and_the_rule_counter() {
+fn drop_summary_counts_equal_event_counts_and_the_rule_counter() {
     plumb_core::testing::require_root();
     let mut lab = Lab::new("sum").expect("lab");
-    let client = lab.add_pod("cli").expect("client");
-    let server = lab.add_pod("srv").expect("server");
+    let client = lab.add_k8s_pod("cli").expect("client");
+    let server = lab.add_k8s_pod("srv").expect("server");
     let port = 8082;
     server
         .ns
@@ -69,28 +142,11 @@ fn summary_counts_equal_event_counts_and_the_rule_counter() {
             "iptables -w -A INPUT -p tcp --dport {port} -j DROP"
         ))
         .expect("rule");
-    let common = [
-        "trace",
-        "drop",
-        "--reason",
-        "NETFILTER_DROP",
-        "-o",
-        "json",
-        "--duration",
-        "5s",
-    ];
-    let (summary, _e1) = start(
-        &[
-            &common[..],
-            &["--summary", "1h", "--fields", "reason,netns,dport"],
-        ]
-        .concat(),
-    );
-    let (events, _e2) = start(&[&common[..], &["--stack"]].concat());
+    let (summary, events) = both(&["drop", "--reason", "NETFILTER_DROP", "--stack"], 6);
     let target = SocketAddr::from((server.ip, port));
     let r = client
         .ns
-        .run(move || TcpStream::connect_timeout(&target, Duration::from_millis(2500)))
+        .run(move || TcpStream::connect_timeout(&target, Duration::from_millis(3500)))
         .expect("run");
     assert!(r.is_err());
     let listing = server.ns.sh("iptables -w -vnxL INPUT").expect("list");
@@ -101,20 +157,29 @@ fn summary_counts_equal_event_counts_and_the_rule_counter() {
         .into_iter()
         .filter(|v| v["netns"] == server.ns.inode && v["type"] == "drop")
         .collect();
-    let summed: u64 = finish(summary)
-        .iter()
-        .filter(|v| {
-            v["type"] == "summary"
-                && v["netns"].as_str().and_then(|s| s.parse::<u32>().ok()) == Some(server.ns.inode)
-        })
-        .map(|v| v["count"].as_u64().expect("count"))
-        .sum();
+    assert!(rule >= 3, "SYN and retransmits over 3.5 s: {listing}");
     assert_eq!(per_event.len() as u64, rule, "events == rule counter");
-    assert_eq!(summed, rule, "--summary == rule counter");
+    let node = per_event[0]["node"].clone();
+    let rows = summary_rows(&finish(summary), &node, |v| v["netns"] == server.ns.inode);
+    let summed: u64 = rows.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(summed, rule, "--summary == rule counter: {rows:?}");
+    assert!(
+        intervals(&rows) >= 2,
+        "counted over several intervals: {rows:?}"
+    );
+    for r in &rows {
+        assert_eq!(r["reason"], "NETFILTER_DROP");
+        assert_eq!(r["dst_who"], who(&server));
+    }
     for v in &per_event {
         assert_eq!(v["reason"], "NETFILTER_DROP");
         assert_eq!(v["dport"], port);
         assert_eq!(v["saddr"], client.ip.to_string());
+        assert_eq!(v["src_netns_name"], client.ns.name);
+        assert_eq!(v["dst_netns_name"], server.ns.name);
+        let k = server.k8s.as_ref().expect("k8s");
+        assert_eq!(v["dst_pod_uid"], k.pod_uid);
+        assert_eq!(v["dst_container_id"], k.container_id);
         let stack: Vec<&str> = v["stack"]
             .as_array()
             .expect("stack")
@@ -134,4 +199,203 @@ fn summary_counts_equal_event_counts_and_the_rule_counter() {
             "{stack:?}"
         );
     }
+}
+
+#[test]
+fn retrans_summary_by_full_tuple_equals_event_counts() {
+    plumb_core::testing::require_root();
+    let mut lab = Lab::new("rsum").expect("lab");
+    let client = lab.add_k8s_pod("cli").expect("client");
+    let server = lab.add_k8s_pod("srv").expect("server");
+    let port = 5002;
+    let listener = server
+        .ns
+        .run(move || TcpListener::bind(("0.0.0.0", port)))
+        .expect("run")
+        .expect("listen");
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(k) = s.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+        }
+    });
+    server
+        .ns
+        .sh(&format!(
+            "iptables -w -A INPUT -p tcp --dport {port} -m statistic --mode random --probability 0.05 -j DROP"
+        ))
+        .expect("lossy rule");
+    let (summary, events) = both(&["retrans"], 8);
+    let target = SocketAddr::from((server.ip, port));
+    // About three seconds of traffic, so retransmits fall in several
+    // one-second intervals.
+    let sport = client
+        .ns
+        .run(move || {
+            let mut s =
+                TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("connect");
+            let sport = s.local_addr().expect("addr").port();
+            let chunk = vec![7u8; 64 << 10];
+            for _ in 0..30 {
+                s.write_all(&chunk).expect("write");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            sport
+        })
+        .expect("run in client");
+    sink.join().expect("sink");
+
+    let mine = |v: &Value| v["saddr"] == client.ip.to_string() && v["dport"] == port;
+    let per_event: Vec<_> = finish(events)
+        .into_iter()
+        .filter(|v| v["type"] == "retrans" && mine(v))
+        .collect();
+    assert!(!per_event.is_empty(), "the lossy rule causes retransmits");
+    let node = per_event[0]["node"].clone();
+    let rows = summary_rows(&finish(summary), &node, mine);
+    let summed: u64 = rows.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(
+        summed,
+        per_event.len() as u64,
+        "--summary == events: {rows:?}"
+    );
+    assert!(
+        intervals(&rows) >= 2,
+        "counted over several intervals: {rows:?}"
+    );
+    for r in &rows {
+        // Grouped by the full tuple and the pods.
+        assert_eq!(
+            (&r["saddr"], &r["sport"], &r["daddr"], &r["dport"]),
+            (
+                &Value::from(client.ip.to_string()),
+                &Value::from(sport),
+                &Value::from(server.ip.to_string()),
+                &Value::from(port)
+            )
+        );
+        assert_eq!(
+            (&r["src_who"], &r["dst_who"]),
+            (&Value::from(who(&client)), &Value::from(who(&server)))
+        );
+    }
+}
+
+#[test]
+fn reset_summary_by_tuple_and_pod_equals_event_counts() {
+    plumb_core::testing::require_root();
+    let mut lab = Lab::new("xsum").expect("lab");
+    let client = lab.add_k8s_pod("cli").expect("client");
+    let server = lab.add_k8s_pod("srv").expect("server");
+    let closed = 9;
+    let (summary, events) = both(&["reset"], 6);
+    let target = SocketAddr::from((server.ip, closed));
+    let sports = client
+        .ns
+        .run(move || {
+            (0..6)
+                .map(|_| {
+                    let s = socket2_port(target);
+                    std::thread::sleep(Duration::from_millis(450));
+                    s
+                })
+                .collect::<Vec<u16>>()
+        })
+        .expect("run in client");
+
+    let mine = |v: &Value| v["saddr"] == server.ip.to_string() && v["sport"] == closed;
+    let per_event: Vec<_> = finish(events)
+        .into_iter()
+        .filter(|v| v["type"] == "reset" && mine(v))
+        .collect();
+    assert_eq!(
+        per_event.len(),
+        12,
+        "each refused connect: sent and received"
+    );
+    let node = per_event[0]["node"].clone();
+    let rows = summary_rows(&finish(summary), &node, mine);
+    let summed: u64 = rows.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(summed, 12, "--summary == events: {rows:?}");
+    assert!(
+        intervals(&rows) >= 2,
+        "counted over several intervals: {rows:?}"
+    );
+    for dir in ["sent", "received"] {
+        let got: BTreeSet<u64> = rows
+            .iter()
+            .filter(|r| r["direction"] == dir)
+            .filter_map(|r| r["dport"].as_u64())
+            .collect();
+        let want: BTreeSet<u64> = sports.iter().map(|&p| p as u64).collect();
+        assert_eq!(got, want, "one {dir} row per client port");
+    }
+    for r in &rows {
+        assert_eq!(r["count"], 1, "one RST per tuple and direction: {r}");
+        assert_eq!(r["daddr"], client.ip.to_string());
+        assert_eq!(
+            (&r["src_who"], &r["dst_who"]),
+            (&Value::from(who(&server)), &Value::from(who(&client)))
+        );
+        let reason = if r["direction"] == "sent" {
+            Value::from("NO_SOCKET")
+        } else {
+            Value::Null
+        };
+        assert_eq!(r["reason"], reason);
+    }
+}
+
+/// Connect to a closed port from a socket bound first (so its local port
+/// is known after the connect fails); returns that port.
+fn socket2_port(target: SocketAddr) -> u16 {
+    let SocketAddr::V4(t) = target else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: plain socket calls on a descriptor we own and close.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as u16;
+        assert_eq!(libc::bind(fd, &a as *const _ as *const _, len), 0, "bind");
+        let mut got = len;
+        assert_eq!(
+            libc::getsockname(fd, &mut a as *mut _ as *mut _, &mut got),
+            0,
+            "getsockname"
+        );
+        let mut d: libc::sockaddr_in = std::mem::zeroed();
+        d.sin_family = libc::AF_INET as u16;
+        d.sin_port = t.port().to_be();
+        d.sin_addr.s_addr = u32::from(*t.ip()).to_be();
+        let rc = libc::connect(fd, &d as *const _ as *const _, len);
+        let err = std::io::Error::last_os_error().raw_os_error();
+        libc::close(fd);
+        assert_eq!((rc, err), (-1, Some(libc::ECONNREFUSED)), "refused");
+        u16::from_be(a.sin_port)
+    }
+}
+
+#[test]
+fn reason_with_all_reasons_is_refused_in_one_line() {
+    plumb_core::testing::require_root();
+    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["trace", "drop", "--reason", "NO_SOCKET", "--all-reasons"])
+        .output()
+        .expect("run plumb");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(
+            "plumb: bad value for --reason: --reason and --all-reasons cannot be used together"
+        ),
+        "{err}"
+    );
 }

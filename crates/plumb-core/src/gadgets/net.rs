@@ -1,6 +1,8 @@
 //! What the network gadgets (drop, retrans, reset) share: the Rust mirror of
-//! `struct plumb_flow` (bpf/include/plumb_net.h) and its attribution to the
-//! namespace and pod on each side of the flow.
+//! `struct plumb_flow` (bpf/include/plumb_net.h), its attribution to the
+//! namespace and pod on each side of the flow, and the count of runs the
+//! kernel skipped (a tp_btf program is not re-entered on a CPU where it, or
+//! another tracing program, is already running: those events are lost).
 
 use crate::enrich::Enricher;
 use crate::error::DecodeError;
@@ -35,9 +37,35 @@ pub struct Side {
     pub netns_name: Option<String>,
     pub pod: Option<String>,
     pub namespace: Option<String>,
+    pub pod_uid: Option<String>,
     pub container_id: Option<String>,
     #[serde(skip)]
     pub workload: Option<Arc<Workload>>,
+}
+
+impl Side {
+    /// The side as briefly as it can be named, for tables: `namespace/pod`,
+    /// else `pod:` and the start of the pod UID, else `ctr:` and the start
+    /// of the container id, else `netns:` and the namespace's name or inode.
+    pub fn who(&self) -> Option<String> {
+        let short = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+        match (&self.namespace, &self.pod) {
+            (Some(ns), Some(p)) => return Some(format!("{ns}/{p}")),
+            (None, Some(p)) => return Some(p.clone()),
+            _ => {}
+        }
+        if let Some(u) = &self.pod_uid {
+            return Some(format!("pod:{}", short(u, 8)));
+        }
+        if let Some(c) = &self.container_id {
+            return Some(format!("ctr:{}", short(c, 12)));
+        }
+        match (&self.netns_name, self.netns) {
+            (Some(n), _) => Some(format!("netns:{n}")),
+            (None, Some(i)) => Some(format!("netns:{i}")),
+            _ => None,
+        }
+    }
 }
 
 /// A packet's or socket's flow as shown to users.
@@ -59,17 +87,70 @@ pub struct Flow {
     pub icmp_type: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp_code: Option<u8>,
-    #[serde(rename = "src_netns")]
+    /// ICMP `type/code` in one cell, for tables (ICMP only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<String>,
     pub src_netns: Option<u32>,
+    pub src_netns_name: Option<String>,
     pub src_pod: Option<String>,
     pub src_namespace: Option<String>,
+    pub src_pod_uid: Option<String>,
     pub src_container_id: Option<String>,
+    /// The source side as briefly as it can be named ([`Side::who`]).
+    pub src_who: Option<String>,
     pub dst_netns: Option<u32>,
+    pub dst_netns_name: Option<String>,
     pub dst_pod: Option<String>,
     pub dst_namespace: Option<String>,
+    pub dst_pod_uid: Option<String>,
     pub dst_container_id: Option<String>,
+    pub dst_who: Option<String>,
     #[serde(skip)]
     pub sides: [Side; 2],
+}
+
+/// Which variant of a gadget's programs fits the running kernel (decided
+/// from its BTF), and what the gadget cannot show there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Support<V> {
+    pub variant: V,
+    /// Limits on this kernel, one sentence each ("needs Linux X ...").
+    pub notes: Vec<String>,
+}
+
+/// The error for a gadget that cannot run on this kernel: why, as
+/// `plumb gadgets` would say it.
+pub fn unsupported(gadget: &'static str, hook: &str, why: String) -> crate::Error {
+    crate::Error::Attach {
+        gadget,
+        hook: hook.to_string(),
+        source: libbpf_rs::Error::from(std::io::Error::new(std::io::ErrorKind::Unsupported, why)),
+    }
+}
+
+/// What a gadget counts besides lost events (stacks not recorded, frames
+/// not symbolized), as (what, count), for the run's end summary.
+pub trait Counters {
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+}
+
+/// Runs of `prog` the kernel skipped because a tracing program was already
+/// running on that CPU (its `recursion_misses`): each is an event lost.
+/// Call only for loaded programs.
+pub fn recursion_misses(prog: &libbpf_rs::Program<'_>) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    // SAFETY: bpf_prog_info is plain data; the kernel fills at most `len` bytes.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: a loaded program's descriptor and a buffer of `len` bytes.
+    let rc = unsafe {
+        libbpf_sys::bpf_prog_get_info_by_fd(prog.as_fd().as_raw_fd(), &mut info, &mut len)
+    };
+    if rc == 0 {
+        info.recursion_misses
+    } else {
+        0
+    }
 }
 
 pub fn proto_name(p: u8) -> String {
@@ -103,8 +184,9 @@ impl Flow {
                 })
             }
         };
-        let icmp = matches!(r.proto, 1 | 58);
+        let icmp = family.is_some() && matches!(r.proto, 1 | 58);
         let ports = r.has_ports != 0 && !icmp;
+        let icmp_tc = (icmp && r.has_ports != 0).then_some((r.sport as u8, r.dport as u8));
         let ifname = crate::raw::cstr(&r.ifname);
         Ok(Flow {
             netns: r.netns,
@@ -121,27 +203,35 @@ impl Flow {
             sport: ports.then_some(r.sport),
             daddr,
             dport: ports.then_some(r.dport),
-            icmp_type: (icmp && r.has_ports != 0).then_some(r.sport as u8),
-            icmp_code: (icmp && r.has_ports != 0).then_some(r.dport as u8),
+            icmp_type: icmp_tc.map(|t| t.0),
+            icmp_code: icmp_tc.map(|t| t.1),
+            icmp: icmp_tc.map(|(t, c)| format!("{t}/{c}")),
             src_netns: None,
+            src_netns_name: None,
             src_pod: None,
             src_namespace: None,
+            src_pod_uid: None,
             src_container_id: None,
+            src_who: None,
             dst_netns: None,
+            dst_netns_name: None,
             dst_pod: None,
             dst_namespace: None,
+            dst_pod_uid: None,
             dst_container_id: None,
+            dst_who: None,
             sides: Default::default(),
         })
     }
 
-    /// Name the namespace and the owner of each side.
+    /// Name the namespace and the owner of each side. An IPv4-mapped IPv6
+    /// address is attributed as the IPv4 address it carries.
     pub fn enrich(&mut self, e: &mut Enricher) {
         if let Some(info) = e.netns(self.netns) {
             self.netns_name = info.name.clone();
         }
         for (i, ip) in [self.saddr, self.daddr].into_iter().enumerate() {
-            let Some(info) = ip.and_then(|ip| e.netns_of_ip(ip)) else {
+            let Some(info) = ip.and_then(|ip| e.netns_of_ip(ip.to_canonical())) else {
                 continue;
             };
             let w = info.workload.clone();
@@ -150,38 +240,119 @@ impl Flow {
                 netns_name: info.name.clone(),
                 pod: w.pod.clone(),
                 namespace: w.namespace.clone(),
+                pod_uid: w.pod_uid.clone(),
                 container_id: w.container_id.clone(),
                 workload: (!w.is_empty()).then_some(w),
             };
         }
+        self.copy_sides();
+    }
+
+    /// Copy the sides into the flat `src_*`/`dst_*` keys.
+    pub fn copy_sides(&mut self) {
         let [s, d] = &self.sides;
         (
             self.src_netns,
+            self.src_netns_name,
             self.src_pod,
             self.src_namespace,
+            self.src_pod_uid,
             self.src_container_id,
+            self.src_who,
         ) = (
             s.netns,
+            s.netns_name.clone(),
             s.pod.clone(),
             s.namespace.clone(),
+            s.pod_uid.clone(),
             s.container_id.clone(),
+            s.who(),
         );
         (
             self.dst_netns,
+            self.dst_netns_name,
             self.dst_pod,
             self.dst_namespace,
+            self.dst_pod_uid,
             self.dst_container_id,
+            self.dst_who,
         ) = (
             d.netns,
+            d.netns_name.clone(),
             d.pod.clone(),
             d.namespace.clone(),
+            d.pod_uid.clone(),
             d.container_id.clone(),
+            d.who(),
         );
     }
 
     /// Owners of both sides, for pod/container filters.
     pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
         self.sides.iter().filter_map(|s| s.workload.as_deref())
+    }
+}
+
+/// A BTF fixture: the object built from `drop/testdata/NAME.bpf.c` by
+/// build.rs (the kernels the variant decisions are tested against).
+#[cfg(test)]
+macro_rules! btf_fixture {
+    ($name:literal) => {{
+        static OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o"));
+        libbpf_rs::btf::Btf::from_raw($name, OBJ)
+            .expect("parse fixture")
+            .expect("fixture has BTF")
+    }};
+}
+#[cfg(test)]
+pub(crate) use btf_fixture;
+
+/// Checks the lab tests of the network gadgets share.
+#[cfg(test)]
+pub(crate) mod lab_checks {
+    use super::Flow;
+    use plumb_netlab::Pod;
+
+    /// Side `src` (else the destination) of `flow` is exactly `pod`: its
+    /// namespace and the namespace's name, and, for a k8s lab pod, the pod
+    /// UID and container id of the process holding it.
+    pub fn assert_side(flow: &Flow, src: bool, pod: &Pod) {
+        let (netns, name, uid, cid, who) = if src {
+            (
+                flow.src_netns,
+                &flow.src_netns_name,
+                &flow.src_pod_uid,
+                &flow.src_container_id,
+                &flow.src_who,
+            )
+        } else {
+            (
+                flow.dst_netns,
+                &flow.dst_netns_name,
+                &flow.dst_pod_uid,
+                &flow.dst_container_id,
+                &flow.dst_who,
+            )
+        };
+        let side = if src { "source" } else { "destination" };
+        assert_eq!(netns, Some(pod.ns.inode), "{side} netns");
+        assert_eq!(
+            name.as_deref(),
+            Some(pod.ns.name.as_str()),
+            "{side} netns_name"
+        );
+        let k = pod.k8s.as_ref().expect("a k8s lab pod");
+        assert_eq!(uid.as_deref(), Some(k.pod_uid.as_str()), "{side} pod_uid");
+        assert_eq!(
+            cid.as_deref(),
+            Some(k.container_id.as_str()),
+            "{side} container_id"
+        );
+        assert_eq!(
+            who.clone(),
+            Some(format!("pod:{}", &k.pod_uid[..8])),
+            "{side} who"
+        );
     }
 }
 

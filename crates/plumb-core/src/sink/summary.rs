@@ -1,19 +1,29 @@
 //! `--summary INTERVAL`: instead of a line per event, a table of counts per
 //! key every interval, busiest first. What a user runs on a busy node.
+//!
+//! Keys keep the type they have in the event's JSON (a port or a netns is a
+//! number), rows carry the node, and records lost in the kernel during the
+//! interval are reported with it, so nothing is lost silently here either.
 
 use super::{cell, Sink};
 use crate::event::Event;
-use std::collections::HashMap;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct SummarySink<W: Write> {
     out: W,
     keys: Vec<String>,
     interval: Duration,
     last: Instant,
-    counts: HashMap<Vec<String>, u64>,
+    /// Group (each key's value as JSON text) → the values and the count.
+    counts: HashMap<Vec<String>, (Vec<Value>, u64)>,
     json: bool,
+    node: Option<Arc<str>>,
+    /// Records lost this interval, per gadget.
+    lost: BTreeMap<String, u64>,
 }
 
 impl<W: Write> SummarySink<W> {
@@ -25,37 +35,86 @@ impl<W: Write> SummarySink<W> {
             last: Instant::now(),
             counts: HashMap::new(),
             json,
+            node: None,
+            lost: BTreeMap::new(),
         }
     }
 
-    /// The current interval's counts, busiest first (ties by key).
+    /// The node rows name before any event has named it (events carry it).
+    pub fn with_node(mut self, node: impl Into<Arc<str>>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    fn rows(&self) -> Vec<(Vec<Value>, u64)> {
+        let mut v: Vec<(Vec<String>, Vec<Value>, u64)> = self
+            .counts
+            .iter()
+            .map(|(k, (vals, n))| (k.clone(), vals.clone(), *n))
+            .collect();
+        v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        v.into_iter().map(|(_, vals, n)| (vals, n)).collect()
+    }
+
+    /// The current interval's counts as table cells, busiest first (ties
+    /// by key).
     pub fn sorted(&self) -> Vec<(Vec<String>, u64)> {
-        let mut v: Vec<_> = self.counts.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        let mut v: Vec<(Vec<String>, u64)> = self
+            .counts
+            .values()
+            .map(|(vals, n)| (vals.iter().map(|x| cell(Some(x))).collect(), *n))
+            .collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v
     }
 
     fn report(&mut self) -> io::Result<()> {
-        let rows = self.sorted();
+        let rows = self.rows();
+        let lost = std::mem::take(&mut self.lost);
         self.counts.clear();
         self.last = Instant::now();
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let now = SystemTime::now();
+        if self.node.is_none() {
+            self.node = Some(Arc::from(crate::runner::node_name()));
+        }
+        let node = self.node.as_deref().unwrap_or_default();
         if self.json {
-            for (k, n) in rows {
+            let ts = humantime::format_rfc3339_seconds(now).to_string();
+            for (vals, n) in rows {
                 let mut m = serde_json::Map::new();
                 m.insert("type".into(), "summary".into());
-                m.insert("timestamp".into(), now.to_string().into());
-                for (name, val) in self.keys.iter().zip(k) {
-                    m.insert(name.clone(), val.into());
+                m.insert("timestamp".into(), ts.clone().into());
+                m.insert("node".into(), node.into());
+                for (name, val) in self.keys.iter().zip(vals) {
+                    m.insert(name.clone(), val);
                 }
                 m.insert("count".into(), n.into());
                 serde_json::to_writer(&mut self.out, &m)?;
                 self.out.write_all(b"\n")?;
             }
+            for (gadget, count) in lost {
+                let rec = serde_json::json!({
+                    "type": "lost",
+                    "timestamp": humantime::format_rfc3339_nanos(now).to_string(),
+                    "node": node,
+                    "gadget": gadget,
+                    "count": count,
+                });
+                serde_json::to_writer(&mut self.out, &rec)?;
+                self.out.write_all(b"\n")?;
+            }
         } else {
-            writeln!(self.out, "--- {now} ---")?;
+            writeln!(
+                self.out,
+                "--- {} ---",
+                humantime::format_rfc3339_seconds(now)
+            )?;
+            let cells: Vec<(Vec<String>, u64)> = rows
+                .iter()
+                .map(|(vals, n)| (vals.iter().map(|x| cell(Some(x))).collect(), *n))
+                .collect();
             let mut widths: Vec<usize> = self.keys.iter().map(|k| k.len()).collect();
-            for (k, _) in &rows {
+            for (k, _) in &cells {
                 for (w, v) in widths.iter_mut().zip(k) {
                     *w = (*w).max(v.len());
                 }
@@ -65,12 +124,18 @@ impl<W: Write> SummarySink<W> {
                 head.push_str(&format!("  {:<w$}", k.to_uppercase()));
             }
             writeln!(self.out, "{}", head.trim_end())?;
-            for (k, n) in rows {
+            for (k, n) in cells {
                 let mut line = format!("{n:>8}");
                 for (v, w) in k.iter().zip(&widths) {
                     line.push_str(&format!("  {v:<w$}"));
                 }
                 writeln!(self.out, "{}", line.trim_end())?;
+            }
+            for (gadget, count) in lost {
+                writeln!(
+                    self.out,
+                    "{count:>8}  records of {gadget} lost in the kernel (not counted above)"
+                )?;
             }
         }
         self.out.flush()
@@ -84,8 +149,21 @@ impl<W: Write> SummarySink<W> {
 impl<W: Write> Sink for SummarySink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         let v = serde_json::to_value(ev)?;
-        let key = self.keys.iter().map(|k| cell(v.get(k))).collect();
-        *self.counts.entry(key).or_default() += 1;
+        let vals: Vec<Value> = self
+            .keys
+            .iter()
+            .map(|k| v.get(k).cloned().unwrap_or(Value::Null))
+            .collect();
+        let key = vals.iter().map(Value::to_string).collect();
+        self.counts.entry(key).or_insert((vals, 0)).1 += 1;
+        if self.node.is_none() {
+            self.node = Some(ev.header.node.clone());
+        }
+        Ok(())
+    }
+
+    fn lost(&mut self, gadget: &str, count: u64, _at: SystemTime) -> io::Result<()> {
+        *self.lost.entry(gadget.to_string()).or_default() += count;
         Ok(())
     }
 
@@ -97,9 +175,124 @@ impl<W: Write> Sink for SummarySink<W> {
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        if !self.counts.is_empty() {
+        if !self.counts.is_empty() || !self.lost.is_empty() {
             self.report()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Header, Workload};
+    use crate::gadgets::net::{Flow, RawFlow};
+    use crate::gadgets::reset::{Direction, Reset};
+    use crate::gadgets::Body;
+    use bytemuck::Zeroable;
+    use std::time::UNIX_EPOCH;
+
+    fn reset(sport: u16, netns: u32) -> Event {
+        let mut r = RawFlow::zeroed();
+        r.family = libc::AF_INET as u16;
+        r.proto = 6;
+        r.has_ports = 1;
+        r.sport = sport;
+        r.dport = 40000;
+        r.netns = netns;
+        Event {
+            body: Body::Reset(Reset {
+                direction: Direction::Sent,
+                state: None,
+                reason: Some("NO_SOCKET".into()),
+                flow: Flow::decode(&r).unwrap(),
+            }),
+            header: Header {
+                timestamp: UNIX_EPOCH,
+                node: Arc::from("node-a"),
+                pid: 0,
+                tid: 0,
+                uid: 0,
+                comm: String::new(),
+                cgroup_id: 0,
+                cgroup: None,
+                workload: Arc::new(Workload::default()),
+            },
+        }
+    }
+
+    fn lines(s: SummarySink<Vec<u8>>) -> Vec<Value> {
+        String::from_utf8(s.into_inner())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn json_rows_keep_numbers_and_name_the_node() {
+        let keys = ["direction", "sport", "netns", "src_pod"].map(String::from);
+        let mut s = SummarySink::new(Vec::new(), keys.to_vec(), Duration::from_secs(3600), true);
+        for _ in 0..3 {
+            s.event(&reset(9, 4026532318)).unwrap();
+        }
+        s.event(&reset(10, 4026532318)).unwrap();
+        s.finish().unwrap();
+        let v = lines(s);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0]["node"], "node-a");
+        assert_eq!(v[0]["sport"], 9, "a number, as in the event");
+        assert_eq!(v[0]["netns"], 4026532318u64);
+        assert_eq!(v[0]["direction"], "sent");
+        assert_eq!(v[0]["src_pod"], Value::Null);
+        assert_eq!(v[0]["count"], 3);
+        assert_eq!(
+            (&v[1]["sport"], &v[1]["count"]),
+            (&serde_json::json!(10), &serde_json::json!(1))
+        );
+    }
+
+    #[test]
+    fn lost_records_are_reported_with_the_interval() {
+        let mut s = SummarySink::new(
+            Vec::new(),
+            vec!["sport".into()],
+            Duration::from_secs(3600),
+            true,
+        )
+        .with_node("node-b");
+        s.lost("reset", 5, UNIX_EPOCH).unwrap();
+        s.lost("reset", 2, UNIX_EPOCH).unwrap();
+        s.finish().unwrap();
+        let v = lines(s);
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (
+                &v[0]["type"],
+                &v[0]["gadget"],
+                &v[0]["count"],
+                &v[0]["node"]
+            ),
+            (
+                &serde_json::json!("lost"),
+                &serde_json::json!("reset"),
+                &serde_json::json!(7),
+                &serde_json::json!("node-b")
+            )
+        );
+        let mut t = SummarySink::new(Vec::new(), vec!["sport".into()], Duration::ZERO, false);
+        t.event(&reset(9, 1)).unwrap();
+        t.lost("reset", 4, UNIX_EPOCH).unwrap();
+        t.tick().unwrap();
+        let out = String::from_utf8(t.into_inner()).unwrap();
+        let body: Vec<&str> = out.lines().skip(1).collect();
+        assert_eq!(
+            body,
+            [
+                "   COUNT  SPORT",
+                "       1  9",
+                "       4  records of reset lost in the kernel (not counted above)"
+            ]
+        );
     }
 }

@@ -3,16 +3,27 @@
  * drop: every packet the kernel frees as dropped (skb:kfree_skb), with the
  * kernel's drop reason, the flow, and optionally the kernel stack.
  *
+ * Two programs for two kernel generations: drop_kfree_skb where the
+ * tracepoint carries the reason (Linux 5.17 and newer), and
+ * drop_kfree_skb_noreason where it does not. User space reads the running
+ * kernel's prototype from its BTF and loads only the one that fits.
+ *
  * Reasons are filtered here with a bitmap user space builds from the
  * kernel's own enum skb_drop_reason, so normal frees cost one test.
+ * Subsystem reasons (a subsystem id in the high 16 bits) are let through
+ * per subsystem; user space keeps exactly the ones asked for.
  */
 #include "plumb.h"
 #include "plumb_net.h"
 #include "drop.h"
 
-/* Bit r set: report reason r. Reasons >= 1024 (subsystem reasons) always pass. */
+#define DROP_SUBSYS_SHIFT 16
+
+/* Bit r set: report core reason r. */
 const volatile __u64 drop_reasons[DROP_REASON_WORDS] = {};
 const volatile __u32 drop_filter_reasons = 0;
+/* With the filter on: bit s set lets subsystem s's reasons through. */
+const volatile __u32 drop_subsys_mask = 0;
 const volatile __u32 drop_want_stack = 0;
 
 struct {
@@ -22,22 +33,31 @@ struct {
 	__type(value, struct drop_event);
 } drop_scratch SEC(".maps");
 
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(drop_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+static __always_inline bool reason_wanted(__u32 r)
 {
-	__u32 zero = 0, r = reason;
-	struct drop_event *e;
-	__u64 size;
-
-	if (drop_filter_reasons && r < DROP_REASON_WORDS * 64) {
+	if (!drop_filter_reasons)
+		return true;
+	if (r < DROP_REASON_WORDS * 64) {
 		__u32 word = r >> 6;
 
 		/* Mask after the barrier so the verifier sees the bound. */
 		barrier_var(word);
 		word &= DROP_REASON_WORDS - 1;
-		if (!(drop_reasons[word] & (1ULL << (r & 63))))
-			return 0;
+		return drop_reasons[word] & (1ULL << (r & 63));
 	}
+	r >>= DROP_SUBSYS_SHIFT;
+	return r > 0 && r < 32 && (drop_subsys_mask & (1U << r));
+}
+
+static __always_inline int drop_record(void *ctx, struct sk_buff *skb, void *location, __u32 r,
+				       __u16 flags)
+{
+	__u32 zero = 0;
+	struct drop_event *e;
+	__u64 size;
+
+	if ((flags & DROP_FLAG_REASON) && !reason_wanted(r))
+		return 0;
 	e = bpf_map_lookup_elem(&drop_scratch, &zero);
 	if (!e)
 		return 0;
@@ -51,12 +71,29 @@ int BPF_PROG(drop_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_
 	if (drop_want_stack) {
 		long n = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
 
+		flags |= DROP_FLAG_STACK;
 		if (n > 0)
 			e->stack_len = n;
+		else
+			flags |= DROP_FLAG_NO_STACK;
 	}
+	e->hdr.flags = flags;
 	size = offsetof(struct drop_event, stack) + e->stack_len;
 	if (size > sizeof(*e))
 		size = sizeof(*e);
 	plumb_output(e, size);
 	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(drop_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	return drop_record(ctx, skb, location, reason, DROP_FLAG_REASON);
+}
+
+/* Kernels before 5.17: kfree_skb(skb, location), no reason. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(drop_kfree_skb_noreason, struct sk_buff *skb, void *location)
+{
+	return drop_record(ctx, skb, location, 0, 0);
 }

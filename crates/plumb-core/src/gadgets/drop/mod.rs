@@ -8,19 +8,38 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/drop.skel.rs"));
 }
 
-use super::net::{Flow, RawFlow};
-use super::{Attached, Body, Column, Decoded, GadgetDesc, Hook, ParamSpec, Params};
-use crate::error::{DecodeError, Error, Result};
-use crate::kernel::{self, KernelSymbols};
+mod reasons;
+
+pub use reasons::{reason_filter, ReasonFilter, ReasonNames, BITMAP_REASONS, REASON_WORDS};
+
+use super::net::{self, Flow, RawFlow, Support};
+use super::{Attached, Body, Column, Decoded, GadgetDesc, Hook, ParamSpec};
+use crate::error::{DecodeError, Result};
+use crate::event::Event;
+use crate::kernel::{self, Arg, KernelSymbols};
 use crate::loader::{self, Loaded, StartCtx};
 use crate::raw::{self, RawHdr};
 use bytemuck::{Pod, Zeroable};
+use libbpf_rs::btf::Btf;
 use serde::Serialize;
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 
 pub const MAX_STACK: usize = 32;
-const REASON_WORDS: usize = 16;
+
+/// `plumb_hdr.flags` of a drop record (drop.h).
+pub mod flag {
+    pub const REASON: u16 = 1;
+    pub const STACK: u16 = 2;
+    pub const NO_STACK: u16 = 4;
+}
+
+/// Frames of the tracing machinery itself (the BPF program, the
+/// tracepoint's iterator), left off the front of a stack.
+const TRACING_FRAMES: &[&str] = &["bpf_prog_", "bpf_trace_run", "__traceiter_", "__bpf_trace_"];
+
+/// What `reason` says on kernels whose tracepoint gives none (before 5.17).
+pub const UNKNOWN_REASON: &str = "UNKNOWN";
 
 /// `struct drop_event` without its variable-length stack.
 #[repr(C)]
@@ -46,11 +65,15 @@ pub const NORMAL_REASONS: &[&str] = &["NOT_SPECIFIED", "CONSUMED"];
 /// One dropped packet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Drop {
+    /// The kernel's reason, named from its BTF; `UNKNOWN` on kernels whose
+    /// tracepoint gives none.
     pub reason: String,
     /// The kernel function that freed the packet.
     pub location: String,
     #[serde(flatten)]
     pub flow: Flow,
+    /// With `--stack`: the kernel stack, innermost first; empty when the
+    /// kernel could not record it (counted as "stack not recorded").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<Vec<String>>,
 }
@@ -58,13 +81,16 @@ pub struct Drop {
 pub static DESC: GadgetDesc = GadgetDesc {
     name: "drop",
     summary: "every packet the kernel drops, with the kernel's drop reason, flow and pods",
-    help: "Reason names come from the running kernel's BTF (enum skb_drop_reason). By default the \
-           reasons NOT_SPECIFIED and CONSUMED are left out: the kernel uses them for ordinary frees \
-           that are not losses; --all-reasons shows them. pid and comm are not reported: drops \
-           happen in softirq context where the current task is unrelated. Attribution uses the \
-           packet's network namespace (netns, the device's) and the namespace that owns each \
-           address (src_*/dst_*); the header's cgroup/pod is that of the socket's creator when the \
-           packet belongs to a local socket.",
+    help: "Reason names come from the running kernel's BTF (enum skb_drop_reason; subsystem \
+           reasons from the subsystem's enum, or SUBSYS:n). By default the reasons \
+           NOT_SPECIFIED and CONSUMED are left out: the kernel uses them for ordinary frees that \
+           are not losses; --all-reasons shows them, and --reason shows exactly the reasons it \
+           names (the two cannot be combined). Kernels before 5.17 give no reason: it shows as \
+           UNKNOWN. pid and comm are not reported: drops happen in softirq context where the \
+           current task is unrelated. Attribution uses the packet's network namespace (netns, \
+           the device's) and the namespace that owns each address (src_*/dst_*, FROM/TO); the \
+           header's cgroup/pod is that of the socket's creator when the packet belongs to a \
+           local socket. ICMP packets show their type/code (ICMP column, icmp_type/icmp_code).",
     params: &[
         ParamSpec {
             name: "reason",
@@ -85,92 +111,129 @@ pub static DESC: GadgetDesc = GadgetDesc {
     columns: &[
         Column::new("timestamp", "TIME", 15),
         Column::new("netns", "NETNS", 10),
-        Column::new("ifname", "IF", 10),
+        Column::new("ifname", "IF", 8),
         Column::new("proto", "PROTO", 5),
         Column::new("saddr", "SADDR", 15),
         Column::new("sport", "SPORT", 5),
         Column::new("daddr", "DADDR", 15),
         Column::new("dport", "DPORT", 5),
-        Column::new("reason", "REASON", 20),
+        Column::new("icmp", "ICMP", 4),
+        Column::new("reason", "REASON", 15),
+        Column::new("src_who", "FROM", 14),
+        Column::new("dst_who", "TO", 14),
         Column::new("location", "LOCATION", 0),
     ],
-    summary_keys: &["reason", "netns", "dst_pod"],
+    summary_keys: &["reason", "netns", "dst_who"],
     hooks: &[Hook::TpBtf("kfree_skb")],
     start,
 };
 
-struct Running {
-    loaded: Loaded<skel::DropSkel<'static>>,
-    reasons: &'static BTreeMap<u32, String>,
-    syms: RefCell<KernelSymbols>,
+/// The kfree_skb program that fits the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `kfree_skb(skb, location, reason, ...)`: Linux 5.17 and newer.
+    Reason,
+    /// `kfree_skb(skb, location)`.
+    NoReason,
 }
 
-/// The bitmap of reason values to report, from the params and `names`.
-pub fn reason_bitmap(
-    params: &Params,
-    names: &BTreeMap<u32, String>,
-) -> Result<Option<[u64; REASON_WORDS]>> {
-    let wanted = params.list("reason");
-    let mut bits = [0u64; REASON_WORDS];
-    let mut set = |v: u32| {
-        if (v as usize) < REASON_WORDS * 64 {
-            bits[v as usize / 64] |= 1 << (v % 64);
-        }
+/// Which program fits the kernel `btf` describes; `Err` says why none does.
+pub fn support(btf: &Btf<'_>) -> std::result::Result<Support<Variant>, String> {
+    let Some(args) = kernel::tracepoint_args(btf, "kfree_skb") else {
+        return Err("needs Linux 5.5 with BTF (missing tracepoint btf_trace_kfree_skb)".into());
     };
-    if !wanted.is_empty() {
-        for w in &wanted {
-            let w = w.to_ascii_uppercase();
-            let w = w.strip_prefix("SKB_DROP_REASON_").unwrap_or(&w);
-            let v = names
+    let skb = |a: &Arg| *a == Arg::Ptr(Some("sk_buff".into()));
+    match args.as_slice() {
+        [s, Arg::Ptr(_), Arg::Enum(e), ..] if skb(s) && e == "skb_drop_reason" => Ok(Support {
+            variant: Variant::Reason,
+            notes: Vec::new(),
+        }),
+        [s, Arg::Ptr(_)] if skb(s) => Ok(Support {
+            variant: Variant::NoReason,
+            notes: vec![
+                "drop reasons need Linux 5.17 (missing the reason argument of kfree_skb): \
+                 reason shows UNKNOWN and --reason is refused"
+                    .into(),
+            ],
+        }),
+        other => Err(format!(
+            "unknown prototype of kfree_skb ({}): needs kfree_skb(skb, location[, reason])",
+            other
                 .iter()
-                .find(|(_, n)| n.as_str() == w)
-                .map(|(v, _)| *v)
-                .ok_or_else(|| Error::BadParam {
-                    param: "reason".into(),
-                    reason: format!("this kernel has no drop reason '{w}'"),
-                })?;
-            set(v);
-        }
-        return Ok(Some(bits));
+                .map(Arg::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
-    if params.flag("all-reasons") || names.is_empty() {
-        return Ok(None);
-    }
-    for (v, n) in names {
-        if !NORMAL_REASONS.contains(&n.as_str()) {
-            set(*v);
-        }
-    }
-    Ok(Some(bits))
+}
+
+/// For `plumb gadgets`: `Err` why drop cannot run here, or its limits.
+pub fn kernel_support() -> std::result::Result<Vec<String>, String> {
+    kernel::with_vmlinux(|b| support(b).map(|s| s.notes))
+        .unwrap_or_else(|| Err("cannot read the kernel's BTF (/sys/kernel/btf/vmlinux)".into()))
+}
+
+struct Running {
+    loaded: Loaded<skel::DropSkel<'static>>,
+    variant: Variant,
+    names: &'static ReasonNames,
+    /// With `--reason`: the names kept (exact, subsystem reasons included).
+    wanted: Option<BTreeSet<String>>,
+    syms: RefCell<KernelSymbols>,
+    /// Events whose stack the kernel could not record.
+    stacks_missing: Cell<u64>,
 }
 
 fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
-    let reasons = kernel::vmlinux_enum("skb_drop_reason", "SKB_DROP_REASON_");
-    let bitmap = reason_bitmap(ctx.params, reasons)?;
+    let support = kernel::with_vmlinux(support)
+        .unwrap_or_else(|| Err("cannot read the kernel's BTF".into()))
+        .map_err(|why| net::unsupported("drop", "tp_btf/kfree_skb", why))?;
+    let variant = support.variant;
+    let names = ReasonNames::vmlinux();
+    let filter = reason_filter(ctx.params, names, variant == Variant::Reason)?;
     let want_stack = ctx.params.flag("stack");
-    let loaded = loader::load("drop", skel::DropSkelBuilder::default(), |open| {
+    let f = filter.clone();
+    let mut loaded = loader::load("drop", skel::DropSkelBuilder::default(), |open| {
         crate::configure_common!(&mut *open, ctx, "drop");
+        open.progs
+            .drop_kfree_skb
+            .set_autoload(variant == Variant::Reason);
+        open.progs
+            .drop_kfree_skb_noreason
+            .set_autoload(variant == Variant::NoReason);
         let ro = open
             .maps
             .rodata_data
             .as_deref_mut()
-            .ok_or_else(|| Error::Open {
+            .ok_or_else(|| crate::Error::Open {
                 gadget: "drop",
                 source: libbpf_rs::Error::from(std::io::Error::other("BPF object has no .rodata")),
             })?;
-        if let Some(b) = bitmap {
-            ro.drop_reasons = b;
+        if let Some(f) = &f {
+            ro.drop_reasons = f.bits;
+            ro.drop_subsys_mask = f.subsys_mask;
             ro.drop_filter_reasons = 1;
         }
         ro.drop_want_stack = want_stack as u32;
         Ok(())
-    });
-    let mut loaded = loaded?;
-    loaded.attach("drop", &[])?;
+    })?;
+    let link = match variant {
+        Variant::Reason => loaded.skel_mut().progs.drop_kfree_skb.attach(),
+        Variant::NoReason => loaded.skel_mut().progs.drop_kfree_skb_noreason.attach(),
+    }
+    .map_err(|source| crate::Error::Attach {
+        gadget: "drop",
+        hook: "tp_btf/kfree_skb".into(),
+        source,
+    })?;
+    loaded.keep_link(link);
     Ok(Box::new(Running {
         loaded,
-        reasons,
+        variant,
+        names,
+        wanted: filter.and_then(|f| f.wanted),
         syms: RefCell::new(KernelSymbols::new()),
+        stacks_missing: Cell::new(0),
     }))
 }
 
@@ -192,33 +255,88 @@ pub fn decode_with(
         });
     }
     let stack = raw::tail::<RawDrop>(data, stack_len)?;
-    let frames: Vec<String> = stack
+    let mut frames: Vec<String> = stack
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()))
         .filter(|&a| a != 0)
         .map(&mut sym)
         .collect();
+    // The innermost frames are our own program and the tracepoint's
+    // plumbing, not the path that dropped the packet.
+    let ours = frames
+        .iter()
+        .take_while(|f| TRACING_FRAMES.iter().any(|p| f.starts_with(p)))
+        .count();
+    frames.drain(..ours);
+    let asked = r.hdr.flags & flag::STACK != 0;
     Ok(Decoded {
         hdr: r.hdr,
         body: Body::Drop(Drop {
-            reason: name(r.reason),
+            reason: if r.hdr.flags & flag::REASON != 0 {
+                name(r.reason)
+            } else {
+                UNKNOWN_REASON.to_string()
+            },
             location: sym(r.location),
             flow: Flow::decode(&r.flow)?,
-            stack: (stack_len > 0).then_some(frames),
+            stack: (asked || stack_len > 0).then_some(frames),
         }),
     })
 }
 
+impl net::Counters for Running {
+    /// Stacks the kernel could not record (those events carry an empty
+    /// `stack`), and kernel addresses kallsyms could not name (shown as hex).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("stack not recorded", self.stacks_missing.get()),
+            (
+                "kernel frames not symbolized",
+                self.syms.borrow().unresolved,
+            ),
+        ]
+    }
+}
+
 impl Attached for Running {
-    crate::impl_attached_common!();
+    fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore> {
+        vec![&self.loaded.skel().maps.events]
+    }
+
+    /// Ring buffer full, plus runs the kernel skipped (recursion).
+    fn lost(&self) -> u64 {
+        let skel = self.loaded.skel();
+        let prog = match self.variant {
+            Variant::Reason => &skel.progs.drop_kfree_skb,
+            Variant::NoReason => &skel.progs.drop_kfree_skb_noreason,
+        };
+        loader::percpu_sum(&skel.maps.plumb_lost) + net::recursion_misses(prog)
+    }
+
+    fn prog_ids(&self) -> Vec<u32> {
+        self.loaded.prog_ids()
+    }
+
+    fn skipped(&self) -> Vec<String> {
+        self.loaded.skipped.clone()
+    }
 
     fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
         let mut syms = self.syms.borrow_mut();
-        decode_with(
-            data,
-            |r| kernel::name_or_number(self.reasons, r),
-            |a| syms.name(a),
-        )
+        let d = decode_with(data, |r| self.names.name(r), |a| syms.name(a))?;
+        if d.hdr.flags & flag::NO_STACK != 0 {
+            self.stacks_missing.set(self.stacks_missing.get() + 1);
+        }
+        Ok(d)
+    }
+
+    /// `--reason` exactly: subsystem reasons pass the kernel's filter per
+    /// subsystem, so they are checked by name here.
+    fn keep(&self, ev: &Event) -> bool {
+        match (&self.wanted, &ev.body) {
+            (Some(w), Body::Drop(d)) => w.contains(&d.reason),
+            _ => true,
+        }
     }
 }
 

@@ -7,14 +7,15 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/reset.skel.rs"));
 }
 
-use super::net::{Flow, RawFlow};
+use super::net::{self, Flow, RawFlow, Support};
 use super::retrans::tcp_state;
 use super::{Attached, Body, Column, Decoded, GadgetDesc, Hook};
 use crate::error::{DecodeError, Result};
-use crate::kernel;
+use crate::kernel::{self, Arg};
 use crate::loader::{self, Loaded, StartCtx};
 use crate::raw::{self, RawHdr};
 use bytemuck::{Pod, Zeroable};
+use libbpf_rs::btf::Btf;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -57,9 +58,12 @@ pub static DESC: GadgetDesc = GadgetDesc {
     name: "reset",
     summary: "every TCP reset sent or received, with direction, state, reason and pods",
     help: "The tuple is given in the RST's direction (saddr sent it), so the side that sent a \
-           reset and the side that received it show the same tuple. `reason` (RSTs sent) comes \
-           from the running kernel's BTF (enum sk_rst_reason). pid and comm are not reported \
-           (softirq context); attribution is by network namespace and address owner.",
+           reset and the side that received it show the same tuple. `reason` (RSTs sent, Linux \
+           6.10 and newer) comes from the running kernel's BTF (enum sk_rst_reason). Before \
+           Linux 6.9 the kernel reports only RSTs sent by a socket, not those sent for packets \
+           that match no socket (a closed port). pid and comm are not reported (softirq \
+           context); attribution is by network namespace and address owner (src_*/dst_*, \
+           FROM/TO).",
     params: &[],
     columns: &[
         Column::new("timestamp", "TIME", 15),
@@ -70,9 +74,20 @@ pub static DESC: GadgetDesc = GadgetDesc {
         Column::new("daddr", "DADDR", 15),
         Column::new("dport", "DPORT", 5),
         Column::new("state", "STATE", 11),
-        Column::new("reason", "REASON", 0),
+        Column::new("reason", "REASON", 13),
+        Column::new("src_who", "FROM", 14),
+        Column::new("dst_who", "TO", 0),
     ],
-    summary_keys: &["direction", "saddr", "daddr", "dport", "reason"],
+    summary_keys: &[
+        "direction",
+        "saddr",
+        "sport",
+        "daddr",
+        "dport",
+        "reason",
+        "src_who",
+        "dst_who",
+    ],
     hooks: &[
         Hook::TpBtf("tcp_send_reset"),
         Hook::TpBtf("tcp_receive_reset"),
@@ -80,19 +95,121 @@ pub static DESC: GadgetDesc = GadgetDesc {
     start,
 };
 
+/// The tcp_send_reset program that fits the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `tcp_send_reset(sk, skb, reason)`: Linux 6.10 and newer.
+    Reason,
+    /// `tcp_send_reset(sk, skb)`.
+    NoReason,
+}
+
+/// Which program fits the kernel `btf` describes, and what it cannot show
+/// there; `Err` says why reset cannot run.
+pub fn support(btf: &Btf<'_>) -> std::result::Result<Support<Variant>, String> {
+    let sock = |a: &Arg| *a == Arg::Ptr(Some("sock".into()));
+    let skb = |a: &Arg| *a == Arg::Ptr(Some("sk_buff".into()));
+    let list = |a: &[Arg]| a.iter().map(Arg::to_string).collect::<Vec<_>>().join(", ");
+    match kernel::tracepoint_args(btf, "tcp_receive_reset").as_deref() {
+        Some([s, ..]) if sock(s) => {}
+        Some(other) => {
+            return Err(format!(
+                "unknown prototype of tcp_receive_reset ({}): needs tcp_receive_reset(sk)",
+                list(other)
+            ))
+        }
+        None => {
+            return Err(
+                "needs Linux 5.5 with BTF (missing tracepoint btf_trace_tcp_receive_reset)".into(),
+            )
+        }
+    }
+    let Some(args) = kernel::tracepoint_args(btf, "tcp_send_reset") else {
+        return Err(
+            "needs Linux 5.5 with BTF (missing tracepoint btf_trace_tcp_send_reset)".into(),
+        );
+    };
+    let mut notes = Vec::new();
+    let variant = match args.as_slice() {
+        [k, b, Arg::Enum(_) | Arg::Int { .. }, ..] if sock(k) && skb(b) => Variant::Reason,
+        [k, b] if sock(k) && skb(b) => {
+            notes.push(
+                "reset reasons need Linux 6.10 (missing the reason argument of tcp_send_reset)"
+                    .to_string(),
+            );
+            Variant::NoReason
+        }
+        other => {
+            return Err(format!(
+                "unknown prototype of tcp_send_reset ({}): needs tcp_send_reset(sk, skb[, reason])",
+                list(other)
+            ))
+        }
+    };
+    // Linux 6.9 made tcp_send_reset an event of its own, which also fires
+    // for RSTs sent without a socket; before, it was one of the
+    // tcp_event_sk_skb class and fired only for full sockets.
+    if !kernel::has_struct(btf, "trace_event_raw_tcp_send_reset") {
+        notes.push(
+            "RSTs sent without a socket (to a closed port) need Linux 6.9 (missing struct \
+             trace_event_raw_tcp_send_reset): only RSTs sent by sockets are shown"
+                .to_string(),
+        );
+    }
+    Ok(Support { variant, notes })
+}
+
+/// For `plumb gadgets`: `Err` why reset cannot run here, or its limits.
+pub fn kernel_support() -> std::result::Result<Vec<String>, String> {
+    kernel::with_vmlinux(|b| support(b).map(|s| s.notes))
+        .unwrap_or_else(|| Err("cannot read the kernel's BTF (/sys/kernel/btf/vmlinux)".into()))
+}
+
 struct Running {
     loaded: Loaded<skel::ResetSkel<'static>>,
+    variant: Variant,
     reasons: &'static BTreeMap<u32, String>,
 }
 
 fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
+    let variant = kernel::with_vmlinux(support)
+        .unwrap_or_else(|| Err("cannot read the kernel's BTF".into()))
+        .map_err(|why| net::unsupported("reset", "tp_btf/tcp_send_reset", why))?
+        .variant;
     let mut loaded = loader::load("reset", skel::ResetSkelBuilder::default(), |open| {
-        crate::configure_common!(open, ctx, "reset");
+        crate::configure_common!(&mut *open, ctx, "reset");
+        open.progs
+            .reset_send
+            .set_autoload(variant == Variant::Reason);
+        open.progs
+            .reset_send_noreason
+            .set_autoload(variant == Variant::NoReason);
         Ok(())
     })?;
-    loaded.attach("reset", &[])?;
+    let attach = |r: std::result::Result<libbpf_rs::Link, libbpf_rs::Error>, hook: &str| {
+        r.map_err(|source| crate::Error::Attach {
+            gadget: "reset",
+            hook: hook.to_string(),
+            source,
+        })
+    };
+    let skel = loaded.skel_mut();
+    let send = attach(
+        match variant {
+            Variant::Reason => skel.progs.reset_send.attach(),
+            Variant::NoReason => skel.progs.reset_send_noreason.attach(),
+        },
+        "tp_btf/tcp_send_reset",
+    )?;
+    let receive = attach(
+        skel.progs.reset_receive.attach(),
+        "tp_btf/tcp_receive_reset",
+    )?;
+    loaded.keep_link(send);
+    loaded.keep_link(receive);
     Ok(Box::new(Running {
         loaded,
+        variant,
         reasons: kernel::vmlinux_enum("sk_rst_reason", "SK_RST_REASON_"),
     }))
 }
@@ -127,7 +244,29 @@ pub fn decode_with(
 }
 
 impl Attached for Running {
-    crate::impl_attached_common!();
+    fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore> {
+        vec![&self.loaded.skel().maps.events]
+    }
+
+    /// Ring buffer full, plus runs the kernel skipped (recursion).
+    fn lost(&self) -> u64 {
+        let skel = self.loaded.skel();
+        let send = match self.variant {
+            Variant::Reason => &skel.progs.reset_send,
+            Variant::NoReason => &skel.progs.reset_send_noreason,
+        };
+        loader::percpu_sum(&skel.maps.plumb_lost)
+            + net::recursion_misses(send)
+            + net::recursion_misses(&skel.progs.reset_receive)
+    }
+
+    fn prog_ids(&self) -> Vec<u32> {
+        self.loaded.prog_ids()
+    }
+
+    fn skipped(&self) -> Vec<String> {
+        self.loaded.skipped.clone()
+    }
 
     fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
         decode_with(data, |r| kernel::name_or_number(self.reasons, r))
@@ -170,6 +309,27 @@ mod tests {
         );
         r.direction = 3;
         assert!(decode_with(bytemuck::bytes_of(&r), |_| String::new()).is_err());
+    }
+
+    #[test]
+    fn the_program_variant_and_limits_follow_the_kernels_prototype() {
+        use crate::gadgets::net::btf_fixture as fixture;
+        let old = support(&fixture!("btf_linux_5_15")).unwrap();
+        assert_eq!(old.variant, Variant::NoReason);
+        assert_eq!(old.notes.len(), 2, "{:?}", old.notes);
+        assert!(old.notes[0].starts_with("reset reasons need Linux 6.10"));
+        assert!(old.notes[1]
+            .starts_with("RSTs sent without a socket (to a closed port) need Linux 6.9"));
+        let six_nine = support(&fixture!("btf_linux_6_9")).unwrap();
+        assert_eq!(six_nine.variant, Variant::NoReason);
+        assert_eq!(six_nine.notes.len(), 1, "socket-less RSTs are seen on 6.9");
+        let now = support(&fixture!("btf_linux_6_18")).unwrap();
+        assert_eq!((now.variant, now.notes.len()), (Variant::Reason, 0));
+        let e = support(&fixture!("reasons_fixture")).unwrap_err();
+        assert_eq!(
+            e,
+            "needs Linux 5.5 with BTF (missing tracepoint btf_trace_tcp_receive_reset)"
+        );
     }
 }
 

@@ -4,6 +4,12 @@
  * received (tcp_receive_reset). The flow is given in the RST's own
  * direction (source = the side that sent it), so the "sent" record of one
  * side and the "received" record of the other carry the same tuple.
+ *
+ * Two programs for tcp_send_reset: reset_send where it carries the reason
+ * (Linux 6.10 and newer), reset_send_noreason where it does not. User space
+ * reads the running kernel's prototype from its BTF and loads only the one
+ * that fits. The socket may be a TIME_WAIT or request socket (or none):
+ * only what every socket shares is read from it (see flow_fullsock).
  */
 #include "plumb.h"
 #include "plumb_net.h"
@@ -44,8 +50,8 @@ static __always_inline struct reset_event *start_event(__u8 dir)
 	return e;
 }
 
-SEC("tp_btf/tcp_send_reset")
-int BPF_PROG(reset_send, const struct sock *sk, const struct sk_buff *skb, int reason)
+static __always_inline int reset_sent(const struct sock *sk, const struct sk_buff *skb,
+				      __u32 reason, __u8 has_reason)
 {
 	struct reset_event *e = start_event(RESET_SENT);
 
@@ -64,9 +70,22 @@ int BPF_PROG(reset_send, const struct sock *sk, const struct sk_buff *skb, int r
 	}
 	e->hdr.cgroup_id = e->flow.sk_cgroup;
 	e->reason = reason;
-	e->has_reason = 1;
+	e->has_reason = has_reason;
 	plumb_submit(e);
 	return 0;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(reset_send, const struct sock *sk, const struct sk_buff *skb, int reason)
+{
+	return reset_sent(sk, skb, reason, 1);
+}
+
+/* Kernels before 6.10: tcp_send_reset(sk, skb), no reason. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(reset_send_noreason, const struct sock *sk, const struct sk_buff *skb)
+{
+	return reset_sent(sk, skb, 0, 0);
 }
 
 SEC("tp_btf/tcp_receive_reset")

@@ -1,8 +1,10 @@
 //! Root test in the network lab: a connect to a port nobody listens on in
 //! another pod is reported as a reset sent by the server side and received
-//! by the client side, with the same tuple.
+//! by the client side, with the same tuple, both naming the server's pod as
+//! the source and the client's as the destination (k8s-style lab pods).
 
 use super::Direction;
+use crate::gadgets::net::lab_checks::assert_side;
 use crate::gadgets::Body;
 use crate::testing::{self, require_root};
 use plumb_netlab::Lab;
@@ -13,8 +15,8 @@ use std::time::Duration;
 fn closed_port_reset_is_sent_by_server_and_received_by_client() {
     require_root();
     let mut lab = Lab::new("rst").expect("lab");
-    let client = lab.add_pod("cli").expect("client");
-    let server = lab.add_pod("srv").expect("server");
+    let client = lab.add_k8s_pod("cli").expect("client");
+    let server = lab.add_k8s_pod("srv").expect("server");
     let t = testing::start(&super::DESC, Default::default());
     let target = SocketAddr::from((server.ip, 9));
     let (res, local) = client
@@ -46,8 +48,8 @@ fn closed_port_reset_is_sent_by_server_and_received_by_client() {
         assert_eq!(x.flow.sport, Some(9));
         assert_eq!(x.flow.daddr, Some(client.ip.into()));
         assert_eq!(x.flow.dport, Some(local));
-        assert_eq!(x.flow.src_netns, Some(server.ns.inode));
-        assert_eq!(x.flow.dst_netns, Some(client.ns.inode));
+        assert_side(&x.flow, true, &server);
+        assert_side(&x.flow, false, &client);
     }
     assert_eq!(
         s.flow.netns, server.ns.inode,

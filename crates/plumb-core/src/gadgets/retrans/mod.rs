@@ -6,12 +6,14 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/retrans.skel.rs"));
 }
 
-use super::net::{Flow, RawFlow};
+use super::net::{self, Flow, RawFlow, Support};
 use super::{Attached, Body, Column, Decoded, GadgetDesc, Hook};
 use crate::error::{DecodeError, Result};
+use crate::kernel::{self, Arg};
 use crate::loader::{self, Loaded, StartCtx};
 use crate::raw::{self, RawHdr};
 use bytemuck::{Pod, Zeroable};
+use libbpf_rs::btf::Btf;
 use serde::Serialize;
 
 /// `struct retrans_event`.
@@ -82,7 +84,7 @@ pub static DESC: GadgetDesc = GadgetDesc {
     help: "The source is the end that retransmits. `segs` is the number of segments sent again, \
            which is what the kernel's TcpRetransSegs counter adds. pid and comm are not reported: \
            retransmissions run from timers and softirqs; the cgroup/pod is that of the socket's \
-           creator, and src_*/dst_* name the owner of each address.",
+           creator, and src_*/dst_* (FROM/TO) name the owner of each address.",
     params: &[],
     columns: &[
         Column::new("timestamp", "TIME", 15),
@@ -94,24 +96,123 @@ pub static DESC: GadgetDesc = GadgetDesc {
         Column::new("state", "STATE", 11),
         Column::new("tcp_flags", "FLAGS", 9),
         Column::new("segs", "SEGS", 4),
-        Column::new("pod", "POD", 0),
+        Column::new("src_who", "FROM", 14),
+        Column::new("dst_who", "TO", 0),
     ],
-    summary_keys: &["saddr", "daddr", "dport", "src_pod", "dst_pod"],
+    summary_keys: &["saddr", "sport", "daddr", "dport", "src_who", "dst_who"],
     hooks: &[Hook::TpBtf("tcp_retransmit_skb")],
     start,
 };
 
+/// The tcp_retransmit_skb program that fits the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `tcp_retransmit_skb(sk, skb, result)`: report when `result` is this
+    /// value (0 for an `int err`; the success member for an enum).
+    Result(i64),
+    /// `tcp_retransmit_skb(sk, skb)`: fires for sent segments only.
+    NoResult,
+}
+
+/// Which program fits the kernel `btf` describes; `Err` says why none does.
+pub fn support(btf: &Btf<'_>) -> std::result::Result<Support<Variant>, String> {
+    let Some(args) = kernel::tracepoint_args(btf, "tcp_retransmit_skb") else {
+        return Err(
+            "needs Linux 5.5 with BTF (missing tracepoint btf_trace_tcp_retransmit_skb)".into(),
+        );
+    };
+    let sock = |a: &Arg| *a == Arg::Ptr(Some("sock".into()));
+    let skb = |a: &Arg| *a == Arg::Ptr(Some("sk_buff".into()));
+    let list = |a: &[Arg]| a.iter().map(Arg::to_string).collect::<Vec<_>>().join(", ");
+    let variant = match args.as_slice() {
+        [k, b] if sock(k) && skb(b) => Variant::NoResult,
+        [k, b, Arg::Int { bits: 32, .. }] if sock(k) && skb(b) => Variant::Result(0),
+        [k, b, Arg::Enum(e)] if sock(k) && skb(b) => {
+            // A result enum: success is the member that says so.
+            let ok = kernel::enum_members(btf, e)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|(n, _)| n.ends_with("_SUCCESS"))
+                .map(|(_, v)| v as i64);
+            match ok {
+                Some(v) => Variant::Result(v),
+                None => {
+                    return Err(format!(
+                        "unknown result enum {e} of tcp_retransmit_skb (no *_SUCCESS member)"
+                    ))
+                }
+            }
+        }
+        other => {
+            return Err(format!(
+                "unknown prototype of tcp_retransmit_skb ({}): needs tcp_retransmit_skb(sk, skb[, err])",
+                list(other)
+            ))
+        }
+    };
+    Ok(Support {
+        variant,
+        notes: Vec::new(),
+    })
+}
+
+/// For `plumb gadgets`: `Err` why retrans cannot run here, or its limits.
+pub fn kernel_support() -> std::result::Result<Vec<String>, String> {
+    kernel::with_vmlinux(|b| support(b).map(|s| s.notes))
+        .unwrap_or_else(|| Err("cannot read the kernel's BTF (/sys/kernel/btf/vmlinux)".into()))
+}
+
 struct Running {
     loaded: Loaded<skel::RetransSkel<'static>>,
+    variant: Variant,
 }
 
 fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
+    let variant = kernel::with_vmlinux(support)
+        .unwrap_or_else(|| Err("cannot read the kernel's BTF".into()))
+        .map_err(|why| net::unsupported("retrans", "tp_btf/tcp_retransmit_skb", why))?
+        .variant;
     let mut loaded = loader::load("retrans", skel::RetransSkelBuilder::default(), |open| {
-        crate::configure_common!(open, ctx, "retrans");
+        crate::configure_common!(&mut *open, ctx, "retrans");
+        open.progs
+            .retrans_skb
+            .set_autoload(matches!(variant, Variant::Result(_)));
+        open.progs
+            .retrans_skb_noerr
+            .set_autoload(variant == Variant::NoResult);
+        if let Variant::Result(ok) = variant {
+            let ro = open
+                .maps
+                .rodata_data
+                .as_deref_mut()
+                .ok_or_else(|| crate::Error::Open {
+                    gadget: "retrans",
+                    source: libbpf_rs::Error::from(std::io::Error::other(
+                        "BPF object has no .rodata",
+                    )),
+                })?;
+            ro.retrans_ok = ok;
+        }
         Ok(())
     })?;
-    loaded.attach("retrans", &["retrans_synack"])?;
-    Ok(Box::new(Running { loaded }))
+    let skel = loaded.skel_mut();
+    let link = match variant {
+        Variant::Result(_) => skel.progs.retrans_skb.attach(),
+        Variant::NoResult => skel.progs.retrans_skb_noerr.attach(),
+    }
+    .map_err(|source| crate::Error::Attach {
+        gadget: "retrans",
+        hook: "tp_btf/tcp_retransmit_skb".into(),
+        source,
+    })?;
+    // SYN-ACK retransmits: optional (a hook some kernels lack).
+    let synack = skel.progs.retrans_synack.attach();
+    loaded.keep_link(link);
+    match synack {
+        Ok(l) => loaded.keep_link(l),
+        Err(_) => loaded.skipped.push("retrans_synack".into()),
+    }
+    Ok(Box::new(Running { loaded, variant }))
 }
 
 pub fn decode(data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
@@ -132,7 +233,32 @@ pub fn decode(data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
 }
 
 impl Attached for Running {
-    crate::impl_attached_common!();
+    fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore> {
+        vec![&self.loaded.skel().maps.events]
+    }
+
+    /// Ring buffer full, plus runs the kernel skipped (recursion).
+    fn lost(&self) -> u64 {
+        let skel = self.loaded.skel();
+        let prog = match self.variant {
+            Variant::Result(_) => &skel.progs.retrans_skb,
+            Variant::NoResult => &skel.progs.retrans_skb_noerr,
+        };
+        let synack = if self.loaded.skipped.is_empty() {
+            net::recursion_misses(&skel.progs.retrans_synack)
+        } else {
+            0
+        };
+        loader::percpu_sum(&skel.maps.plumb_lost) + net::recursion_misses(prog) + synack
+    }
+
+    fn prog_ids(&self) -> Vec<u32> {
+        self.loaded.prog_ids()
+    }
+
+    fn skipped(&self) -> Vec<String> {
+        self.loaded.skipped.clone()
+    }
 
     fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
         decode(data)
@@ -172,6 +298,28 @@ mod tests {
             ("SYN_SENT", 1, Some(8080))
         );
         assert!(decode(&bytemuck::bytes_of(&r)[..50]).is_err());
+    }
+
+    #[test]
+    fn the_program_variant_follows_the_kernels_prototype() {
+        use crate::gadgets::net::btf_fixture as fixture;
+        for old in [fixture!("btf_linux_5_15"), fixture!("btf_linux_6_6")] {
+            assert_eq!(support(&old).unwrap().variant, Variant::NoResult);
+        }
+        assert_eq!(
+            support(&fixture!("btf_linux_6_18")).unwrap().variant,
+            Variant::Result(0)
+        );
+        assert_eq!(
+            support(&fixture!("btf_retrans_result_enum"))
+                .unwrap()
+                .variant,
+            Variant::Result(1),
+            "success read from the enum"
+        );
+        assert!(support(&fixture!("btf_linux_6_9"))
+            .unwrap_err()
+            .contains("missing tracepoint btf_trace_tcp_retransmit_skb"));
     }
 }
 

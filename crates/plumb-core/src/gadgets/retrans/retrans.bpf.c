@@ -3,8 +3,14 @@
  * retrans: every TCP retransmission (tcp_retransmit_skb, and SYN-ACKs
  * retransmitted for pending connections), with the flow, the socket's state
  * and the number of segments, which is what the kernel's TcpRetransSegs
- * counter adds up. Failed attempts (err != 0) are not retransmissions and
- * are not reported.
+ * counter adds up. Failed attempts are not retransmissions and are not
+ * reported.
+ *
+ * Two programs for tcp_retransmit_skb: retrans_skb where it carries the
+ * attempt's result (newer kernels; only results equal to retrans_ok, what
+ * the kernel's BTF says success is, are reported), and retrans_skb_noerr
+ * where it does not (older kernels fire it only for successful attempts).
+ * User space loads only the one that fits the running kernel.
  */
 #include "plumb.h"
 #include "plumb_net.h"
@@ -29,15 +35,15 @@ static __always_inline struct retrans_event *start_event(void)
 	return e;
 }
 
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(retrans_skb, const struct sock *sk, const struct sk_buff *skb, int err)
+/* The value of tcp_retransmit_skb's third argument that means "sent". */
+const volatile __s64 retrans_ok = 0;
+
+static __always_inline int retrans_record(const struct sock *sk, const struct sk_buff *skb)
 {
 	struct retrans_event *e;
 	struct tcp_skb_cb *cb;
 	__u16 segs;
 
-	if (err)
-		return 0;
 	e = start_event();
 	if (!e)
 		return 0;
@@ -50,6 +56,21 @@ int BPF_PROG(retrans_skb, const struct sock *sk, const struct sk_buff *skb, int 
 	e->tcp_flags = BPF_CORE_READ(cb, tcp_flags);
 	plumb_submit(e);
 	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(retrans_skb, const struct sock *sk, const struct sk_buff *skb, long result)
+{
+	if ((__s64)(int)result != retrans_ok)
+		return 0;
+	return retrans_record(sk, skb);
+}
+
+/* Kernels whose tracepoint has no result: it fires only for sent segments. */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(retrans_skb_noerr, const struct sock *sk, const struct sk_buff *skb)
+{
+	return retrans_record(sk, skb);
 }
 
 SEC("tp_btf/tcp_retransmit_synack")

@@ -1,8 +1,10 @@
 //! Root test in the network lab: over a lossy path (random drops by an
 //! iptables statistic rule; netem is not available), the segments we report
 //! retransmitted equal the kernel's TcpRetransSegs delta in the sender's
-//! namespace.
+//! namespace, and every retransmit names the sender's and the receiver's
+//! pod (k8s-style lab pods: pod UID and container id).
 
+use crate::gadgets::net::lab_checks::assert_side;
 use crate::gadgets::Body;
 use crate::testing::{self, require_root};
 use plumb_netlab::Lab;
@@ -14,8 +16,8 @@ use std::time::Duration;
 fn retransmitted_segments_equal_the_kernels_counter() {
     require_root();
     let mut lab = Lab::new("rtx").expect("lab");
-    let client = lab.add_pod("cli").expect("client");
-    let server = lab.add_pod("srv").expect("server");
+    let client = lab.add_k8s_pod("cli").expect("client");
+    let server = lab.add_k8s_pod("srv").expect("server");
     let port = 5001;
     let listener = server
         .ns
@@ -62,13 +64,21 @@ fn retransmitted_segments_equal_the_kernels_counter() {
     let after = client.ns.snmp("Tcp", "RetransSegs").expect("counter");
     let (events, stats) = t.finish();
     assert_eq!(stats.lost, 0);
-    let reported: u64 = events
+    let ours: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.body {
-            Body::Retrans(r) if r.flow.netns == client.ns.inode => Some(r.segs as u64),
+            Body::Retrans(r) if r.flow.netns == client.ns.inode => Some(r),
             _ => None,
         })
-        .sum();
+        .collect();
+    let reported: u64 = ours.iter().map(|r| r.segs as u64).sum();
+    for r in &ours {
+        assert_eq!(r.flow.saddr, Some(client.ip.into()));
+        assert_eq!(r.flow.daddr, Some(server.ip.into()));
+        assert_eq!(r.flow.dport, Some(port));
+        assert_side(&r.flow, true, &client);
+        assert_side(&r.flow, false, &server);
+    }
     assert!(after > before, "the lossy rule must cause retransmissions");
     assert_eq!(
         reported,
