@@ -576,8 +576,10 @@ mod tests {
 
     #[test]
     fn every_critical_finding_is_shown_and_the_rest_counted() {
-        let mut r = DoctorReport::default();
-        r.findings = (0..12).map(|i| finding(Severity::Critical, i)).collect();
+        let mut r = DoctorReport {
+            findings: (0..12).map(|i| finding(Severity::Critical, i)).collect(),
+            ..Default::default()
+        };
         r.findings
             .extend((12..20).map(|i| finding(Severity::Warning, i)));
         let text = render(&r);
