@@ -9,6 +9,7 @@ use crate::exec::{CmdError, Exec};
 use crate::finding::{Finding, Severity, Skip};
 use crate::netfilter::{rule_count, Ruleset};
 use serde::Serialize;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Datapath {
@@ -49,21 +50,48 @@ pub struct MapFill {
     pub max_entries: u32,
 }
 
-/// Names of programs on TC/XDP hooks from `bpftool -j net show`.
-pub fn parse_bpftool_net(json: &str) -> Result<Vec<String>, serde_json::Error> {
+/// Programs on TC/XDP hooks from `bpftool -j net show`, named from
+/// `names` (program id → name) where bpftool gives only an id (it does for
+/// XDP).
+pub fn parse_bpftool_net(
+    json: &str,
+    names: &HashMap<u32, String>,
+) -> Result<Vec<String>, serde_json::Error> {
     let v: serde_json::Value = serde_json::from_str(json)?;
     let mut out = Vec::new();
     for section in v.as_array().into_iter().flatten() {
         for key in ["xdp", "tc", "tcx", "netkit"] {
             for p in section[key].as_array().into_iter().flatten() {
                 let dev = p["devname"].as_str().unwrap_or("?");
-                let name = p["name"].as_str().unwrap_or("?");
-                let kind = p["kind"].as_str().unwrap_or(key);
-                out.push(format!("{name} on {dev} ({kind})"));
+                let id = p["id"]
+                    .as_u64()
+                    .or_else(|| p["prog_id"].as_u64())
+                    .and_then(|i| u32::try_from(i).ok());
+                let name = p["name"]
+                    .as_str()
+                    .map(String::from)
+                    .or_else(|| id.and_then(|i| names.get(&i).cloned()))
+                    .unwrap_or_else(|| "?".into());
+                let kind = match (p["kind"].as_str(), p["mode"].as_str()) {
+                    (Some(k), _) => k.to_string(),
+                    (None, Some(m)) => format!("{key} {m}"),
+                    (None, None) => key.to_string(),
+                };
+                out.push(match id {
+                    Some(i) => format!("{name} (id {i}) on {dev} ({kind})"),
+                    None => format!("{name} on {dev} ({kind})"),
+                });
             }
         }
     }
     Ok(out)
+}
+
+/// Every loaded program's name by id.
+pub fn program_names() -> HashMap<u32, String> {
+    libbpf_rs::query::ProgInfoIter::default()
+        .map(|p| (p.id, p.name.to_string_lossy().into_owned()))
+        .collect()
 }
 
 /// /proc/net/ip_vs: a header, then `TCP  0A600001:01BB rr` lines for
@@ -91,6 +119,7 @@ pub fn parse_ip_vs(text: &str) -> Ipvs {
 pub fn detect(
     rs: &Ruleset,
     maps: &[MapSummary],
+    programs: &HashMap<u32, String>,
     run: &dyn Exec,
     host: bool,
 ) -> (Datapath, Vec<Skip>) {
@@ -135,7 +164,7 @@ pub fn detect(
         }
     };
     let tc_xdp_programs = match run.output("bpftool -j net show") {
-        Ok(j) => match parse_bpftool_net(&j) {
+        Ok(j) => match parse_bpftool_net(&j, programs) {
             Ok(p) => Some(p),
             Err(e) => {
                 skipped.push(Skip::new(
@@ -294,17 +323,25 @@ mod tests {
     use super::*;
     use crate::netfilter::xtables;
 
+    /// Real `bpftool -j net show` (v7) in a namespace with an XDP program
+    /// (generic mode) on v0 and a tc program on v1's clsact ingress.
+    const BPFTOOL_NET: &str = r#"[{"xdp":[{"devname":"v0","ifindex":3,"mode":"generic","id":1199}],"tc":[{"devname":"v1","ifindex":2,"kind":"clsact/ingress","name":"xdp.o:[xdp]","id":1204}],"flow_dissector":[]}]"#;
+
     #[test]
-    fn reads_bpftool_net_json() {
-        let j = r#"[{"xdp":[{"devname":"eth0","ifindex":2,"mode":"driver","id":7,"name":"xdp_prog"}],"tc":[{"devname":"lxc1","ifindex":9,"kind":"clsact/ingress","name":"cil_from_container","prog_id":12}],"flow_dissector":[]}]"#;
+    fn reads_bpftool_net_json_naming_xdp_programs_by_id() {
+        let names = HashMap::from([(1199, "plumb_t_xdp".to_string())]);
         assert_eq!(
-            parse_bpftool_net(j).unwrap(),
+            parse_bpftool_net(BPFTOOL_NET, &names).unwrap(),
             [
-                "xdp_prog on eth0 (xdp)",
-                "cil_from_container on lxc1 (clsact/ingress)"
+                "plumb_t_xdp (id 1199) on v0 (xdp generic)",
+                "xdp.o:[xdp] (id 1204) on v1 (clsact/ingress)"
             ]
         );
-        assert!(parse_bpftool_net("not json").is_err());
+        assert_eq!(
+            parse_bpftool_net(BPFTOOL_NET, &HashMap::new()).unwrap()[0],
+            "? (id 1199) on v0 (xdp generic)"
+        );
+        assert!(parse_bpftool_net("not json", &names).is_err());
     }
 
     #[test]
@@ -343,7 +380,7 @@ mod tests {
     fn sizes_kube_proxy_iptables_mode_and_flags_a_large_one_with_evidence() {
         let rs = kube_proxy_iptables(3400);
         let run = crate::exec::fake::Fake::default().ok("bpftool -j net show", "[]");
-        let (d, skipped) = detect(&rs, &[], &run, false);
+        let (d, skipped) = detect(&rs, &[], &HashMap::new(), &run, false);
         assert!(skipped.is_empty());
         assert_eq!(
             (
@@ -367,7 +404,7 @@ mod tests {
         );
         assert_eq!(f[1].data["services"], 3400);
         assert_eq!(
-            analyse(&detect(&kube_proxy_iptables(10), &[], &run, false).0).len(),
+            analyse(&detect(&kube_proxy_iptables(10), &[], &HashMap::new(), &run, false).0).len(),
             1
         );
     }
@@ -377,6 +414,7 @@ mod tests {
         let (d, skipped) = detect(
             &Ruleset::default(),
             &[],
+            &HashMap::new(),
             &crate::exec::fake::Fake::default(),
             false,
         );

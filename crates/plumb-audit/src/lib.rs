@@ -365,6 +365,11 @@ impl Audit {
         if o.wants("bpf-maps") || o.wants("datapath") {
             self.maps = bpfmaps::collect(o.map_budget);
         }
+        let programs = if o.wants("datapath") {
+            datapath::program_names()
+        } else {
+            Default::default()
+        };
         self.collected = self
             .targets
             .iter()
@@ -377,7 +382,7 @@ impl Audit {
                     let (rs, s) = netfilter::collect(&run);
                     skipped.extend(s);
                     if o.wants("datapath") {
-                        let (d, s) = datapath::detect(&rs, &self.maps, &run, t.host);
+                        let (d, s) = datapath::detect(&rs, &self.maps, &programs, &run, t.host);
                         skipped.extend(s);
                         dp = Some(d);
                     }
