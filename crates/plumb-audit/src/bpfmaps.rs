@@ -18,7 +18,7 @@
 
 use crate::finding::{Finding, Severity};
 use libbpf_rs::query::{MapInfoIter, ProgInfoIter, ProgInfoQueryOptions};
-use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+use libbpf_rs::{MapCore, MapHandle, MapType};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -47,25 +47,15 @@ fn counts_entries(t: MapType) -> bool {
 }
 
 /// Count a map's entries: batch lookups where the kernel supports them,
-/// key iteration otherwise, stopping at `budget`.
+/// key iteration otherwise, stopping at `budget` (the count is then a
+/// lower bound, and says so).
 pub fn count_entries(map: &MapHandle, ty: MapType, budget: Duration) -> (u64, bool) {
     let start = Instant::now();
-    let mut n = 0u64;
     let per_cpu = matches!(ty, MapType::PercpuHash | MapType::LruPercpuHash);
-    if !per_cpu {
-        if let Ok(it) = map.lookup_batch(256, MapFlags::ANY, MapFlags::ANY) {
-            for _ in it {
-                n += 1;
-                if n.is_multiple_of(256) && start.elapsed() > budget {
-                    return (n, true);
-                }
-            }
-            if n > 0 {
-                return (n, false);
-            }
-        }
+    if let Some(r) = count_batched(map, per_cpu, start, budget) {
+        return r;
     }
-    n = 0;
+    let mut n = 0u64;
     for _ in map.keys() {
         n += 1;
         if n.is_multiple_of(256) && start.elapsed() > budget {
@@ -73,6 +63,78 @@ pub fn count_entries(map: &MapHandle, ty: MapType, budget: Duration) -> (u64, bo
         }
     }
     (n, false)
+}
+
+/// BPF_MAP_LOOKUP_BATCH until the kernel says ENOENT. A hash map's batches
+/// end at bucket boundaries, so a short batch is not the last one (and a
+/// bucket larger than the batch is ENOSPC: retry with a bigger batch).
+/// `None` when the kernel does not do batches for this map.
+fn count_batched(
+    map: &MapHandle,
+    per_cpu: bool,
+    start: Instant,
+    budget: Duration,
+) -> Option<(u64, bool)> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = map.as_fd().as_raw_fd();
+    let key_size = map.key_size() as usize;
+    // Per-CPU values come as one 8-byte-aligned slot per possible CPU.
+    let value_size = if per_cpu {
+        (map.value_size() as usize).div_ceil(8) * 8 * possible_cpus() as usize
+    } else {
+        map.value_size() as usize
+    };
+    // The batch token is the kernel's bucket index (a u32); room for more.
+    let mut token_in = vec![0u8; key_size.max(8)];
+    let mut token_out = vec![0u8; key_size.max(8)];
+    let mut batch: usize = 256;
+    let mut keys = vec![0u8; batch * key_size];
+    let mut values = vec![0u8; batch * value_size];
+    let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    let mut first = true;
+    let mut n = 0u64;
+    loop {
+        let mut count = batch as u32;
+        // SAFETY: the buffers hold `batch` keys and values of the sizes the
+        // kernel writes, and the tokens are larger than its u32.
+        let ret = unsafe {
+            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                fd,
+                if first {
+                    std::ptr::null_mut()
+                } else {
+                    token_in.as_mut_ptr().cast()
+                },
+                token_out.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        match -ret {
+            0 => n += u64::from(count),
+            libc::ENOENT => return Some((n + u64::from(count), false)),
+            libc::ENOSPC if batch < 1 << 20 => {
+                batch *= 4;
+                keys.resize(batch * key_size, 0);
+                values.resize(batch * value_size, 0);
+                continue;
+            }
+            libc::EINTR => continue,
+            // Batches not supported here (older kernels, some map types):
+            // count by keys instead.
+            _ => return None,
+        }
+        token_in.copy_from_slice(&token_out);
+        first = false;
+        if start.elapsed() > budget {
+            return Some((n, true));
+        }
+    }
 }
 
 /// What eviction or a full table means for maps of well-known datapaths.

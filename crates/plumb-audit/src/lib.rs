@@ -257,7 +257,11 @@ fn ns_inode(link: &std::path::Path) -> Option<u32> {
 }
 
 fn targets(opts: &Options) -> Vec<Target> {
-    let host_inode = ns_inode(std::path::Path::new("/proc/1/ns/net")).unwrap_or(0);
+    // The host's namespace is init's; where /proc/1 cannot be read (a
+    // sandbox whose pid 1 belongs to someone else), the one we run in.
+    let host_inode = ns_inode(std::path::Path::new("/proc/1/ns/net"))
+        .or_else(|| ns_inode(std::path::Path::new("/proc/self/ns/net")))
+        .unwrap_or(0);
     if let Some(p) = &opts.netns {
         use std::os::unix::fs::MetadataExt;
         let inode = std::fs::metadata(p).map(|m| m.ino() as u32).unwrap_or(0);
@@ -281,7 +285,10 @@ fn targets(opts: &Options) -> Vec<Target> {
         net.rescan();
         let mut infos = net.all();
         infos.sort_by_key(|i| i.inode);
-        for i in infos.into_iter().filter(|i| !i.host) {
+        for i in infos
+            .into_iter()
+            .filter(|i| !i.host && i.inode != host_inode)
+        {
             let path = match (&i.name, i.pid) {
                 (Some(n), _) => PathBuf::from("/run/netns").join(n),
                 (None, Some(pid)) => PathBuf::from(format!("/proc/{pid}/ns/net")),

@@ -189,17 +189,28 @@ fn lru_map_past_capacity_is_flagged_half_full_hash_is_not() {
     let lru =
         MapHandle::create(MapType::LruHash, Some("plumb_t_lru"), 4, 4, 64, &opts).expect("lru");
     let hash =
-        MapHandle::create(MapType::Hash, Some("plumb_t_half"), 4, 4, 64, &opts).expect("hash");
+        MapHandle::create(MapType::Hash, Some("plumb_t_half"), 4, 4, 4096, &opts).expect("hash");
     for k in 0u32..200 {
         lru.update(&k.to_ne_bytes(), &k.to_ne_bytes(), MapFlags::ANY)
             .expect("lru update");
     }
-    for k in 0u32..32 {
+    // Big enough for many hash buckets: a batch ends at a bucket boundary.
+    for k in 0u32..2048 {
         hash.update(&k.to_ne_bytes(), &k.to_ne_bytes(), MapFlags::ANY)
             .expect("hash update");
     }
     let lru_id = lru.info().expect("info").info.id;
     let hash_id = hash.info().expect("info").info.id;
+    // Per-CPU values come one slot per CPU: counted all the same.
+    let pcpu = MapHandle::create(MapType::PercpuHash, Some("plumb_t_pcpu"), 4, 4, 4096, &opts)
+        .expect("percpu hash");
+    let ncpus = libbpf_rs::num_possible_cpus().expect("cpus");
+    for k in 0u32..1000 {
+        let per_cpu: Vec<Vec<u8>> = (0..ncpus).map(|_| k.to_ne_bytes().to_vec()).collect();
+        pcpu.update_percpu(&k.to_ne_bytes(), &per_cpu, MapFlags::ANY)
+            .expect("percpu update");
+    }
+    let pcpu_id = pcpu.info().expect("info").info.id;
     let r = run(&Options {
         only: vec!["bpf-maps".into()],
         ..Default::default()
@@ -238,8 +249,14 @@ fn lru_map_past_capacity_is_flagged_half_full_hash_is_not() {
             listed.max_entries,
             listed.partial
         ),
-        ("plumb_t_half", "Hash", Some(32), 64, false)
+        ("plumb_t_half", "Hash", Some(2048), 4096, false)
     );
+    let listed = r
+        .maps
+        .iter()
+        .find(|m| m.id == pcpu_id)
+        .expect("percpu map listed");
+    assert_eq!((listed.entries, listed.max_entries), (Some(1000), 4096));
     assert!(
         !r.findings.iter().any(|f| f.data["id"] == hash_id),
         "half-full hash map is not flagged"
@@ -250,7 +267,7 @@ fn lru_map_past_capacity_is_flagged_half_full_hash_is_not() {
         .lines()
         .find(|l| l.contains("plumb_t_half"))
         .unwrap_or_else(|| panic!("no row for the hash map:\n{text}"));
-    assert!(row.contains("32/64 (50%)"), "{row}");
+    assert!(row.contains("2048/4096 (50%)"), "{row}");
 }
 
 /// nf_conntrack_max, host-wide (read-only inside other namespaces).
