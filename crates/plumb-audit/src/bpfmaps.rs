@@ -252,7 +252,8 @@ pub fn analyse(maps: &[MapSummary], ncpus: u64) -> Vec<Finding> {
             continue;
         };
         let max = m.max_entries;
-        let pct = n as f64 * 100.0 / f64::from(max);
+        // Whole percent, rounded down: 4080/4096 is 99%, not "100%".
+        let pct = n * 100 / u64::from(max);
         let per_cpu = m.flags & BPF_F_NO_COMMON_LRU != 0;
         let (sev, title) = match p {
             Pressure::Evicting => (
@@ -265,7 +266,7 @@ pub fn analyse(maps: &[MapSummary], ncpus: u64) -> Vec<Finding> {
             Pressure::NearCapacity => (
                 Severity::Warning,
                 format!(
-                    "BPF LRU map {} (id {}) is near capacity ({n}/{max}, {pct:.0}%)",
+                    "BPF LRU map {} (id {}) is near capacity ({n}/{max}, {pct}%)",
                     m.name, m.id
                 ),
             ),
@@ -276,7 +277,7 @@ pub fn analyse(maps: &[MapSummary], ncpus: u64) -> Vec<Finding> {
                     Severity::Warning
                 },
                 format!(
-                    "BPF hash map {} (id {}) is {pct:.0}% full ({n}/{max}): inserts will fail",
+                    "BPF hash map {} (id {}) is {pct}% full ({n}/{max}): inserts will fail",
                     m.name, m.id
                 ),
             ),
@@ -369,6 +370,11 @@ mod tests {
         assert_eq!(
             pressure(&summary("LruHash", 999_743, 1_000_000), 2),
             Pressure::NearCapacity
+        );
+        assert_eq!(
+            analyse(&[summary("LruHash", 999_743, 1_000_000)], 2)[0].title,
+            "BPF LRU map m (id 7) is near capacity (999743/1000000, 99%)",
+            "whole percent, rounded down"
         );
         assert_eq!(
             pressure(&summary("LruHash", 999_744, 1_000_000), 2),

@@ -126,8 +126,8 @@ pub fn analyse(c: &Conntrack) -> Vec<Finding> {
         return Vec::new();
     };
     let mut title = format!(
-        "conntrack table is {:.0}% full ({}/{} entries)",
-        fill * 100.0,
+        "conntrack table is {}% full ({}/{} entries)",
+        (now.count * 100).checked_div(now.max).unwrap_or(0),
         now.count,
         now.max
     );

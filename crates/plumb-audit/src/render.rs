@@ -176,10 +176,10 @@ fn maps(s: &mut String, r: &Report, verbose: bool) {
     for m in rows {
         let entries = match m.entries {
             Some(n) if m.max_entries > 0 => format!(
-                "{}{n}/{} ({:.0}%)",
+                "{}{n}/{} ({}%)",
                 if m.partial { "≥" } else { "" },
                 m.max_entries,
-                n as f64 * 100.0 / f64::from(m.max_entries)
+                n * 100 / u64::from(m.max_entries)
             ),
             _ => format!("-/{}", m.max_entries),
         };
