@@ -66,3 +66,26 @@ impl Finding {
         self
     }
 }
+
+/// Something the audit could not look at, and why (a missing tool, a
+/// module that is not loaded): reported, never silently taken as "none".
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Skip {
+    pub what: String,
+    pub why: String,
+}
+
+impl Skip {
+    pub fn new(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Skip {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped: {}, {}", self.what, self.why)
+    }
+}

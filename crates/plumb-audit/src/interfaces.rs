@@ -2,8 +2,8 @@
 //! link`), sampled twice so counters that are growing now stand out from
 //! old totals.
 
-use crate::finding::{Finding, Severity};
-use crate::Runner;
+use crate::exec::Exec;
+use crate::finding::{Finding, Severity, Skip};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -30,11 +30,12 @@ pub fn parse(json: &str) -> Counters {
     out
 }
 
-pub fn collect(run: &Runner, interval: Duration) -> Option<(Counters, Counters)> {
-    let a = parse(&run.output("ip -s -j link").ok()?);
-    std::thread::sleep(interval);
-    let b = parse(&run.output("ip -s -j link").ok()?);
-    Some((a, b))
+/// Read every interface's counters once.
+pub fn sample(run: &dyn Exec) -> Result<Counters, Skip> {
+    let json = run
+        .output("ip -s -j link")
+        .map_err(|e| Skip::new("interface counters", e.to_string()))?;
+    Ok(parse(&json))
 }
 
 pub fn analyse(before: &Counters, after: &Counters, interval: Duration) -> Vec<Finding> {
@@ -46,10 +47,10 @@ pub fn analyse(before: &Counters, after: &Counters, interval: Duration) -> Vec<F
             .filter(|&i| b[i] > a[i])
             .map(|i| {
                 format!(
-                    "{} +{} in {:?} (total {})",
+                    "{} +{} in {:.1}s (total {})",
                     NAMES[i],
                     b[i] - a[i],
-                    interval,
+                    interval.as_secs_f64(),
                     b[i]
                 )
             })

@@ -1,6 +1,7 @@
 //! Root tests of the audit against real kernel state in lab namespaces:
 //! duplicated ebtables / iptables (nft and legacy) / nftables rules, BPF
-//! maps at capacity, and conntrack counts.
+//! maps at capacity and half full, and a conntrack table flooded past a
+//! lowered nf_conntrack_max, each checked against the kernel's own counts.
 
 use plumb_audit::{run, Options};
 use plumb_netlab::{Lab, Netns};
@@ -72,7 +73,22 @@ fn ebtables_copies_added_with_host_bits_set_are_counted() {
         "-p IPv4 --ip-src 10.2.207.0/24 -j ACCEPT"
     );
     assert_eq!(dups[0].data["copies"], copies - 1);
+    assert_eq!(
+        dups[0].data["normalised"],
+        "--ip-src 10.2.207.0/24 -p ipv4 -j ACCEPT"
+    );
     assert_eq!(dups[0].severity, plumb_audit::finding::Severity::Critical);
+    // The report measures every chain, duplicated or not.
+    let size = |chain: &str| {
+        r.scopes[0]
+            .chains
+            .iter()
+            .find(|c| c.tool == "ebtables" && c.table == "filter" && c.chain == chain)
+            .map(|c| c.rules)
+    };
+    assert_eq!(size("FORWARD"), Some(copies));
+    assert_eq!(size("OUTPUT"), Some(200));
+    assert_eq!(size("INPUT"), Some(0));
 }
 
 #[test]
@@ -137,6 +153,29 @@ fn iptables_nft_legacy_and_native_nft_duplicates() {
         3,
         "no other duplicates"
     );
+    // Each table once, whichever tools list it (iptables-save repeats one
+    // backend, nft lists the nft-backed tables again).
+    let mut tables: Vec<(&str, &str, &str)> = r.scopes[0]
+        .chains
+        .iter()
+        .map(|c| (c.tool, c.family, c.table.as_str()))
+        .collect();
+    tables.dedup();
+    let mut unique = tables.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(tables.len(), unique.len(), "a table read twice: {tables:?}");
+    let rules = |tool: &str, chain: &str| {
+        r.scopes[0]
+            .chains
+            .iter()
+            .filter(|c| c.tool == tool && c.chain == chain)
+            .map(|c| c.rules)
+            .sum::<usize>()
+    };
+    assert_eq!(rules("iptables", "INPUT"), 70);
+    assert_eq!(rules("iptables-legacy", "OUTPUT"), 5);
+    assert_eq!(rules("nft", "c"), 7);
 }
 
 #[test]
@@ -150,17 +189,28 @@ fn lru_map_past_capacity_is_flagged_half_full_hash_is_not() {
     let lru =
         MapHandle::create(MapType::LruHash, Some("plumb_t_lru"), 4, 4, 64, &opts).expect("lru");
     let hash =
-        MapHandle::create(MapType::Hash, Some("plumb_t_half"), 4, 4, 64, &opts).expect("hash");
+        MapHandle::create(MapType::Hash, Some("plumb_t_half"), 4, 4, 4096, &opts).expect("hash");
     for k in 0u32..200 {
         lru.update(&k.to_ne_bytes(), &k.to_ne_bytes(), MapFlags::ANY)
             .expect("lru update");
     }
-    for k in 0u32..32 {
+    // Big enough for many hash buckets: a batch ends at a bucket boundary.
+    for k in 0u32..2048 {
         hash.update(&k.to_ne_bytes(), &k.to_ne_bytes(), MapFlags::ANY)
             .expect("hash update");
     }
     let lru_id = lru.info().expect("info").info.id;
     let hash_id = hash.info().expect("info").info.id;
+    // Per-CPU values come one slot per CPU: counted all the same.
+    let pcpu = MapHandle::create(MapType::PercpuHash, Some("plumb_t_pcpu"), 4, 4, 4096, &opts)
+        .expect("percpu hash");
+    let ncpus = libbpf_rs::num_possible_cpus().expect("cpus");
+    for k in 0u32..1000 {
+        let per_cpu: Vec<Vec<u8>> = (0..ncpus).map(|_| k.to_ne_bytes().to_vec()).collect();
+        pcpu.update_percpu(&k.to_ne_bytes(), &per_cpu, MapFlags::ANY)
+            .expect("percpu update");
+    }
+    let pcpu_id = pcpu.info().expect("info").info.id;
     let r = run(&Options {
         only: vec!["bpf-maps".into()],
         ..Default::default()
@@ -173,44 +223,149 @@ fn lru_map_past_capacity_is_flagged_half_full_hash_is_not() {
         .unwrap_or_else(|| {
             panic!(
                 "the full LRU map is not reported: {:?}",
-                plumb_audit::bpfmaps::collect(std::time::Duration::from_secs(1))
-                    .into_iter()
-                    .filter(|m| m.id == lru_id)
-                    .collect::<Vec<_>>()
+                r.maps.iter().filter(|m| m.id == lru_id).collect::<Vec<_>>()
             )
         });
-    assert!(
-        f.title.starts_with(&format!(
-            "BPF LRU map plumb_t_lru (id {lru_id}) is at capacity ("
-        )),
-        "{}",
-        f.title
-    );
-    assert!(
-        f.title.ends_with("/64): it is evicting entries"),
-        "{}",
-        f.title
-    );
-    assert_eq!(f.data["evicting"], true);
     let entries = f.data["entries"].as_u64().unwrap();
     let oracle = lru.keys().count() as u64;
     assert_eq!(entries, oracle, "the entry count is what the map holds");
+    assert_eq!(
+        f.title,
+        format!("BPF LRU map plumb_t_lru (id {lru_id}) is at capacity ({oracle}/64): it is evicting entries")
+    );
+    assert_eq!(f.severity, plumb_audit::finding::Severity::Critical);
+    assert_eq!(f.data["evicting"], true);
+    // The half-full hash map is listed as created, and not flagged.
+    let listed = r
+        .maps
+        .iter()
+        .find(|m| m.id == hash_id)
+        .unwrap_or_else(|| panic!("map {hash_id} not listed"));
+    assert_eq!(
+        (
+            listed.name.as_str(),
+            listed.ty.as_str(),
+            listed.entries,
+            listed.max_entries,
+            listed.partial
+        ),
+        ("plumb_t_half", "Hash", Some(2048), 4096, false)
+    );
+    let listed = r
+        .maps
+        .iter()
+        .find(|m| m.id == pcpu_id)
+        .expect("percpu map listed");
+    assert_eq!((listed.entries, listed.max_entries), (Some(1000), 4096));
     assert!(
         !r.findings.iter().any(|f| f.data["id"] == hash_id),
         "half-full hash map is not flagged"
     );
+    // The table output lists both.
+    let text = plumb_audit::render(&r, true);
+    let row = text
+        .lines()
+        .find(|l| l.contains("plumb_t_half"))
+        .unwrap_or_else(|| panic!("no row for the hash map:\n{text}"));
+    assert!(row.contains("2048/4096 (50%)"), "{row}");
+}
+
+/// nf_conntrack_max, host-wide (read-only inside other namespaces).
+const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// Holds the lock that serialises tests lowering nf_conntrack_max, and
+/// puts the old value back however the test ends.
+struct CtMaxGuard {
+    old: String,
+    _lock: std::fs::File,
+}
+
+impl CtMaxGuard {
+    fn lock() -> std::fs::File {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::create("/run/lock/plumb-nf-conntrack-max.lock")
+            .or_else(|_| std::fs::File::create("/tmp/plumb-nf-conntrack-max.lock"))
+            .expect("lock file");
+        // SAFETY: flock on a descriptor we own; released when it closes.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        f
+    }
+
+    fn set(lock: std::fs::File, max: u64) -> CtMaxGuard {
+        let old = std::fs::read_to_string(CT_MAX).expect("read nf_conntrack_max");
+        let g = CtMaxGuard { old, _lock: lock };
+        std::fs::write(CT_MAX, max.to_string()).expect("lower nf_conntrack_max");
+        g
+    }
+}
+
+impl Drop for CtMaxGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(CT_MAX, self.old.trim());
+    }
+}
+
+/// The largest conntrack table of any network namespace on the node:
+/// lowering the host-wide limit below it would make that namespace drop.
+fn largest_conntrack_table() -> u64 {
+    let mut net = plumb_core::enrich::netns::NetResolver::new();
+    net.rescan();
+    net.all()
+        .into_iter()
+        .filter_map(|i| {
+            let path = match (&i.name, i.pid, i.host) {
+                (_, _, true) => "/proc/1/ns/net".to_string(),
+                (Some(n), _, _) => format!("/run/netns/{n}"),
+                (None, Some(p), _) => format!("/proc/{p}/ns/net"),
+                _ => return None,
+            };
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net={path}"))
+                .args(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `conntrack -S`, summed over CPUs: the kernel's counters through
+/// conntrack-tools' netlink reading, not our /proc parser.
+fn conntrack_stats(ns: &Netns) -> std::collections::BTreeMap<String, u64> {
+    let text = ns.sh("conntrack -S").expect("conntrack -S");
+    let mut sums = std::collections::BTreeMap::new();
+    for word in text.split_whitespace() {
+        if let Some((k, v)) = word.split_once('=') {
+            if let Ok(v) = v.parse::<u64>() {
+                *sums.entry(k.to_string()).or_insert(0) += v;
+            }
+        }
+    }
+    sums
 }
 
 #[test]
-fn conntrack_count_agrees_with_the_kernel() {
+fn conntrack_flood_against_a_small_max_is_reported_with_the_kernels_counters() {
     root();
-    let mut lab = Lab::new("ct").expect("lab");
+    let mut lab = Lab::new("ctf").expect("lab");
     let client = lab.add_pod("c").expect("client");
     let server = lab.add_pod("s").expect("server");
-    // Conntrack only tracks a namespace that has rules needing it.
+    // nf_conntrack_max is read-only inside a namespace on this kernel, so
+    // the host's value is lowered (the limit each namespace's count is
+    // held to), under a lock and a guard that restores it.
+    let w = server
+        .ns
+        .cmd("echo 10 > /proc/sys/net/netfilter/nf_conntrack_max")
+        .unwrap();
+    assert!(
+        !w.status.success(),
+        "nf_conntrack_max became writable per namespace: lower it there instead"
+    );
+    // Conntrack tracks a namespace only once a rule needs it.
     server
         .ns
-        .sh("iptables -w -A INPUT -m conntrack --ctstate NEW -j ACCEPT")
+        .sh("iptables -w -A INPUT -p tcp --dport 7000 -m conntrack --ctstate NEW -j ACCEPT")
         .expect("ct rule");
     let ip = server.ip;
     let listener = server
@@ -218,36 +373,209 @@ fn conntrack_count_agrees_with_the_kernel() {
         .run(|| std::net::TcpListener::bind(("0.0.0.0", 7000)))
         .unwrap()
         .unwrap();
-    let n = 25;
-    client
-        .ns
-        .run(move || {
-            for _ in 0..n {
-                let _ = std::net::TcpStream::connect((ip, 7000)).expect("connect");
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let accepted = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+                }
             }
+            held.len()
         })
-        .unwrap();
-    drop(listener);
-    let c = plumb_audit::conntrack::collect(&plumb_audit::Runner::netns(server.ns.path()))
-        .expect("conntrack");
-    let oracle: u64 = server
-        .ns
-        .sh("conntrack -C")
-        .expect("conntrack -C")
-        .trim()
-        .parse()
-        .expect("number");
-    assert!(c.count >= n, "{} entries for {n} connections", c.count);
-    assert_eq!(c.count, oracle, "our count is the kernel's");
-    assert!(c.max > 0);
-    // nf_conntrack_max cannot be lowered inside a namespace on this kernel
-    // (it is read-only there), so a full table is tested with fixtures.
-    let w = server
-        .ns
-        .cmd("echo 10 > /proc/sys/net/netfilter/nf_conntrack_max")
-        .unwrap();
+    };
+
+    let lock = CtMaxGuard::lock();
+    // Room for every other namespace's table, plus a margin our flows fill.
+    let max = largest_conntrack_table() + 150;
+    let guard = CtMaxGuard::set(lock, max);
+    let connect = move |n: u64, timeout_ms: u64| {
+        (0..n)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(
+                    &(ip, 7000).into(),
+                    std::time::Duration::from_millis(timeout_ms),
+                )
+                .ok()
+            })
+            .collect::<Vec<_>>()
+    };
+    // Established connections are "assured": the kernel cannot evict them
+    // early, so once the table is full new ones are dropped. The namespace
+    // may already track a few packets of its own (IGMP reports when eth0
+    // came up); fill what is left.
+    let count = || -> u64 {
+        server
+            .ns
+            .sh("conntrack -C")
+            .expect("conntrack -C")
+            .trim()
+            .parse()
+            .expect("number")
+    };
+    let room = max - count();
+    let held = client.ns.run(move || connect(room, 1000)).unwrap();
     assert!(
-        !w.status.success(),
-        "nf_conntrack_max became writable per namespace: extend this test"
+        held.len() as u64 + 3 >= room,
+        "{} of {room} connected",
+        held.len()
     );
+    let before = conntrack_stats(&server.ns);
+    let audit = plumb_audit::Audit::start(&Options {
+        only: vec!["conntrack".into()],
+        netns: Some(server.ns.path()),
+        sample: std::time::Duration::ZERO,
+        ..Default::default()
+    })
+    .expect("audit");
+    let refused = client.ns.run(move || connect(20, 100)).unwrap();
+    let report = audit.finish(&std::sync::atomic::AtomicBool::new(false));
+    let after = conntrack_stats(&server.ns);
+    let count = count();
+    drop(guard);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(accepted.join().unwrap(), held.len());
+    drop(held);
+    assert!(
+        refused.is_empty(),
+        "{} connections got through",
+        refused.len()
+    );
+
+    let drops = after["drop"] - before["drop"];
+    assert!(
+        drops >= 20,
+        "the kernel dropped {drops} SYNs for 20 refused connections"
+    );
+    let scope = &report.scopes[0];
+    let c = scope.conntrack.as_ref().expect("conntrack readings");
+    assert_eq!((c.after.count, c.after.max), (count, max));
+    assert_eq!(count, max, "the table is full");
+    for k in plumb_audit::conntrack::PRESSURE {
+        assert_eq!(
+            c.before.stats[k], before[k],
+            "{k} before, as the kernel counts"
+        );
+        assert_eq!(
+            c.after.stats[k], after[k],
+            "{k} after, as the kernel counts"
+        );
+    }
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.check == "conntrack")
+        .unwrap_or_else(|| panic!("no conntrack finding: {:?}", report.findings));
+    assert_eq!(f.severity, plumb_audit::finding::Severity::Critical);
+    assert!(
+        f.title.starts_with(&format!(
+            "conntrack table is 100% full ({max}/{max} entries); drop +{drops}"
+        )),
+        "{}",
+        f.title
+    );
+    assert_eq!(f.data["growth"]["drop"], drops);
+    assert_eq!(f.netns.as_deref(), Some(server.ns.path().to_str().unwrap()));
+}
+
+/// An XDP program (`return XDP_PASS`) loaded by the test and attached to
+/// a lab namespace's eth0; detached and closed on drop.
+struct XdpPass {
+    ns: Netns,
+    fd: i32,
+    ifindex: i32,
+}
+
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+
+impl XdpPass {
+    fn attach(ns: &Netns) -> XdpPass {
+        use libbpf_rs::libbpf_sys as sys;
+        // r0 = XDP_PASS (2); exit.
+        let insns: [u64; 2] = [
+            u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+        ];
+        // SAFETY: two 8-byte instructions in the kernel's bpf_insn layout;
+        // names are NUL-terminated.
+        let fd = unsafe {
+            sys::bpf_prog_load(
+                sys::BPF_PROG_TYPE_XDP,
+                c"plumb_t_xdp".as_ptr(),
+                c"GPL".as_ptr(),
+                insns.as_ptr().cast(),
+                insns.len() as _,
+                std::ptr::null_mut(),
+            )
+        };
+        assert!(fd >= 0, "load the XDP program: {fd}");
+        let ifindex = ns
+            .run(move || {
+                // SAFETY: if_nametoindex and bpf_xdp_attach on this thread,
+                // inside the namespace; fd is a loaded XDP program.
+                unsafe {
+                    let i = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
+                    let r = sys::bpf_xdp_attach(i, fd, XDP_FLAGS_SKB_MODE, std::ptr::null());
+                    (i, r)
+                }
+            })
+            .unwrap();
+        assert!(ifindex.0 > 0 && ifindex.1 == 0, "attach XDP: {ifindex:?}");
+        XdpPass {
+            ns: ns.clone(),
+            fd,
+            ifindex: ifindex.0,
+        }
+    }
+}
+
+impl Drop for XdpPass {
+    fn drop(&mut self) {
+        let i = self.ifindex;
+        let _ = self.ns.run(move || {
+            // SAFETY: detach whatever XDP program eth0 has, in its namespace.
+            unsafe {
+                libbpf_rs::libbpf_sys::bpf_xdp_detach(i, XDP_FLAGS_SKB_MODE, std::ptr::null())
+            }
+        });
+        // SAFETY: closing the program descriptor this guard owns.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+#[test]
+fn xdp_program_in_a_namespace_without_netfilter_rules_is_reported() {
+    root();
+    let mut lab = Lab::new("xdp").expect("lab");
+    let pod = lab.add_pod("p").expect("pod");
+    let _xdp = XdpPass::attach(&pod.ns);
+    let r = audit(&pod.ns, "datapath");
+    let scope = &r.scopes[0];
+    assert_eq!(scope.netfilter_rules, 0);
+    let d = scope.datapath.as_ref().expect("datapath");
+    let progs = d.tc_xdp_programs.clone().expect("bpftool listed the hooks");
+    assert_eq!(progs.len(), 1, "{progs:?}");
+    assert!(
+        progs[0].starts_with("plumb_t_xdp (id ") && progs[0].ends_with(") on eth0 (xdp generic)"),
+        "{progs:?}"
+    );
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.check == "datapath")
+        .expect("a datapath finding for the namespace");
+    assert_eq!(
+        f.title,
+        "no kube-proxy chains, 1 BPF programs on TC/XDP hooks"
+    );
+    assert!(
+        f.evidence.contains(&format!("BPF on TC/XDP: {}", progs[0])),
+        "{:?}",
+        f.evidence
+    );
+    assert_eq!(f.netns.as_deref(), Some(pod.ns.path().to_str().unwrap()));
 }

@@ -1,9 +1,12 @@
 //! Native nftables rulesets, from `nft -j list ruleset`. A rule's identity
 //! is its expression list with counter values removed, serialised
 //! canonically (object keys sorted), so equal rules compare equal whatever
-//! the order nft printed their keys in.
+//! the order nft printed their keys in. Sets and maps are counted too:
+//! rules that look up a set cost one lookup, but the set's elements are
+//! the datapath's real size (kube-proxy's nftables mode keeps every
+//! service in a verdict map).
 
-use super::{Chain, Rule, Ruleset, Table};
+use super::{Chain, Rule, Ruleset, Set, Table};
 use serde_json::Value;
 
 /// Remove counters (keeping their packet count) and sort object keys.
@@ -56,11 +59,26 @@ pub fn parse(json: &str, skip: &[(String, String)]) -> Result<Ruleset, serde_jso
                     family: family_static(f),
                     name: n.to_string(),
                     chains: Vec::new(),
+                    sets: Vec::new(),
                 });
             }
         }
     }
     for item in &items {
+        for kind in ["set", "map"] {
+            let Some(set) = item.get(kind) else { continue };
+            let (f, t) = (
+                set["family"].as_str().unwrap_or(""),
+                set["table"].as_str().unwrap_or(""),
+            );
+            if let Some(table) = rs.tables.iter_mut().find(|x| x.family == f && x.name == t) {
+                table.sets.push(Set {
+                    name: set["name"].as_str().unwrap_or("").to_string(),
+                    kind,
+                    elements: set["elem"].as_array().map_or(0, Vec::len),
+                });
+            }
+        }
         if let Some(c) = item.get("chain") {
             let (f, t) = (
                 c["family"].as_str().unwrap_or(""),
@@ -147,5 +165,31 @@ mod tests {
         assert_eq!(input.rules[0].key, input.rules[1].key);
         assert_eq!(input.rules[0].packets, Some(4));
         assert_eq!(input.rules[2].jumps_to.as_deref(), Some("svc"));
+    }
+
+    /// Real `nft -j list table` output (nft 1.0.6): a verdict map in the
+    /// style of kube-proxy's nftables mode and an interval set.
+    const SETS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "ip", "name": "kp", "handle": 4}}, {"map": {"family": "ip", "name": "service-ips", "table": "kp", "type": ["ipv4_addr", "inet_proto", "inet_service"], "handle": 1, "map": "verdict", "elem": [[{"concat": ["10.96.0.10", "udp", 53]}, {"goto": {"target": "svc2"}}], [{"concat": ["10.96.0.1", "tcp", 443]}, {"goto": {"target": "svc1"}}]]}}, {"set": {"family": "ip", "name": "s", "table": "kp", "type": "ipv4_addr", "handle": 4, "flags": ["interval"], "elem": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, "192.168.1.1"]}}, {"chain": {"family": "ip", "table": "kp", "name": "svc1", "handle": 2}}, {"chain": {"family": "ip", "table": "kp", "name": "svc2", "handle": 3}}]}"#;
+
+    #[test]
+    fn counts_set_and_map_elements() {
+        let rs = parse(SETS, &[]).unwrap();
+        let t = &rs.tables[0];
+        assert_eq!(
+            t.sets,
+            [
+                Set {
+                    name: "service-ips".into(),
+                    kind: "map",
+                    elements: 2
+                },
+                Set {
+                    name: "s".into(),
+                    kind: "set",
+                    elements: 2
+                },
+            ]
+        );
+        assert_eq!(t.chains.len(), 2);
     }
 }

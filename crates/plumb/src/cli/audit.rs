@@ -24,14 +24,27 @@ pub fn options(a: &AuditArgs) -> Options {
         only: a.only.clone(),
         netns: a.netns.clone(),
         all_netns: a.all_netns,
+        sources: super::trace::local_sources(),
         ..Options::default()
     }
 }
 
+/// Bad options as the binary reports them: an unknown check is a usage
+/// error (exit 2), like any other bad flag value.
+pub fn check(opts: &Options) -> anyhow::Result<()> {
+    match opts.check() {
+        Err(plumb_audit::Error::UnknownCheck(c)) => Err(plumb_core::Error::BadParam {
+            param: "only".into(),
+            reason: format!("unknown check '{c}'; checks are: {}", CHECKS.join(", ")),
+        }
+        .into()),
+        r => Ok(r?),
+    }
+}
+
 pub fn run(a: AuditArgs, verbose: bool) -> anyhow::Result<()> {
-    let _ = CHECKS;
     let opts = options(&a);
-    opts.check()?;
+    check(&opts)?;
     plumb_core::preflight::check_capabilities()?;
     let report = plumb_audit::run(&opts)?;
     let text = if a.output == "json" {
