@@ -40,6 +40,8 @@ pub enum Error {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error("gadget {gadget} cannot run on this kernel: {why}")]
+    Unsupported { gadget: &'static str, why: String },
     #[error("ring buffer of gadget {gadget}: {source}")]
     RingBuffer {
         gadget: &'static str,
@@ -104,7 +106,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::UnknownGadget { .. } | Error::BadFilter { .. } | Error::BadParam { .. } => 2,
-            Error::MissingCapability { .. } | Error::NoBtf | Error::Tracefs(_) => 3,
+            Error::MissingCapability { .. }
+            | Error::NoBtf
+            | Error::Tracefs(_)
+            | Error::Unsupported { .. } => 3,
             Error::Open { .. } | Error::Load { .. } | Error::Attach { .. } => 4,
             _ => 1,
         }

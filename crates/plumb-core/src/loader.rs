@@ -180,6 +180,8 @@ impl<S: Skel<'static>> Loaded<S> {
         self.skel
             .object()
             .progs()
+            // A program left out for this kernel (autoload off) has no fd.
+            .filter(|p| p.autoload())
             .filter_map(|p| libbpf_rs::Program::id_from_fd(p.as_fd()).ok())
             .collect()
     }

@@ -72,6 +72,9 @@ pub struct RunStats {
     pub prog_ids: Vec<u32>,
     pub skipped: Vec<String>,
     pub reason: StopReason,
+    /// The gadget's own counts of what it could not fully report, and the
+    /// enrichment's (lookups left unanswered), as (what, how many).
+    pub counters: Vec<(String, u64)>,
 }
 
 /// Called once a gadget is attached, with its kernel program ids.
@@ -257,8 +260,19 @@ pub fn run(
         }
     }
     let lost = attached.lost();
+    let mut counters: Vec<(String, u64)> = attached
+        .counters()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     drop(attached);
     let st = state.into_inner();
+    if let Some(net) = st.enricher.net_stats() {
+        counters.push((
+            "address lookups left unanswered (namespace scan rate-limited)".into(),
+            net.skipped_lookups,
+        ));
+    }
     if lost > reported_lost && reason != StopReason::SinkClosed {
         sink_result(
             st.sink
@@ -276,5 +290,6 @@ pub fn run(
         prog_ids,
         skipped,
         reason,
+        counters,
     })
 }

@@ -115,6 +115,11 @@ impl Enricher {
         self.fs.as_ref()
     }
 
+    /// The network resolver's counters, if network attribution was used.
+    pub fn net_stats(&self) -> Option<netns::NetStats> {
+        self.net.as_ref().map(|n| n.stats())
+    }
+
     /// Network attribution (address → namespace → owner).
     pub fn net(&mut self) -> &mut netns::NetResolver {
         self.net.get_or_insert_with(netns::NetResolver::new)

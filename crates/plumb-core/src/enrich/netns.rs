@@ -191,8 +191,11 @@ pub struct HostScanner;
 
 impl Scanner for HostScanner {
     fn list(&mut self) -> Vec<Listed> {
-        let host = std::fs::read_link("/proc/1/ns/net")
-            .ok()
+        // The host's namespace is init's; where /proc/1 cannot be read (a
+        // sandbox), plumb's own, since it runs in the host's namespace.
+        let host = ["/proc/1/ns/net", "/proc/self/ns/net"]
+            .iter()
+            .find_map(|p| std::fs::read_link(p).ok())
             .and_then(|l| ns_inode(&l.to_string_lossy()));
         let mut by: HashMap<u32, Listed> = HashMap::new();
         if let Ok(rd) = std::fs::read_dir("/run/netns") {

@@ -251,13 +251,22 @@ pub enum Hook {
     Tracepoint(&'static str, &'static str),
     /// A BTF-typed raw tracepoint (`tp_btf/name`).
     TpBtf(&'static str),
+    /// What the gadget itself reads from the kernel's BTF (a tracepoint's
+    /// arguments, which differ between versions): `Err` says what is
+    /// missing, `Ok` lists the limits on this kernel.
+    Kernel(
+        &'static str,
+        fn() -> std::result::Result<Vec<String>, String>,
+    ),
 }
 
 /// Whether a hook exists on this kernel, as far as this process can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookState {
-    Present,
-    Missing,
+    /// There, with these limits on this kernel (none for most hooks).
+    Present(Vec<String>),
+    /// Not there, and why.
+    Missing(String),
     /// This process may not look (tracefs is readable by root only).
     Unknown(String),
 }
@@ -270,27 +279,34 @@ impl Hook {
                 for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
                     let dir = Path::new(root).join("events").join(cat).join(name);
                     match std::fs::metadata(&dir) {
-                        Ok(_) => return HookState::Present,
+                        Ok(_) => return HookState::Present(Vec::new()),
                         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                             denied = Some(format!("{root} is readable by root only"));
                         }
                         Err(_) => {}
                     }
                 }
-                denied.map_or(HookState::Missing, HookState::Unknown)
+                denied.map_or_else(
+                    || HookState::Missing(format!("{self} not available on this kernel")),
+                    HookState::Unknown,
+                )
             }
             Hook::TpBtf(name) => {
                 if crate::preflight::vmlinux_has_type(&format!("btf_trace_{name}")) {
-                    HookState::Present
+                    HookState::Present(Vec::new())
                 } else {
-                    HookState::Missing
+                    HookState::Missing(format!("{self} not available on this kernel"))
                 }
             }
+            Hook::Kernel(_, check) => match check() {
+                Ok(notes) => HookState::Present(notes),
+                Err(why) => HookState::Missing(why),
+            },
         }
     }
 
     pub fn available(&self) -> bool {
-        self.state() == HookState::Present
+        matches!(self.state(), HookState::Present(_))
     }
 }
 
@@ -299,6 +315,7 @@ impl std::fmt::Display for Hook {
         match self {
             Hook::Tracepoint(c, n) => write!(f, "tracepoint {c}:{n}"),
             Hook::TpBtf(n) => write!(f, "tp_btf {n}"),
+            Hook::Kernel(what, _) => write!(f, "{what}"),
         }
     }
 }
@@ -306,7 +323,8 @@ impl std::fmt::Display for Hook {
 /// Can this gadget run on this kernel?
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Availability {
-    Yes,
+    /// It can, with these limits (often none).
+    Yes(Vec<String>),
     /// What is missing.
     No(String),
     /// Why this process cannot tell.
@@ -316,25 +334,24 @@ pub enum Availability {
 /// Can this gadget run on this kernel, as far as this process can tell?
 pub fn check_availability(desc: &GadgetDesc) -> Availability {
     let mut unknown = None;
+    let mut notes = Vec::new();
     for h in desc.hooks {
         match h.state() {
-            HookState::Present => {}
-            HookState::Missing => {
-                return Availability::No(format!("{h} not available on this kernel"))
-            }
+            HookState::Present(n) => notes.extend(n),
+            HookState::Missing(why) => return Availability::No(why),
             HookState::Unknown(why) => {
                 unknown.get_or_insert(format!("cannot tell whether {h} exists: {why}"));
             }
         }
     }
-    unknown.map_or(Availability::Yes, Availability::Unknown)
+    unknown.map_or(Availability::Yes(notes), Availability::Unknown)
 }
 
 /// Can this gadget run on this kernel? `Err` says what is missing (or why
 /// it cannot be told).
 pub fn availability(desc: &GadgetDesc) -> std::result::Result<(), String> {
     match check_availability(desc) {
-        Availability::Yes => Ok(()),
+        Availability::Yes(_) => Ok(()),
         Availability::No(why) | Availability::Unknown(why) => Err(why),
     }
 }
@@ -363,6 +380,11 @@ pub trait Attached {
     /// A gadget-specific check on the finished event (e.g. `--reason`).
     fn keep(&self, _ev: &Event) -> bool {
         true
+    }
+    /// What the gadget counts besides lost records (stacks not recorded,
+    /// frames not symbolized), as (what, how many), for the end summary.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
     }
 }
 

@@ -121,10 +121,9 @@ pub struct Support<V> {
 /// The error for a gadget that cannot run on this kernel: why, as
 /// `plumb gadgets` would say it.
 pub fn unsupported(gadget: &'static str, hook: &str, why: String) -> crate::Error {
-    crate::Error::Attach {
+    crate::Error::Unsupported {
         gadget,
-        hook: hook.to_string(),
-        source: libbpf_rs::Error::from(std::io::Error::new(std::io::ErrorKind::Unsupported, why)),
+        why: format!("{hook}: {why}"),
     }
 }
 

@@ -21,7 +21,9 @@ pub fn run(args: GadgetsArgs) -> anyhow::Result<()> {
     }
     for g in REGISTRY {
         let (available, status, reason) = match check_availability(g) {
-            Availability::Yes => (Some(true), "yes", None),
+            Availability::Yes(notes) if notes.is_empty() => (Some(true), "yes", None),
+            // It runs, with limits on this kernel (e.g. no drop reasons).
+            Availability::Yes(notes) => (Some(true), "yes", Some(notes.join("; "))),
             Availability::No(why) => (Some(false), "no", Some(why)),
             // Not root: tracefs cannot be read, so nothing is claimed.
             Availability::Unknown(why) => (None, "unknown", Some(why)),

@@ -143,7 +143,7 @@ pub fn make_sink(g: &GadgetDesc, o: &OutputOpts, node: &str) -> Box<dyn Sink> {
         } else {
             o.fields.clone()
         };
-        return Box::new(SummarySink::new(out, keys, interval, o.json));
+        return Box::new(SummarySink::new(out, keys, interval, o.json).with_node(node.to_string()));
     }
     if o.json {
         return Box::new(JsonSink::new(out, o.fields.clone(), node.to_string()));
@@ -219,6 +219,9 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
     }
     if stats.malformed > 0 {
         line.push_str(&format!(", {} malformed records skipped", stats.malformed));
+    }
+    for (what, n) in stats.counters.iter().filter(|(_, n)| *n > 0) {
+        line.push_str(&format!(", {n} {what}"));
     }
     if stats.reason == StopReason::SinkClosed {
         line.push_str(" (output closed)");

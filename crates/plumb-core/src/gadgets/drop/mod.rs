@@ -124,7 +124,13 @@ pub static DESC: GadgetDesc = GadgetDesc {
         Column::new("location", "LOCATION", 0),
     ],
     summary_keys: &["reason", "netns", "dst_who"],
-    hooks: &[Hook::TpBtf("kfree_skb")],
+    hooks: &[
+        Hook::TpBtf("kfree_skb"),
+        Hook::Kernel(
+            "the arguments of kfree_skb in the kernel's BTF",
+            kernel_support,
+        ),
+    ],
     start,
 };
 
@@ -301,6 +307,10 @@ impl net::Counters for Running {
 impl Attached for Running {
     fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore> {
         vec![&self.loaded.skel().maps.events]
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        net::Counters::counters(self)
     }
 
     /// Ring buffer full, plus runs the kernel skipped (recursion).

@@ -91,6 +91,10 @@ pub static DESC: GadgetDesc = GadgetDesc {
     hooks: &[
         Hook::TpBtf("tcp_send_reset"),
         Hook::TpBtf("tcp_receive_reset"),
+        Hook::Kernel(
+            "the arguments of tcp_send_reset in the kernel's BTF",
+            kernel_support,
+        ),
     ],
     start,
 };

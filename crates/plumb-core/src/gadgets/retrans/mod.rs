@@ -100,7 +100,13 @@ pub static DESC: GadgetDesc = GadgetDesc {
         Column::new("dst_who", "TO", 0),
     ],
     summary_keys: &["saddr", "sport", "daddr", "dport", "src_who", "dst_who"],
-    hooks: &[Hook::TpBtf("tcp_retransmit_skb")],
+    hooks: &[
+        Hook::TpBtf("tcp_retransmit_skb"),
+        Hook::Kernel(
+            "the arguments of tcp_retransmit_skb in the kernel's BTF",
+            kernel_support,
+        ),
+    ],
     start,
 };
 

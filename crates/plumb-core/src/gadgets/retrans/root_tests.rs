@@ -36,10 +36,13 @@ fn retransmitted_segments_equal_the_kernels_counter() {
         }
         n
     });
+    // Over a veth, segments travel as large GSO packets (up to 64 KiB): a
+    // few hundred packets carry the transfer, so the drop probability must
+    // make "no drop at all" practically impossible (0.95^256 < 1e-5).
     server
         .ns
         .sh(&format!(
-            "iptables -w -A INPUT -p tcp --dport {port} -m statistic --mode random --probability 0.03 -j DROP"
+            "iptables -w -A INPUT -p tcp --dport {port} -m statistic --mode random --probability 0.05 -j DROP"
         ))
         .expect("lossy rule");
     let before = client.ns.snmp("Tcp", "RetransSegs").expect("counter");
@@ -51,11 +54,11 @@ fn retransmitted_segments_equal_the_kernels_counter() {
             let mut s =
                 TcpStream::connect_timeout(&target, Duration::from_secs(10)).expect("connect");
             let chunk = vec![7u8; 64 << 10];
-            for _ in 0..64 {
+            for _ in 0..256 {
                 s.write_all(&chunk).expect("write");
             }
             s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-            64 * chunk.len()
+            256 * chunk.len()
         })
         .expect("run in client");
     let received = sink.join().expect("sink");
