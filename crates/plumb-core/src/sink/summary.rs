@@ -210,10 +210,11 @@ mod tests {
             header: Header {
                 timestamp: UNIX_EPOCH,
                 node: Arc::from("node-a"),
-                pid: 0,
-                tid: 0,
-                uid: 0,
-                comm: String::new(),
+                // A network event: no task.
+                pid: None,
+                tid: None,
+                uid: None,
+                comm: None,
                 cgroup_id: 0,
                 cgroup: None,
                 workload: Arc::new(Workload::default()),

@@ -123,6 +123,7 @@ mod tests {
         plumb_profile::Stack {
             comm: comm.into(),
             pid: 1,
+            tid: 1,
             cgroup_id: 0,
             workload: Arc::default(),
             frames,
@@ -138,6 +139,8 @@ mod tests {
             started: std::time::SystemTime::now(),
             duration_ns: 1,
             symbolize_ns: 0,
+            symbolize_cpu_ns: 0,
+            max_stack_depth: 127,
             cpus: 2,
             completeness: Default::default(),
             prog_ids: vec![],

@@ -73,8 +73,10 @@ pub static DESC: GadgetDesc = GadgetDesc {
     name: "tcp",
     summary: "TCP connect, accept, close (with duration) and failed connects, IPv4 and IPv6",
     help: "pid/comm are the socket's owner, recorded at connect() or accept(). A connection \
-           accepted by nobody is reported on close with pid 0. Connections that were open before \
-           plumb started have no duration.",
+           accepted by nobody is reported on close with pid 0. Connections opened before plumb \
+           started are not reported (their owner is not known), except those accepted since, \
+           which have no duration. A failed connect says why: ECONNREFUSED, ETIMEDOUT (no SYN \
+           answered), or ECONNABORTED (the application closed it before it connected).",
     params: &[],
     columns: &[
         Column::new("timestamp", "TIME", 15),
@@ -162,7 +164,12 @@ pub fn decode(data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
             duration_ns: (closed && r.duration_ns > 0).then_some(r.duration_ns),
             rx_bytes: closed.then_some(r.rx_bytes),
             tx_bytes: closed.then_some(r.tx_bytes),
-            error: (event == TcpEvent::ConnectFailed).then(|| errno_name(r.error)),
+            // No socket error: the application closed the socket before the
+            // connection was made.
+            error: (event == TcpEvent::ConnectFailed).then(|| match r.error {
+                0 => "ECONNABORTED".to_string(),
+                e => errno_name(e),
+            }),
         }),
     })
 }
@@ -215,6 +222,15 @@ mod tests {
         assert_eq!(t.daddr.to_string(), "10.1.2.3");
         assert_eq!(t.event, TcpEvent::ConnectFailed);
         assert_eq!(t.error.as_deref(), Some("ECONNREFUSED"));
+        r.error = 0;
+        let Body::Tcp(t) = decode(bytemuck::bytes_of(&r)).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(
+            t.error.as_deref(),
+            Some("ECONNABORTED"),
+            "closed before connected"
+        );
         r.family = libc::AF_INET6 as u16;
         r.event = 3;
         r.duration_ns = 5;
