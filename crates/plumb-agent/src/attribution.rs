@@ -156,7 +156,7 @@ impl Attribution {
         }
         // The pod watcher forgot the pod: deleted. Its namespace inode or
         // cgroup may now belong to someone else.
-        c.orphaned || !(c.resolved.named() && !self.lookup.names_pod(&c.resolved.pod_uid))
+        c.orphaned || !c.resolved.named() || self.lookup.names_pod(&c.resolved.pod_uid)
     }
 
     /// The labels for what `s` counts now.

@@ -401,6 +401,39 @@ mod tests {
         assert_eq!(Key::parse(1, Key::Exec { cgroup: 9 << 32 }.bytes()), None);
     }
 
+    /// What the session code asks the kernel about a gadget's programs:
+    /// the one left without a link (as the loader leaves a hook this
+    /// kernel lacks) and every map the programs use.
+    #[test]
+    fn the_kernel_tells_unlinked_programs_and_their_maps() {
+        plumb_core::testing::require_root();
+        let mut loaded = loader::load("agent-metrics", skel::MetricsSkelBuilder::default(), |_| {
+            Ok(())
+        })
+        .expect("load");
+        let mut links = Vec::new();
+        use libbpf_rs::skel::Skel;
+        for prog in loaded.skel_mut().object_mut().progs_mut() {
+            if prog.name().to_string_lossy() != "metrics_exec" {
+                links.push(prog.attach().expect("attach"));
+            }
+        }
+        for l in links {
+            loaded.keep_link(l);
+        }
+        let ids = loaded.prog_ids();
+        assert_eq!(ids.len(), PROGS.len());
+        let f = crate::progs::facts(&ids);
+        assert_eq!(f.unlinked, vec!["metrics_exec".to_string()]);
+        let m = &loaded.skel().maps;
+        for map in [&m.drop_counts, &m.tcp_counts, &m.exec_counts, &m.map_full] {
+            let id = map.info().expect("map info").info.id;
+            assert!(f.map_ids.contains(&id), "{id} in {:?}", f.map_ids);
+        }
+        drop(loaded);
+        plumb_core::testing::assert_no_programs_left(&ids);
+    }
+
     /// The kernel's own bookkeeping: a removed key hands back exactly what
     /// the programs counted, and the map entry is gone.
     #[test]

@@ -106,6 +106,11 @@ impl RingFill {
             .fold(0.0, f64::max)
     }
 
+    /// (bytes waiting, size) of each ring.
+    pub fn waiting(&self) -> Vec<(u64, u64)> {
+        self.0.iter().map(|p| (p.waiting(), p.size)).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

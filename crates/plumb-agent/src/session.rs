@@ -130,7 +130,6 @@ type RingSlot = Arc<Mutex<Option<RingFill>>>;
 
 struct Forward {
     tx: Tx,
-    shutdown: Arc<AtomicBool>,
     gadget: &'static str,
     stats: Arc<AgentStats>,
     /// Counted here, added to the agent's metrics every tick (not under a
@@ -245,7 +244,7 @@ impl Sink for Forward {
     fn tick(&mut self) -> io::Result<()> {
         self.publish();
         self.tell_losses()?;
-        if self.tx.is_closed() || self.shutdown.load(Ordering::Relaxed) {
+        if self.tx.is_closed() {
             return Err(gone());
         }
         Ok(())
@@ -310,7 +309,6 @@ fn run(desc: &'static gadgets::GadgetDesc, opts: RunOptions, tx: Tx, shared: Sha
     let mut enricher = Enricher::new(shared.sources.clone());
     let mut sink = Forward {
         tx: tx.clone(),
-        shutdown: shared.shutdown.clone(),
         gadget: desc.name,
         stats: stats.clone(),
         pending: GadgetCounts::default(),
@@ -351,7 +349,9 @@ fn run(desc: &'static gadgets::GadgetDesc, opts: RunOptions, tx: Tx, shared: Sha
             };
             send_within(&ready_tx, msg(Kind::Ready(ready)), LAST_WORDS);
         })),
-        ..Control::default()
+        // The agent's stop ends the run as stopped (the client gets its
+        // Done), not as a closed stream.
+        stop: shared.shutdown.clone(),
     };
     tracing::info!(gadget = desc.name, "remote run started");
     let result = runner::run(desc, &opts, &mut enricher, &mut sink, control);

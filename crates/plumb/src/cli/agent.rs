@@ -45,7 +45,7 @@ pub struct AgentArgs {
     pub max_pods: usize,
     /// Gadget runs for API clients at once; more are refused (and counted).
     #[arg(long, value_name = "N", default_value_t = AgentConfig::DEFAULT_MAX_SESSIONS,
-          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub max_sessions: usize,
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, value_name = "LEVEL", env = "PLUMB_LOG", default_value = "info")]
