@@ -780,7 +780,7 @@ class LoadedAgent(Scenario):
             lab.add_drop(DropStorm.ping_port)
             self.h.drop_rules = True
         root = cgroup2_root()
-        # Holders first: the agent names a namespace after its first process.
+        # A process of each pod holds its namespace, as a pod sandbox does.
         self.client = FakePod(root, "client", Lab.path(lab.a))
         self.server = FakePod(root, "server", Lab.path(lab.b))
         self.execs = FakePod(root, "exec")
@@ -826,10 +826,14 @@ class LoadedAgent(Scenario):
         target = os.path.join(self.h.work, "bnch_target")
         return {
             "exec": [load, "--cgroup", self.execs.procs, "exec", target, str(self.exec_rate), str(seconds)],
-            "udp": [load, "--netns", Lab.path(lab.a), "udp", lab.ip_b, str(self.drop_port), str(self.drop_rate), str(seconds)],
+            # The pods' own processes make their traffic, in their cgroups.
+            "udp": [
+                load, "--cgroup", self.client.procs, "--netns", Lab.path(lab.a), "udp", lab.ip_b,
+                str(self.drop_port), str(self.drop_rate), str(seconds),
+            ],
             "tcp": [
-                load, "--netns", Lab.path(lab.a), "tcp-client", lab.ip_b, str(self.tcp_port),
-                str(self.tcp_rate), str(seconds),
+                load, "--cgroup", self.client.procs, "--netns", Lab.path(lab.a), "tcp-client", lab.ip_b,
+                str(self.tcp_port), str(self.tcp_rate), str(seconds),
             ],
         }
 
@@ -1099,7 +1103,10 @@ class Harness:
                 raise Fatal(f"plumb agent exited with {p.returncode}: {tail(err)}")
             self.lab.zero_counters()
             server = spawn(
-                [self.load, "--netns", Lab.path(self.lab.b), "tcp-server", str(sc.tcp_port), "3600"],
+                [
+                    self.load, "--cgroup", sc.server.procs, "--netns", Lab.path(self.lab.b),
+                    "tcp-server", str(sc.tcp_port), "3600",
+                ],
                 subprocess.PIPE, subprocess.PIPE, cpu=self.load_cpu,
             )
             if server.stdout.readline().strip() != b"ready":

@@ -10,7 +10,6 @@
 
 use crate::counters::Subject;
 use plumb_core::enrich::cgroupfs::CgroupFs;
-use plumb_core::enrich::netns::NetResolver;
 use plumb_core::enrich::{cgroup, MetadataSource};
 use plumb_core::event::Workload;
 use std::collections::{HashMap, HashSet};
@@ -96,8 +95,9 @@ impl Default for AttributionConfig {
     }
 }
 
-/// Unknown owners are asked again sooner: a pod's metadata may arrive late.
-const UNKNOWN_TTL: Duration = Duration::from_secs(10);
+/// Unknown owners are asked again soon: a pod's namespace may not hold
+/// its first process yet, and its metadata may arrive late.
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
 
 struct Cached {
     /// What the lookup answered.
@@ -274,20 +274,87 @@ impl Attribution {
 /// sources (the pod watcher, container runtimes).
 pub struct HostLookup {
     fs: Option<CgroupFs>,
-    net: NetResolver,
-    scanned: Option<Instant>,
+    scan: Option<NetnsScan>,
     sources: Vec<Arc<dyn MetadataSource>>,
 }
 
-/// Rescans of the host's namespaces at most this often.
-const MIN_RESCAN: Duration = Duration::from_secs(2);
+/// The host's network namespaces as seen by one walk of /proc.
+struct NetnsScan {
+    at: Instant,
+    host: Option<u32>,
+    /// Namespaces holding a process of a pod, with that pod.
+    pods: HashMap<u32, Workload>,
+    /// Every namespace in use (by a process or a /run/netns mount).
+    live: HashSet<u32>,
+}
+
+/// One walk of /proc serves every question for this long.
+const SCAN_FOR: Duration = Duration::from_secs(2);
+
+fn netns_of_link(p: &std::path::Path) -> Option<u32> {
+    let l = std::fs::read_link(p).ok()?;
+    let s = l.to_string_lossy();
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The pod of a process, from its cgroup file (v2 line first).
+fn pod_of_pid(dir: &std::path::Path) -> Option<Workload> {
+    let s = std::fs::read_to_string(dir.join("cgroup")).ok()?;
+    let v2 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(cgroup::parse)
+        .filter(|w| w.pod_uid.is_some());
+    v2.or_else(|| cgroup::parse_proc_cgroup(&s).filter(|w| w.pod_uid.is_some()))
+}
+
+impl NetnsScan {
+    /// A namespace belongs to a pod when any process inside it does: a
+    /// debugger or `nsenter` that joined it (whatever its pid) does not
+    /// hide the pod.
+    fn now() -> NetnsScan {
+        let host = netns_of_link(std::path::Path::new("/proc/1/ns/net"));
+        let mut pods = HashMap::new();
+        let mut live = HashSet::new();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                if !e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()) {
+                    continue;
+                }
+                let dir = e.path();
+                let Some(inode) = netns_of_link(&dir.join("ns/net")) else {
+                    continue;
+                };
+                live.insert(inode);
+                if Some(inode) == host || pods.contains_key(&inode) {
+                    continue;
+                }
+                if let Some(w) = pod_of_pid(&dir) {
+                    pods.insert(inode, w);
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir("/run/netns") {
+            for e in rd.flatten() {
+                if let Ok(m) = std::fs::metadata(e.path()) {
+                    live.insert(m.ino() as u32);
+                }
+            }
+        }
+        NetnsScan {
+            at: Instant::now(),
+            host,
+            pods,
+            live,
+        }
+    }
+}
 
 impl HostLookup {
     pub fn new(sources: Vec<Arc<dyn MetadataSource>>) -> Self {
         HostLookup {
             fs: CgroupFs::discover(),
-            net: NetResolver::new(),
-            scanned: None,
+            scan: None,
             sources,
         }
     }
@@ -297,37 +364,19 @@ impl HostLookup {
             s.fill(w);
         }
     }
-}
 
-/// Inodes of the network namespaces that exist now: those of a process,
-/// those bind-mounted under /run/netns, and the host's.
-fn live_netns() -> HashSet<u32> {
-    let mut live = HashSet::new();
-    let link_inode = |p: &std::path::Path| -> Option<u32> {
-        let l = std::fs::read_link(p).ok()?;
-        let s = l.to_string_lossy();
-        s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-    };
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            if e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-            {
-                if let Some(i) = link_inode(&e.path().join("ns/net")) {
-                    live.insert(i);
-                }
-            }
+    /// A walk of /proc at most SCAN_FOR old (`fresh`: made now).
+    fn scan(&mut self, fresh: bool) -> &NetnsScan {
+        let stale = fresh
+            || self
+                .scan
+                .as_ref()
+                .is_none_or(|s| s.at.elapsed() >= SCAN_FOR);
+        if stale {
+            self.scan = Some(NetnsScan::now());
         }
+        self.scan.get_or_insert_with(NetnsScan::now)
     }
-    if let Ok(rd) = std::fs::read_dir("/run/netns") {
-        for e in rd.flatten() {
-            if let Ok(m) = std::fs::metadata(e.path()) {
-                live.insert(m.ino() as u32);
-            }
-        }
-    }
-    live
 }
 
 impl Lookup for HostLookup {
@@ -335,21 +384,15 @@ impl Lookup for HostLookup {
         match s {
             Subject::Netns(0) => Owner::default(),
             Subject::Netns(inode) => {
-                // A known inode may have been reused since the last scan.
-                if self.scanned.is_none_or(|t| t.elapsed() >= MIN_RESCAN) {
-                    self.net.rescan();
-                    self.scanned = Some(Instant::now());
+                let scan = self.scan(false);
+                if Some(inode) == scan.host {
+                    return Owner::default();
                 }
-                match self.net.info(inode) {
-                    Some(i) if !i.host => {
-                        let mut w = (*i.workload).clone();
-                        if !w.is_empty() {
-                            self.fill(&mut w);
-                        }
-                        Owner::of(&w)
-                    }
-                    _ => Owner::default(),
-                }
+                let Some(mut w) = scan.pods.get(&inode).cloned() else {
+                    return Owner::default();
+                };
+                self.fill(&mut w);
+                Owner::of(&w)
             }
             Subject::Cgroup(id) => {
                 let Some(path) = self.fs.as_ref().and_then(|fs| fs.path_of(id)) else {
@@ -374,17 +417,20 @@ impl Lookup for HostLookup {
     }
 
     fn existing(&mut self, subjects: &[Subject]) -> Vec<bool> {
-        let netns = subjects
+        let any_netns = subjects
             .iter()
-            .any(|s| matches!(s, Subject::Netns(i) if *i != 0))
-            .then(live_netns)
-            .unwrap_or_default();
+            .any(|s| matches!(s, Subject::Netns(i) if *i != 0));
+        let live = if any_netns {
+            self.scan(true).live.clone()
+        } else {
+            HashSet::new()
+        };
         subjects
             .iter()
             .map(|s| match *s {
                 // Not a namespace: packets without a device or socket.
                 Subject::Netns(0) => true,
-                Subject::Netns(i) => netns.contains(&i),
+                Subject::Netns(i) => live.contains(&i),
                 // Without a hierarchy nothing can be told: keep.
                 Subject::Cgroup(id) => self
                     .fs
@@ -395,7 +441,7 @@ impl Lookup for HostLookup {
     }
 
     fn cache_entries(&self) -> Vec<(&'static str, usize)> {
-        vec![("netns_scan", self.net.all().len())]
+        vec![("netns_pods", self.scan.as_ref().map_or(0, |s| s.pods.len()))]
     }
 }
 

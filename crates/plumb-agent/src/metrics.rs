@@ -76,17 +76,6 @@ impl AgentStats {
         }
     }
 
-    pub fn add_events(&self, gadget: &str, delivered: u64, lost: u64) {
-        self.add(
-            gadget,
-            GadgetCounts {
-                delivered,
-                lost,
-                ..GadgetCounts::default()
-            },
-        );
-    }
-
     /// A number for a new session (its ring gauge's key).
     pub fn session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
