@@ -318,7 +318,11 @@ impl NetnsScan {
         let mut live = HashSet::new();
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
-                if !e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()) {
+                let is_pid = e
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok());
+                if !is_pid {
                     continue;
                 }
                 let dir = e.path();

@@ -91,6 +91,12 @@ impl FakePod {
             .unwrap_or_default()
     }
 
+    /// The container's cgroup id (its directory's inode), as BPF sees it.
+    pub fn cgroup_id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.scope()).expect("scope").ino()
+    }
+
     /// Start `cmd` inside the pod: its container's cgroup, and the pod's
     /// network namespace if it has one. Its exec is counted in the pod.
     pub fn spawn(&self, mut cmd: Command) -> Child {
