@@ -709,6 +709,135 @@ class IdleAgent(Scenario):
             return resp.status, len(resp.read())
 
 
+class FakePod:
+    """A cgroup laid out as the kubelet's systemd driver lays it out, so that
+    the agent attributes what runs inside to a pod uid; with `netns`, a
+    process inside holds that network namespace (as a pod sandbox does), so
+    the namespace's packets belong to the pod too."""
+
+    def __init__(self, root, tag, netns=None):
+        import uuid
+
+        self.uid = str(uuid.uuid4())
+        self.slice = os.path.join(root, f"plumb-bench-{os.getpid()}-{tag}.slice")
+        pod = os.path.join(self.slice, f"kubepods-besteffort-pod{self.uid.replace('-', '_')}.slice")
+        self.scope = os.path.join(pod, f"cri-containerd-{uuid.uuid4().hex}{uuid.uuid4().hex}.scope")
+        self.dirs = [self.slice, pod, self.scope]
+        os.makedirs(self.scope)
+        CLEANUP.push(f"rmdir {self.scope} and its parents", self.remove)
+        self.procs = os.path.join(self.scope, "cgroup.procs")
+        self.holder = None
+        if netns:
+            self.holder = spawn(
+                ["nsenter", f"--net={netns}", "--", "sleep", "3600"],
+                subprocess.DEVNULL,
+                subprocess.DEVNULL,
+                cgroup_procs=self.procs,
+            )
+
+    def remove(self):
+        if self.holder is not None:
+            self.holder.kill()
+            reap(self.holder, 10)
+            self.holder = None
+        for _ in range(50):
+            with open(self.procs) as f:
+                pids = [int(x) for x in f.read().split()]
+            if not pids:
+                break
+            for pid in pids:  # ours: started in this cgroup by the harness
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        for d in reversed(self.dirs):
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError as e:
+                    if e.errno != 16:  # EBUSY: a task still leaving
+                        raise
+                    time.sleep(0.05)
+
+
+class LoadedAgent(Scenario):
+    """plumb agent while a steady load runs: execs in one fake pod, UDP into a
+    DROP rule and TCP connections between two others (lab namespaces). The
+    counters in /metrics must equal the load's own counts."""
+
+    name = "agent-load"
+    title = "agent under steady load"
+    tools = ("plumb",)
+    exec_rate, drop_rate, tcp_rate = 1000, 10000, 500
+    drop_port, tcp_port = 9000, 7100
+
+    def prepare(self):
+        lab = self.h.need_lab()
+        if not self.h.drop_rules:
+            lab.add_drop(DropStorm.port)
+            lab.add_drop(DropStorm.ping_port)
+            self.h.drop_rules = True
+        root = cgroup2_root()
+        # A process of each pod holds its namespace, as a pod sandbox does.
+        self.client = FakePod(root, "client", Lab.path(lab.a))
+        self.server = FakePod(root, "server", Lab.path(lab.b))
+        self.execs = FakePod(root, "exec")
+
+    def tool_cmd(self):
+        self.metrics = f"127.0.0.1:{free_port()}"
+        return [
+            self.h.plumb, "agent", "--listen", f"unix:{os.path.join(self.h.work, 'agent-load.sock')}",
+            "--metrics-listen", self.metrics, "--node-name", "bench",
+        ]
+
+    def scrape(self):
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    @staticmethod
+    def value(text, name, **labels):
+        """Sum of the samples of `name` whose labels include `labels`."""
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            series, _, v = line.rpartition(" ")
+            if all(f'{k}="{x}"' in series for k, x in labels.items()):
+                total += float(v)
+        return total
+
+    def counts(self, text):
+        """The agent's counters for this load's pods."""
+        v = self.value
+        return {
+            "execs": v(text, "plumb_execs_total", pod_uid=self.execs.uid),
+            "drops": v(text, "plumb_packet_drops_total", pod_uid=self.server.uid, reason="NETFILTER_DROP"),
+            "connections_out": v(text, "plumb_tcp_connections_total", pod_uid=self.client.uid, direction="outbound"),
+            "connections_in": v(text, "plumb_tcp_connections_total", pod_uid=self.server.uid, direction="inbound"),
+            "map_full": v(text, "plumb_counter_map_full_total"),
+        }
+
+    def loads(self, seconds):
+        lab, load = self.h.lab, self.h.load
+        target = os.path.join(self.h.work, "bnch_target")
+        return {
+            "exec": [load, "--cgroup", self.execs.procs, "exec", target, str(self.exec_rate), str(seconds)],
+            # The pods' own processes make their traffic, in their cgroups.
+            "udp": [
+                load, "--cgroup", self.client.procs, "--netns", Lab.path(lab.a), "udp", lab.ip_b,
+                str(self.drop_port), str(self.drop_rate), str(seconds),
+            ],
+            "tcp": [
+                load, "--cgroup", self.client.procs, "--netns", Lab.path(lab.a), "tcp-client", lab.ip_b,
+                str(self.tcp_port), str(self.tcp_rate), str(seconds),
+            ],
+        }
+
+
 def free_port():
     import socket
 
@@ -800,6 +929,8 @@ class Harness:
             return self.run_profile(sc, tool, rep)
         if isinstance(sc, IdleAgent):
             return self.run_agent(sc, rep)
+        if isinstance(sc, LoadedAgent):
+            return self.run_loaded_agent(sc, rep)
         r = {"scenario": sc.name, "tool": tool, "rep": rep}
         sc.before_run()
         tool_p = None
@@ -957,6 +1088,96 @@ class Harness:
                 p.kill()
                 reap(p, 10)
 
+    def run_loaded_agent(self, sc, rep):
+        """Agent CPU and memory while the load runs, /metrics scraped every
+        10 s as Prometheus would; its counters against the load's counts."""
+        seconds = 5.0 if self.quick else 60.0
+        err = os.path.join(self.work, f"{sc.name}.{rep}.err")
+        r = {"scenario": sc.name, "tool": "plumb", "rep": rep, "seconds": seconds}
+        p, server, loads = None, None, {}
+        try:
+            with open(err, "wb") as fe:
+                p = spawn(sc.tool_cmd(), subprocess.DEVNULL, fe, cpu=self.tool_cpu)
+            time.sleep(2.0)
+            if p.poll() is not None:
+                raise Fatal(f"plumb agent exited with {p.returncode}: {tail(err)}")
+            self.lab.zero_counters()
+            server = spawn(
+                [
+                    self.load, "--cgroup", sc.server.procs, "--netns", Lab.path(self.lab.b),
+                    "tcp-server", str(sc.tcp_port), "3600",
+                ],
+                subprocess.PIPE, subprocess.PIPE, cpu=self.load_cpu,
+            )
+            if server.stdout.readline().strip() != b"ready":
+                raise Fatal(f"tcp server did not start: {server.stderr.read().decode().strip()}")
+            before = sc.counts(sc.scrape())
+            ids = bpf_prog_ids(p.pid)
+            bpf0 = bpf_run_stats(ids)
+            cpu0 = cpu_seconds(p.pid)
+            t0 = time.monotonic()
+            loads = {k: spawn(cmd, subprocess.PIPE, subprocess.PIPE, cpu=self.load_cpu) for k, cmd in sc.loads(seconds).items()}
+            scrapes = 0
+            while any(l.poll() is None for l in loads.values()):
+                time.sleep(0.2)
+                if time.monotonic() - t0 >= 10 * (scrapes + 1):
+                    sc.scrape()
+                    scrapes += 1
+            load = {}
+            for k, l in loads.items():
+                out, e = l.communicate(timeout=120)
+                CHILDREN.discard(l.pid)
+                if l.returncode != 0:
+                    raise Fatal(f"load {k} failed: {e.decode().strip()}")
+                load[k] = json.loads(out.decode().strip().splitlines()[-1])
+            loads = {}
+            server.send_signal(signal.SIGTERM)
+            out, _ = server.communicate(timeout=10)
+            CHILDREN.discard(server.pid)
+            accepted = json.loads(out.decode().strip().splitlines()[-1])["ops"]
+            server = None
+            cpu1 = cpu_seconds(p.pid)
+            bpf1 = bpf_run_stats(ids)
+            after = sc.counts(sc.scrape())
+            got = {k: after[k] - before[k] for k in after}
+            want = {
+                "execs": load["exec"]["ops"],
+                "drops": self.lab.drop_count(sc.drop_port),
+                "connections_out": load["tcp"]["ops"],
+                "connections_in": accepted,
+            }
+            r["load"] = {k: v for k, v in load.items()}
+            r["want"], r["got"] = want, got
+            r["generated"] = sum(want.values())
+            r["delivered"] = sum(got[k] for k in want)
+            r["lost"] = got["map_full"]
+            r["accounted"] = all(got[k] == want[k] for k in want)
+            r["cpu_s"] = cpu1 - cpu0
+            r["cpu_pct"] = 100.0 * r["cpu_s"] / seconds
+            r["cpu_s_per_M"] = r["cpu_s"] / r["generated"] * 1e6 if r["generated"] else None
+            r["events_per_s"] = r["generated"] / seconds
+            # The counters run for every event of the host, the load's and
+            # any other: per load event this is an upper bound.
+            r["bpf_run_ns"], r["bpf_run_cnt"] = bpf1[0] - bpf0[0], bpf1[1] - bpf0[1]
+            r["bpf_ns_per_event"] = r["bpf_run_ns"] / r["generated"] if r["generated"] else None
+            r["scrapes"] = scrapes + 2
+            r["peak_rss_kib"] = vm_hwm_kib(p.pid)
+            r["bpf_progs"] = len(bpf_prog_ids(p.pid))
+            p.send_signal(signal.SIGTERM)
+            r["exit_code"], ru = reap_rusage(p, 30)
+            p = None
+            r["peak_rss_kib"] = max(r["peak_rss_kib"] or 0, ru.ru_maxrss)
+            log(
+                f"  load {r['events_per_s']:.0f} events/s, agent cpu {r['cpu_s']:.2f}s "
+                f"({r['cpu_s_per_M'] or 0:.2f} s/M), bpf {r['bpf_ns_per_event'] or 0:.0f} ns/event, "
+                f"rss {r['peak_rss_kib']} KiB, counts {got} vs {want}"
+            )
+            return r
+        finally:
+            for l in list(loads.values()) + [x for x in (server, p) if x is not None]:
+                l.kill()
+                reap(l, 10)
+
 
 def perf_event_fds(pid):
     n = 0
@@ -1026,6 +1247,26 @@ def summarize(runs):
                     "cpu_pct": median([r["cpu_pct"] for r in rs]),
                     "peak_rss_mib": median([r["peak_rss_kib"] / 1024 for r in rs]),
                     "bpf_progs": rs[0]["bpf_progs"],
+                }
+            }
+            continue
+        if name == LoadedAgent.name:
+            rs = tools["plumb"]
+            mid = sorted(rs, key=lambda r: r["generated"])[len(rs) // 2]
+            table[name] = {
+                "plumb": {
+                    "reps": len(rs),
+                    "seconds": rs[0]["seconds"],
+                    "events_per_s": median([r["events_per_s"] for r in rs]),
+                    "cpu_pct": median([r["cpu_pct"] for r in rs]),
+                    "cpu_s_per_M": median([r["cpu_s_per_M"] for r in rs]),
+                    "bpf_ns_per_event": median([r["bpf_ns_per_event"] for r in rs]),
+                    "peak_rss_mib": median([r["peak_rss_kib"] / 1024 for r in rs]),
+                    "bpf_progs": rs[0]["bpf_progs"],
+                    "accounted_all_reps": all(r["accounted"] for r in rs),
+                    "want": mid["want"],
+                    "got": mid["got"],
+                    "load_rates": {k: v["rate"] for k, v in mid["load"].items()},
                 }
             }
             continue
@@ -1111,7 +1352,7 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
     ]
     for sc in scenarios:
         row = table.get(sc["name"])
-        if not row or sc["name"] == IdleAgent.name:
+        if not row or sc["name"] in (IdleAgent.name, LoadedAgent.name):
             continue
         for tool in ("plumb", "bpftrace"):
             t = row.get(tool)
@@ -1151,6 +1392,22 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
             )
             + f", peak RSS {agent['peak_rss_mib']:.1f} MiB, "
             f"{agent['bpf_progs']} BPF programs loaded, /metrics answering."
+        )
+    loaded = table.get(LoadedAgent.name, {}).get("plumb")
+    if loaded:
+        w, g, rates = loaded["want"], loaded["got"], loaded["load_rates"]
+        lines.append(
+            f"\nAgent under steady load ({loaded['seconds']:g} s of execs at {rates['exec']:.0f}/s in one fake pod, "
+            f"UDP into a DROP rule at {rates['udp']:.0f}/s and TCP connections at {rates['tcp']:.0f}/s between two "
+            f"others, /metrics scraped at the start, every 10 s and at the end; {loaded['reps']} run(s), medians): "
+            f"{loaded['events_per_s']:.0f} counted events/s; agent user-space CPU {loaded['cpu_pct']:.2f}% of one CPU, "
+            f"{fmt(loaded['cpu_s_per_M'])} CPU s per million events; its {loaded['bpf_progs']} BPF programs "
+            f"{fmt(loaded['bpf_ns_per_event'], '{:.0f}')} ns of kernel time per load event (the host's other "
+            f"events included); peak RSS {loaded['peak_rss_mib']:.1f} MiB. "
+            f"/metrics against the load's own counts: execs {g['execs']:.0f} = {w['execs']}, "
+            f"drops {g['drops']:.0f} = {w['drops']} (the rule's counter), connections out {g['connections_out']:.0f} = "
+            f"{w['connections_out']}, in {g['connections_in']:.0f} = {w['connections_in']}; "
+            f"all equal in every run: {fmt(loaded['accounted_all_reps'])}."
         )
     for name, why in skipped:
         lines.append(f"\nNot measured: {name}: {why}.")
@@ -1221,8 +1478,10 @@ def scenario_list(h):
     ok, usage = plumb_has(h, "agent")
     if ok:
         out.append(IdleAgent(h, usage))
+        out.append(LoadedAgent(h))
     else:
         skipped.append(("idle agent", "agent not built (`plumb agent` missing)"))
+        skipped.append(("agent under steady load", "agent not built (`plumb agent` missing)"))
     return out, skipped
 
 
@@ -1286,7 +1545,7 @@ def main():
                     log(f"rep {rep + 1}/{h.reps} {sc.name} {tool}")
                     r = h.run_one(sc, tool, rep)
                     runs.append(r)
-                    if tool != "baseline" and "delivered" in r:
+                    if tool != "baseline" and "first_event_s" in r:
                         log(
                             f"  generated {r['generated']} delivered {r['delivered']} lost {r['lost']} "
                             f"cpu {r['cpu_s']:.2f}s first {r['first_event_s']:.2f}s rss {r['peak_rss_kib']} KiB"

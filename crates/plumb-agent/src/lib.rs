@@ -3,18 +3,22 @@
 //! The agent runs the same pipeline as the local commands, with a sink that
 //! forwards events into a gRPC stream ([`server`]), guarded by a bearer
 //! token or mutual TLS ([`auth`]). Next to it, always-on counters
-//! aggregated in the kernel ([`counters`]) are exported to Prometheus
-//! ([`metrics`]). [`client`] is the other end: it runs a gadget on many
+//! aggregated in the kernel ([`counters`]), folded into per-pod totals
+//! ([`ledger`], [`attribution`]), are exported to Prometheus ([`metrics`]). [`client`] is the other end: it runs a gadget on many
 //! agents at once and merges their streams.
 
+pub mod attribution;
 pub mod auth;
 pub mod client;
 pub mod counters;
 pub mod error;
 pub mod k8s;
+pub mod ledger;
 pub mod listen;
 pub mod logs;
 pub mod metrics;
+pub mod progs;
+pub mod ringbuf;
 pub mod server;
 mod session;
 

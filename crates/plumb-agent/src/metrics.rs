@@ -1,160 +1,102 @@
-//! The agent's Prometheus exposition: kernel counters read at scrape time,
-//! attributed to pods, plus the agent's own health.
+//! The agent's Prometheus exposition: kernel counters folded into per-pod
+//! totals ([`crate::ledger`]), attributed by [`crate::attribution`], plus
+//! the agent's own health.
 //!
-//! Counters are summed from the kernel maps on every scrape and exposed as
-//! constant counters, so nothing is aggregated twice. Each network
-//! namespace or cgroup is turned into `namespace`/`pod` labels once and the
-//! answer is kept, so a series never moves from one pod to another between
-//! scrapes. Beyond `max_pods` distinct pods, new ones are folded into
-//! `pod="other"` for good (a counter must never go backwards) and counted.
+//! The kernel maps are read at every scrape and by a timer, so keys of
+//! vanished pods are removed even when nobody scrapes. Counters keep
+//! growing across those removals; the series of a pod gone long enough
+//! leave the exposition, and their place under the cardinality cap goes
+//! to new pods.
 
+use crate::attribution::{Attribution, Owner};
 use crate::auth::AuthStats;
-use crate::counters::{NodeCounters, Snapshot, TcpWhat};
-use plumb_core::enrich::Enricher;
+use crate::counters::{CounterStore, TcpWhat};
+use crate::k8s::PodIndex;
+use crate::ledger::{Ledger, Series};
 use plumb_core::kernel;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 type Labels = Vec<(String, String)>;
+
+/// What one gadget's remote runs did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GadgetCounts {
+    /// Events handed to API clients' streams.
+    pub delivered: u64,
+    /// Lost in the kernel (ring buffer full).
+    pub lost: u64,
+    /// Dropped because the client read too slowly (its queue was full).
+    pub dropped: u64,
+    /// Decoded but not matching the run's filter.
+    pub filtered: u64,
+}
+
+/// How full a running session's ring buffer is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RingGauge {
+    pub gadget: &'static str,
+    /// The highest fill seen at the last poll (when reading started).
+    pub fill: f64,
+    /// The highest fill seen since the run started.
+    pub peak: f64,
+}
 
 /// What the agent's sessions did, for its own health metrics.
 #[derive(Debug, Default)]
 pub struct AgentStats {
-    /// gadget → (events delivered, events lost)
-    pub gadgets: Mutex<BTreeMap<String, (u64, u64)>>,
+    pub gadgets: Mutex<BTreeMap<String, GadgetCounts>>,
     pub sessions: AtomicI64,
+    /// Trace calls refused because `--max-sessions` were running.
+    pub sessions_refused: AtomicU64,
     /// BPF programs loaded by running sessions.
     pub session_programs: AtomicI64,
     pub auth: Arc<AuthStats>,
-    pub enrich_entries: AtomicU64,
+    /// Running sessions' ring buffers, by session number.
+    pub rings: Mutex<BTreeMap<u64, RingGauge>>,
+    next_session: AtomicU64,
 }
 
 impl AgentStats {
-    pub fn add_events(&self, gadget: &str, seen: u64, lost: u64) {
+    pub fn add(&self, gadget: &str, c: GadgetCounts) {
         if let Ok(mut g) = self.gadgets.lock() {
             let e = g.entry(gadget.to_string()).or_default();
-            e.0 += seen;
-            e.1 += lost;
-        }
-    }
-}
-
-/// Who a namespace or cgroup belongs to, with the cardinality cap.
-pub struct Attribution {
-    enricher: Enricher,
-    max_pods: usize,
-    admitted: HashSet<(String, String)>,
-    folded: u64,
-    netns: HashMap<u32, (String, String)>,
-    cgroups: HashMap<u64, (String, String)>,
-}
-
-impl Attribution {
-    pub const DEFAULT_MAX_PODS: usize = 500;
-
-    pub fn new(enricher: Enricher, max_pods: usize) -> Self {
-        Attribution {
-            enricher,
-            max_pods,
-            admitted: HashSet::new(),
-            folded: 0,
-            netns: HashMap::new(),
-            cgroups: HashMap::new(),
+            e.delivered += c.delivered;
+            e.lost += c.lost;
+            e.dropped += c.dropped;
+            e.filtered += c.filtered;
         }
     }
 
-    /// Apply the cap to a (namespace, pod) pair. Node-level series (no pod)
-    /// are never folded.
-    pub fn cap(&mut self, ns: String, pod: String) -> (String, String) {
-        if pod.is_empty() || self.admitted.contains(&(ns.clone(), pod.clone())) {
-            return (ns, pod);
-        }
-        if self.admitted.len() < self.max_pods {
-            self.admitted.insert((ns.clone(), pod.clone()));
-            return (ns, pod);
-        }
-        self.folded += 1;
-        ("other".to_string(), "other".to_string())
+    /// A number for a new session (its ring gauge's key).
+    pub fn session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn of_netns(&mut self, inode: u32) -> (String, String) {
-        if let Some(l) = self.netns.get(&inode) {
-            return l.clone();
-        }
-        let w = self
-            .enricher
-            .netns(inode)
-            .map(|i| i.workload)
-            .unwrap_or_default();
-        let pair = (
-            w.namespace.clone().unwrap_or_default(),
-            w.pod.clone().unwrap_or_default(),
-        );
-        // Keep only answers that name a pod: an unknown namespace may be
-        // a pod whose metadata arrives later.
-        if pair.1.is_empty() {
-            return pair;
-        }
-        let l = self.cap(pair.0, pair.1);
-        self.netns.insert(inode, l.clone());
-        l
-    }
-
-    fn of_cgroup(&mut self, id: u64) -> (String, String) {
-        if let Some(l) = self.cgroups.get(&id) {
-            return l.clone();
-        }
-        let (_, w) = self.enricher.resolve(id, 0);
-        let pair = (
-            w.namespace.clone().unwrap_or_default(),
-            w.pod.clone().unwrap_or_default(),
-        );
-        if pair.1.is_empty() {
-            return pair;
-        }
-        let l = self.cap(pair.0, pair.1);
-        self.cgroups.insert(id, l.clone());
-        l
-    }
-}
-
-/// Where the kernel counters come from: the loaded programs, or (tests)
-/// values set by hand.
-pub enum CounterSource {
-    None,
-    Kernel(NodeCounters),
-    Fixed(Snapshot),
-}
-
-impl CounterSource {
-    fn snapshot(&self) -> Option<Snapshot> {
-        match self {
-            CounterSource::None => None,
-            CounterSource::Kernel(c) => Some(c.snapshot()),
-            CounterSource::Fixed(s) => Some(s.clone()),
-        }
-    }
-
-    fn prog_ids(&self) -> Vec<u32> {
-        match self {
-            CounterSource::Kernel(c) => c.prog_ids.clone(),
-            _ => Vec::new(),
+    pub fn set_ring(&self, session: u64, g: Option<RingGauge>) {
+        if let Ok(mut r) = self.rings.lock() {
+            match g {
+                Some(g) => r.insert(session, g),
+                None => r.remove(&session),
+            };
         }
     }
 }
 
 /// Everything scraped from `/metrics`.
 pub struct NodeCollector {
-    counters: CounterSource,
-    attribution: Mutex<Attribution>,
+    store: Option<Box<dyn CounterStore>>,
+    state: Mutex<(Attribution, Ledger)>,
     stats: Arc<AgentStats>,
+    pods: Option<PodIndex>,
 }
 
 impl std::fmt::Debug for NodeCollector {
@@ -163,11 +105,16 @@ impl std::fmt::Debug for NodeCollector {
     }
 }
 
-fn pod_labels(ns: &str, pod: &str) -> Labels {
+fn pod_labels(o: &Owner) -> Labels {
     vec![
-        ("namespace".to_string(), ns.to_string()),
-        ("pod".to_string(), pod.to_string()),
+        ("namespace".to_string(), o.namespace.clone()),
+        ("pod".to_string(), o.pod.clone()),
+        ("pod_uid".to_string(), o.pod_uid.clone()),
     ]
+}
+
+fn one(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
 }
 
 fn counter_family(
@@ -192,90 +139,139 @@ fn counter_family(
     Ok(())
 }
 
-fn gauge(
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    counter_family(enc, name, help, &BTreeMap::from([(Labels::new(), v)]))
+}
+
+fn gauge_family<N: EncodeGaugeValue + Copy>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    labels: &Labels,
-    v: i64,
+    series: &BTreeMap<Labels, N>,
 ) -> std::fmt::Result {
-    let g = ConstGauge::new(v);
-    let mut m = enc.encode_descriptor(name, help, None, g.metric_type())?;
-    if labels.is_empty() {
-        return g.encode(m);
+    let mut m = enc.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (labels, v) in series {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
     }
-    g.encode(m.encode_family(labels)?)
+    Ok(())
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
 impl NodeCollector {
-    pub fn new(counters: CounterSource, attribution: Attribution, stats: Arc<AgentStats>) -> Self {
+    pub fn new(
+        store: Option<Box<dyn CounterStore>>,
+        attribution: Attribution,
+        ledger: Ledger,
+        stats: Arc<AgentStats>,
+        pods: Option<PodIndex>,
+    ) -> Self {
         NodeCollector {
-            counters,
-            attribution: Mutex::new(attribution),
+            store,
+            state: Mutex::new((attribution, ledger)),
             stats,
+            pods,
         }
     }
 
     /// Programs of the always-on counters.
     pub fn prog_ids(&self) -> Vec<u32> {
-        self.counters.prog_ids()
+        self.store
+            .as_ref()
+            .map(|s| s.prog_ids())
+            .unwrap_or_default()
+    }
+
+    /// Loaded and attached (true when the counters are turned off).
+    pub fn healthy(&self) -> bool {
+        self.store.as_ref().is_none_or(|s| s.healthy())
+    }
+
+    /// Fold the kernel's counters into the totals (and collect the keys
+    /// of vanished pods when due).
+    pub fn refresh(&self) {
+        let Some(store) = &self.store else { return };
+        let mut st = match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let (att, ledger) = &mut *st;
+        ledger.refresh(store.as_ref(), att, Instant::now());
     }
 
     fn encode_kernel(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        let Some(snap) = self.counters.snapshot() else {
+        if self.store.is_none() {
             return Ok(());
-        };
+        }
+        self.refresh();
         let reasons = kernel::vmlinux_enum("skb_drop_reason", "SKB_DROP_REASON_");
-        let mut att = match self.attribution.lock() {
-            Ok(a) => a,
+        let st = match self.state.lock() {
+            Ok(s) => s,
             Err(p) => p.into_inner(),
         };
-        let mut drops = BTreeMap::new();
-        for (ns, reason, n) in &snap.drops {
-            let (k8s_ns, pod) = att.of_netns(*ns);
-            let mut l = pod_labels(&k8s_ns, &pod);
-            l.push(("reason".into(), kernel::name_or_number(reasons, *reason)));
-            *drops.entry(l).or_insert(0) += n;
-        }
-        let (mut retrans, mut resets, mut conns) =
-            (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-        for (ns, what, n) in &snap.tcp {
-            let (k8s_ns, pod) = att.of_netns(*ns);
-            let mut l = pod_labels(&k8s_ns, &pod);
-            let map = match what {
-                TcpWhat::Retransmit => &mut retrans,
-                TcpWhat::ResetSent | TcpWhat::ResetReceived => {
-                    let d = if *what == TcpWhat::ResetSent {
+        let (att, ledger) = &*st;
+        let (mut drops, mut retrans, mut resets, mut conns, mut execs) = Default::default();
+        let add = |m: &mut BTreeMap<Labels, u64>, l: Labels, v: u64| {
+            *m.entry(l).or_insert(0) += v;
+        };
+        for (series, owner, v) in ledger.series() {
+            let mut l = pod_labels(owner);
+            match series {
+                Series::Drop(reason) => {
+                    l.push(("reason".into(), kernel::name_or_number(reasons, *reason)));
+                    add(&mut drops, l, v);
+                }
+                Series::Tcp(TcpWhat::Retransmit) => add(&mut retrans, l, v),
+                Series::Tcp(w @ (TcpWhat::ResetSent | TcpWhat::ResetReceived)) => {
+                    let d = if *w == TcpWhat::ResetSent {
                         "sent"
                     } else {
                         "received"
                     };
                     l.push(("direction".into(), d.into()));
-                    &mut resets
+                    add(&mut resets, l, v);
                 }
-                TcpWhat::Connect | TcpWhat::Accept => {
-                    let d = if *what == TcpWhat::Connect {
+                Series::Tcp(w @ (TcpWhat::Connect | TcpWhat::Accept)) => {
+                    let d = if *w == TcpWhat::Connect {
                         "outbound"
                     } else {
                         "inbound"
                     };
                     l.push(("direction".into(), d.into()));
-                    &mut conns
+                    add(&mut conns, l, v);
                 }
-            };
-            *map.entry(l).or_insert(0) += n;
+                Series::Exec => add(&mut execs, l, v),
+            }
         }
-        let mut execs = BTreeMap::new();
-        for (cg, n) in &snap.execs {
-            let (k8s_ns, pod) = att.of_cgroup(*cg);
-            *execs.entry(pod_labels(&k8s_ns, &pod)).or_insert(0) += n;
+        let (mut entries, mut max) = (BTreeMap::new(), BTreeMap::new());
+        for m in &ledger.maps {
+            entries.insert(one("map", m.map), m.entries as i64);
+            max.insert(one("map", m.map), m.max_entries as i64);
         }
-        let folded = att.folded;
-        self.stats
-            .enrich_entries
-            .store(att.enricher.stats().entries as u64, Ordering::Relaxed);
-        drop(att);
-        counter_family(enc, "plumb_packet_drops", "Packets the kernel dropped, by drop reason (ordinary frees left out); pod empty when not attributable to one", &drops)?;
+        let (map_full, removed, folded, admitted) = (
+            ledger.map_full,
+            ledger.removed,
+            att.folded(),
+            att.admitted(),
+        );
+        let mut caches: BTreeMap<Labels, i64> = att
+            .cache_entries()
+            .into_iter()
+            .map(|(c, n)| (one("cache", c), n as i64))
+            .collect();
+        drop(st);
+        if let Some(p) = &self.pods {
+            caches.insert(one("cache", "pod_index"), p.len() as i64);
+        }
+        counter_family(enc, "plumb_packet_drops", "Packets the kernel dropped, by drop reason (ordinary frees left out); pod labels empty when not attributable to one", &drops)?;
         counter_family(
             enc,
             "plumb_tcp_retransmits",
@@ -295,31 +291,64 @@ impl NodeCollector {
             &conns,
         )?;
         counter_family(enc, "plumb_execs", "Programs executed", &execs)?;
-        let none = BTreeMap::from([(Labels::new(), snap.map_full)]);
-        counter_family(
+        counter(
             enc,
             "plumb_counter_map_full",
             "Kernel counter increments lost because a map was full",
-            &none,
+            map_full,
         )?;
-        let folded = BTreeMap::from([(Labels::new(), folded)]);
-        counter_family(
+        gauge_family(
+            enc,
+            "plumb_counter_map_entries",
+            "Slots in use in a kernel counter map (per-CPU hash)",
+            &entries,
+        )?;
+        gauge_family(
+            enc,
+            "plumb_counter_map_max_entries",
+            "Capacity of a kernel counter map",
+            &max,
+        )?;
+        counter(
+            enc,
+            "plumb_counter_map_removed",
+            "Counter map slots removed because their network namespace or cgroup was gone (their counts stay in the totals)",
+            removed,
+        )?;
+        counter(
             enc,
             "plumb_metrics_pods_folded",
             "Pods folded into pod=\"other\" by the cardinality cap",
-            &folded,
+            folded,
+        )?;
+        gauge(
+            enc,
+            "plumb_metrics_pods",
+            "Pods with series of their own (at most --max-pods)",
+            admitted as i64,
+        )?;
+        gauge_family(
+            enc,
+            "plumb_enrich_cache_entries",
+            "Entries in the agent's enrichment caches, by cache",
+            &caches,
         )?;
         Ok(())
     }
 
     fn encode_health(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let s = &self.stats;
-        let (mut seen, mut lost) = (BTreeMap::new(), BTreeMap::new());
+        let (mut seen, mut lost, mut dropped, mut filtered) = Default::default();
         if let Ok(g) = s.gadgets.lock() {
-            for (name, (a, b)) in g.iter() {
-                let l = vec![("gadget".to_string(), name.clone())];
-                seen.insert(l.clone(), *a);
-                lost.insert(l, *b);
+            for (name, c) in g.iter() {
+                let l = one("gadget", name);
+                let put = |m: &mut BTreeMap<Labels, u64>, v| {
+                    m.insert(l.clone(), v);
+                };
+                put(&mut seen, c.delivered);
+                put(&mut lost, c.lost);
+                put(&mut dropped, c.dropped);
+                put(&mut filtered, c.filtered);
             }
         }
         counter_family(
@@ -334,13 +363,47 @@ impl NodeCollector {
             "Events lost in the kernel (ring buffer full) by remote gadget runs",
             &lost,
         )?;
+        counter_family(
+            enc,
+            "plumb_gadget_events_filtered",
+            "Events of remote gadget runs that did not match their filter (added when each run ends)",
+            &filtered,
+        )?;
+        counter_family(
+            enc,
+            "plumb_api_events_dropped",
+            "Events dropped because the API client read too slowly (reported to it as lost)",
+            &dropped,
+        )?;
+        let (mut fill, mut peak) = (BTreeMap::new(), BTreeMap::new());
+        if let Ok(r) = s.rings.lock() {
+            for g in r.values() {
+                let l = one("gadget", g.gadget);
+                let f = fill.entry(l.clone()).or_insert(0.0f64);
+                *f = f.max(g.fill);
+                let p = peak.entry(l).or_insert(0.0f64);
+                *p = p.max(g.peak);
+            }
+        }
+        gauge_family(
+            enc,
+            "plumb_ringbuf_fill_ratio",
+            "Bytes waiting in a running gadget's ring buffer over its size, the highest seen at the last poll (of the gadget's sessions)",
+            &fill,
+        )?;
+        gauge_family(
+            enc,
+            "plumb_ringbuf_peak_fill_ratio",
+            "The highest ring buffer fill seen since the gadget's running sessions started",
+            &peak,
+        )?;
         let auth = BTreeMap::from([
             (
-                vec![("reason".to_string(), "missing".to_string())],
+                one("reason", "missing"),
                 s.auth.missing.load(Ordering::Relaxed),
             ),
             (
-                vec![("reason".to_string(), "invalid".to_string())],
+                one("reason", "invalid"),
                 s.auth.invalid.load(Ordering::Relaxed),
             ),
         ]);
@@ -350,37 +413,31 @@ impl NodeCollector {
             "API calls refused for missing or wrong credentials",
             &auth,
         )?;
-        let none = Labels::new();
         gauge(
             enc,
             "plumb_api_sessions",
             "Gadget runs in progress for API clients",
-            &none,
             s.sessions.load(Ordering::Relaxed),
         )?;
-        let progs =
-            self.counters.prog_ids().len() as i64 + s.session_programs.load(Ordering::Relaxed);
+        counter(
+            enc,
+            "plumb_api_sessions_refused",
+            "Gadget runs refused because --max-sessions were running",
+            s.sessions_refused.load(Ordering::Relaxed),
+        )?;
+        let progs = self.prog_ids().len() as i64 + s.session_programs.load(Ordering::Relaxed);
         gauge(
             enc,
             "plumb_bpf_programs",
             "BPF programs this agent has loaded",
-            &none,
             progs,
         )?;
-        gauge(
-            enc,
-            "plumb_enrich_cache_entries",
-            "Entries in the metrics' cgroup enrichment cache",
-            &none,
-            s.enrich_entries.load(Ordering::Relaxed) as i64,
-        )?;
-        let build = vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())];
-        gauge(
+        let build = BTreeMap::from([(one("version", env!("CARGO_PKG_VERSION")), 1i64)]);
+        gauge_family(
             enc,
             "plumb_build_info",
             "Always 1; the version that runs",
             &build,
-            1,
         )?;
         Ok(())
     }
@@ -401,6 +458,9 @@ pub fn registry(collector: Arc<NodeCollector>, node: &str) -> Registry {
     r
 }
 
+/// What `/metrics` is served as: the body is OpenMetrics text (`# EOF`).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// The text exposition.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
@@ -413,50 +473,88 @@ pub fn render(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_cap_folds_new_pods_into_other_and_counts_them() {
-        let mut a = Attribution::new(Enricher::with_fs(None, vec![], 16), 2);
-        let p = |n: &str| ("shop".to_string(), n.to_string());
-        assert_eq!(a.cap(p("a").0, p("a").1), p("a"));
-        assert_eq!(a.cap(p("b").0, p("b").1), p("b"));
-        assert_eq!(a.cap(p("c").0, p("c").1), ("other".into(), "other".into()));
-        // Already admitted pods and node-level series stay as they are.
-        assert_eq!(a.cap(p("a").0, p("a").1), p("a"));
-        assert_eq!(
-            a.cap(String::new(), String::new()),
-            (String::new(), String::new())
-        );
-        assert_eq!(a.folded, 1);
-    }
+    use crate::attribution::tests::{pod, Fake};
+    use crate::attribution::AttributionConfig;
+    use crate::counters::{Key, Subject};
+    use crate::ledger::tests::Table;
+    use std::time::Duration;
 
     #[test]
     fn the_exposition_parses_as_prometheus_text() {
         let stats = Arc::new(AgentStats::default());
-        stats.add_events("exec", 5, 2);
+        stats.add(
+            "exec",
+            GadgetCounts {
+                delivered: 5,
+                lost: 2,
+                dropped: 4,
+                filtered: 9,
+            },
+        );
         stats.auth.invalid.fetch_add(3, Ordering::Relaxed);
+        stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
+        let s = stats.session_id();
+        stats.set_ring(
+            s,
+            Some(RingGauge {
+                gadget: "exec",
+                fill: 0.25,
+                peak: 0.5,
+            }),
+        );
         let reasons = kernel::vmlinux_enum("skb_drop_reason", "SKB_DROP_REASON_");
         let (no_socket, _) = reasons
             .iter()
             .find(|(_, n)| n.as_str() == "NO_SOCKET")
             .expect("this kernel's BTF names NO_SOCKET");
-        let snap = Snapshot {
-            // Two namespaces nobody owns: both are node-level, so summed.
-            drops: vec![(1, *no_socket, 7), (2, *no_socket, 4), (1, 99_999, 1)],
-            tcp: vec![
-                (1, TcpWhat::Retransmit, 11),
-                (1, TcpWhat::ResetSent, 12),
-                (1, TcpWhat::ResetReceived, 13),
-                (1, TcpWhat::Connect, 14),
-                (1, TcpWhat::Accept, 15),
-            ],
-            execs: vec![(123, 21)],
-            map_full: 6,
-        };
+        let table = Table::default();
+        let bump = |k, n| table.bump(k, n);
+        // Two namespaces nobody owns: both are node-level, so summed.
+        bump(
+            Key::Drop {
+                netns: 1,
+                reason: *no_socket,
+            },
+            7,
+        );
+        bump(
+            Key::Drop {
+                netns: 2,
+                reason: *no_socket,
+            },
+            4,
+        );
+        bump(
+            Key::Drop {
+                netns: 1,
+                reason: 99_999,
+            },
+            1,
+        );
+        for (what, n) in [
+            (TcpWhat::Retransmit, 11),
+            (TcpWhat::ResetSent, 12),
+            (TcpWhat::ResetReceived, 13),
+            (TcpWhat::Connect, 14),
+            (TcpWhat::Accept, 15),
+        ] {
+            bump(Key::Tcp { netns: 1, what }, n);
+        }
+        bump(Key::Exec { cgroup: 123 }, 21);
+        bump(Key::Exec { cgroup: 124 }, 22);
+        let f = Fake::default();
+        f.0.lock()
+            .unwrap()
+            .owners
+            .insert(Subject::Cgroup(124), pod("shop", "web", "u-web"));
+        f.0.lock().unwrap().named.insert("u-web".into());
+        let att = Attribution::new(Box::new(f), AttributionConfig::default());
         let c = Arc::new(NodeCollector::new(
-            CounterSource::Fixed(snap),
-            Attribution::new(Enricher::with_fs(None, vec![], 16), 10),
+            Some(Box::new(table)),
+            att,
+            Ledger::new(Duration::from_secs(30)),
             stats,
+            Some(PodIndex::default()),
         ));
         let text = render(&registry(c, "n1"));
         let lines = text.lines().map(|l| Ok(l.to_string()));
@@ -475,7 +573,7 @@ mod tests {
             }
         };
         let has_type = |family: &str, ty: &str| text.contains(&format!("# TYPE {family} {ty}\n"));
-        let node = [("namespace", ""), ("pod", "")];
+        let node = [("namespace", ""), ("pod", ""), ("pod_uid", "")];
         assert_eq!(
             value("plumb_packet_drops_total", &[("reason", "NO_SOCKET")]),
             Some(11.0)
@@ -502,16 +600,49 @@ mod tests {
             Some(15.0)
         );
         assert_eq!(value("plumb_execs_total", &node), Some(21.0));
-        assert_eq!(value("plumb_counter_map_full_total", &[]), Some(6.0));
-        assert_eq!(value("plumb_metrics_pods_folded_total", &[]), Some(0.0));
         assert_eq!(
-            value("plumb_gadget_events_total", &[("gadget", "exec")]),
-            Some(5.0)
+            value(
+                "plumb_execs_total",
+                &[("namespace", "shop"), ("pod", "web"), ("pod_uid", "u-web")]
+            ),
+            Some(22.0)
+        );
+        assert_eq!(value("plumb_counter_map_full_total", &[]), Some(0.0));
+        assert_eq!(
+            value("plumb_counter_map_entries", &[("map", "tcp_counts")]),
+            Some(10.0)
         );
         assert_eq!(
-            value("plumb_gadget_events_lost_total", &[("gadget", "exec")]),
+            value("plumb_counter_map_max_entries", &[("map", "tcp_counts")]),
+            Some(16384.0)
+        );
+        assert_eq!(value("plumb_metrics_pods_folded_total", &[]), Some(0.0));
+        assert_eq!(value("plumb_metrics_pods", &[]), Some(1.0));
+        assert_eq!(
+            value(
+                "plumb_enrich_cache_entries",
+                &[("cache", "metrics_cgroups")]
+            ),
             Some(2.0)
         );
+        assert_eq!(
+            value("plumb_enrich_cache_entries", &[("cache", "metrics_netns")]),
+            Some(2.0)
+        );
+        assert_eq!(
+            value("plumb_enrich_cache_entries", &[("cache", "pod_index")]),
+            Some(0.0)
+        );
+        for (name, v) in [
+            ("plumb_gadget_events_total", 5.0),
+            ("plumb_gadget_events_lost_total", 2.0),
+            ("plumb_api_events_dropped_total", 4.0),
+            ("plumb_gadget_events_filtered_total", 9.0),
+            ("plumb_ringbuf_fill_ratio", 0.25),
+            ("plumb_ringbuf_peak_fill_ratio", 0.5),
+        ] {
+            assert_eq!(value(name, &[("gadget", "exec")]), Some(v), "{name}");
+        }
         assert_eq!(
             value("plumb_api_auth_failures_total", &[("reason", "invalid")]),
             Some(3.0)
@@ -520,6 +651,7 @@ mod tests {
             value("plumb_api_auth_failures_total", &[("reason", "missing")]),
             Some(0.0)
         );
+        assert_eq!(value("plumb_api_sessions_refused_total", &[]), Some(1.0));
         assert_eq!(
             value(
                 "plumb_build_info",
@@ -529,6 +661,7 @@ mod tests {
         );
         assert!(has_type("plumb_packet_drops", "counter"), "{text}");
         assert!(has_type("plumb_bpf_programs", "gauge"), "{text}");
+        assert!(has_type("plumb_ringbuf_fill_ratio", "gauge"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         // Every series names the node.
         assert!(scrape

@@ -1,19 +1,26 @@
 //! The agent: binds the API and metrics listeners, serves until told to
 //! stop, then stops every client's run and unloads everything.
+//!
+//! Shutdown is bounded: runs see the stop at their next poll, and clients
+//! that do not finish reading within `shutdown_grace` lose their
+//! connection; the counters are unloaded either way.
 
+use crate::attribution::{Attribution, AttributionConfig, HostLookup};
 use crate::auth::{self, Token};
-use crate::counters::NodeCounters;
+use crate::counters::{CounterStore, NodeCounters};
 use crate::error::{AgentError, Result};
+use crate::k8s::PodIndex;
+use crate::ledger::Ledger;
 use crate::listen::ListenAddr;
 use crate::logs::LogHub;
-use crate::metrics::{self, AgentStats, Attribution, CounterSource, NodeCollector};
+use crate::metrics::{self, AgentStats, NodeCollector};
 use crate::proto::agent_server::{Agent, AgentServer};
 use crate::proto::{
     Gadget, ListGadgetsRequest, ListGadgetsResponse, LogLine, LogsRequest, ProfileRequest,
     ProfileResponse, TraceMessage, TraceRequest,
 };
 use crate::session::{self, Shared};
-use plumb_core::enrich::{Enricher, MetadataSource};
+use plumb_core::enrich::MetadataSource;
 use plumb_core::filter::FilterArgs;
 use plumb_core::gadgets;
 use prometheus_client::registry::Registry;
@@ -46,10 +53,21 @@ pub struct AgentConfig {
     pub node: String,
     pub token: Option<Token>,
     pub tls: Option<TlsFiles>,
-    /// Distinct pods in metric labels before folding into `other`.
-    pub max_pods: usize,
+    /// The cardinality cap and how long attribution answers last.
+    pub attribution: AttributionConfig,
+    /// How often counter keys of vanished namespaces and cgroups are
+    /// looked for (and removed after their counts are folded in).
+    pub gc_every: Duration,
     /// Load the always-on kernel counters.
     pub counters: bool,
+    /// The most gadget runs at once; more are refused.
+    pub max_sessions: usize,
+    /// How long clients get to finish after the stop, before their
+    /// connections are closed.
+    pub shutdown_grace: Duration,
+    /// The pod watcher's index, for its size in the health metrics (it is
+    /// also among the metadata sources given to `bind`).
+    pub pod_index: Option<PodIndex>,
 }
 
 impl AgentConfig {
@@ -60,10 +78,16 @@ impl AgentConfig {
             node: plumb_core::runner::node_name(),
             token: None,
             tls: None,
-            max_pods: Attribution::DEFAULT_MAX_PODS,
+            attribution: AttributionConfig::default(),
+            gc_every: Ledger::DEFAULT_GC_EVERY,
             counters: true,
+            max_sessions: Self::DEFAULT_MAX_SESSIONS,
+            shutdown_grace: Duration::from_secs(3),
+            pod_index: None,
         }
     }
+
+    pub const DEFAULT_MAX_SESSIONS: usize = 16;
 }
 
 struct Service {
@@ -303,22 +327,29 @@ impl BoundAgent {
             })?),
             None => None,
         };
-        let counters = if cfg.counters {
+        let counters: Option<Box<dyn CounterStore>> = if cfg.counters {
             match tokio::task::block_in_place(NodeCounters::start) {
                 Ok(c) => {
                     for s in &c.skipped {
                         tracing::warn!(program = %s, "hook not available on this kernel; its counter stays at zero");
                     }
-                    CounterSource::Kernel(c)
+                    Some(Box::new(c))
                 }
                 Err(e) => return Err(AgentError::Counters(e)),
             }
         } else {
-            CounterSource::None
+            None
         };
         let stats = Arc::new(AgentStats::default());
-        let attribution = Attribution::new(Enricher::new(sources.clone()), cfg.max_pods);
-        let collector = Arc::new(NodeCollector::new(counters, attribution, stats.clone()));
+        let attribution =
+            Attribution::new(Box::new(HostLookup::new(sources.clone())), cfg.attribution);
+        let collector = Arc::new(NodeCollector::new(
+            counters,
+            attribution,
+            Ledger::new(cfg.gc_every),
+            stats.clone(),
+            cfg.pod_index.clone(),
+        ));
         let registry = Arc::new(metrics::registry(collector.clone(), &cfg.node));
         let shutdown = Arc::new(AtomicBool::new(false));
         let shared = Shared {
@@ -326,6 +357,7 @@ impl BoundAgent {
             sources,
             node: Arc::from(cfg.node.as_str()),
             shutdown: shutdown.clone(),
+            max_sessions: cfg.max_sessions,
         };
         Ok(BoundAgent {
             cfg,
@@ -370,9 +402,44 @@ impl BoundAgent {
         let wait = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
         };
+        let grace = self.cfg.shutdown_grace;
+        let health = Arc::new(Health {
+            collector: self.collector.clone(),
+            api_up: AtomicBool::new(false),
+            stopping: self.shutdown.clone(),
+            socket: match &self.api {
+                Incoming::Unix(_, p) => {
+                    use std::os::unix::fs::MetadataExt;
+                    std::fs::metadata(p).ok().map(|m| (p.clone(), m.ino()))
+                }
+                Incoming::Tcp(_) => None,
+            },
+        });
+        // Keys of vanished pods are collected even when nobody scrapes.
+        let refresher = {
+            let c = self.collector.clone();
+            let every = self.cfg.gc_every;
+            let mut rx = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    let stopped = tokio::select! {
+                        _ = tick.tick() => false,
+                        _ = rx.wait_for(|v| *v) => true,
+                    };
+                    if stopped {
+                        return;
+                    }
+                    let c = c.clone();
+                    let _ = tokio::task::spawn_blocking(move || c.refresh()).await;
+                }
+            })
+        };
         let mut metrics_task = None;
         if let Some(l) = self.metrics {
             let reg = self.registry.clone();
+            let (h1, h2) = (health.clone(), health.clone());
             let app = axum::Router::new()
                 .route(
                     "/metrics",
@@ -383,16 +450,26 @@ impl BoundAgent {
                                 .await
                                 .unwrap_or_default();
                             (
-                                [(
-                                    axum::http::header::CONTENT_TYPE,
-                                    "text/plain; version=0.0.4; charset=utf-8",
-                                )],
+                                [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
                                 body,
                             )
                         }
                     }),
                 )
-                .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+                .route(
+                    "/healthz",
+                    axum::routing::get(move || {
+                        let h = h1.clone();
+                        async move { h.answer(false).await }
+                    }),
+                )
+                .route(
+                    "/readyz",
+                    axum::routing::get(move || {
+                        let h = h2.clone();
+                        async move { h.answer(true).await }
+                    }),
+                );
             let rx = stop_rx.clone();
             metrics_task = Some(tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, app).with_graceful_shutdown(wait(rx)).await {
@@ -413,42 +490,128 @@ impl BoundAgent {
         tracing::info!(listen = %self.cfg.listen, metrics = ?self.cfg.metrics_listen, node = %self.cfg.node, "agent ready");
         let router = Server::builder().add_service(svc);
         let auth_stats = self.shared.stats.auth.clone();
-        let r = match (self.api, self.tls) {
+        type Serving =
+            Pin<Box<dyn Future<Output = std::result::Result<(), tonic::transport::Error>> + Send>>;
+        let mut socket = None;
+        let server: Serving = match (self.api, self.tls) {
             (Incoming::Tcp(l), Some(a)) => {
                 let tls = auth::tls_incoming(TcpListenerStream::new(l), a, auth_stats);
-                router
-                    .serve_with_incoming_shutdown(tls, wait(stop_rx))
-                    .await
+                Box::pin(router.serve_with_incoming_shutdown(tls, wait(stop_rx.clone())))
             }
-            (Incoming::Tcp(l), None) => {
+            (Incoming::Tcp(l), None) => Box::pin(
                 router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx))
-                    .await
-            }
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(l), wait(stop_rx.clone())),
+            ),
             (Incoming::Unix(l, path), a) => {
+                socket = Some(path);
                 let l = UnixListenerStream::new(l);
-                let r = match a {
+                match a {
                     Some(a) => {
                         let tls = auth::tls_incoming(l, a, auth_stats);
-                        router
-                            .serve_with_incoming_shutdown(tls, wait(stop_rx))
-                            .await
+                        Box::pin(router.serve_with_incoming_shutdown(tls, wait(stop_rx.clone())))
                     }
-                    None => router.serve_with_incoming_shutdown(l, wait(stop_rx)).await,
-                };
-                let _ = std::fs::remove_file(path);
-                r
+                    None => Box::pin(router.serve_with_incoming_shutdown(l, wait(stop_rx.clone()))),
+                }
             }
         };
-        r.map_err(AgentError::Serve)?;
-        // The metrics handler holds the registry; once it is done, the
-        // counters unload with the collector.
-        if let Some(t) = metrics_task {
-            let _ = t.await;
+        health.api_up.store(true, Ordering::Relaxed);
+        // After the stop, clients get `grace` to read what is left; one
+        // that stopped reading would otherwise hold the graceful end forever.
+        let deadline = {
+            let rx = stop_rx.clone();
+            async move {
+                wait(rx).await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        let r = tokio::select! {
+            r = server => r,
+            _ = deadline => {
+                tracing::warn!(grace = ?grace, "clients still connected after the grace period; closing them");
+                Ok(())
+            }
+        };
+        health.api_up.store(false, Ordering::Relaxed);
+        if let Some(p) = socket {
+            let _ = std::fs::remove_file(p);
         }
+        // Runs unload as soon as they see the stop (they never wait for a
+        // client); wait for that, within the same bound.
+        let until = tokio::time::Instant::now() + grace;
+        while self.shared.stats.sessions.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.shared.stats.sessions.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(sessions = left, "gadget runs still unloading at exit");
+        }
+        // The metrics handler and the refresher hold the collector; once
+        // they are done, the counters unload with it.
+        if let Some(t) = metrics_task {
+            if tokio::time::timeout(grace, t).await.is_err() {
+                tracing::warn!("metrics clients still connected; closing them");
+            }
+        }
+        let _ = refresher.await;
+        drop(health);
         drop(self.registry);
         drop(self.collector);
+        r.map_err(AgentError::Serve)?;
         tracing::info!("agent stopped; everything detached");
         Ok(())
+    }
+}
+
+/// What `/healthz` and `/readyz` check.
+struct Health {
+    collector: Arc<NodeCollector>,
+    api_up: AtomicBool,
+    stopping: Arc<AtomicBool>,
+    /// The API's unix socket and its inode: deleted or replaced, nobody
+    /// can reach the API any more.
+    socket: Option<(PathBuf, u64)>,
+}
+
+impl Health {
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.collector.healthy() {
+            p.push("the always-on counters are not loaded".to_string());
+        }
+        if !self.api_up.load(Ordering::Relaxed) {
+            p.push("the API is not being served".to_string());
+        }
+        if let Some((path, ino)) = &self.socket {
+            use std::os::unix::fs::MetadataExt;
+            if std::fs::metadata(path).map(|m| m.ino()).ok() != Some(*ino) {
+                p.push(format!(
+                    "the API socket {} was removed or replaced",
+                    path.display()
+                ));
+            }
+        }
+        p
+    }
+
+    /// 200 "ok", or 503 with what is wrong (one problem a line). Ready
+    /// also means not shutting down.
+    async fn answer(self: Arc<Self>, ready: bool) -> (axum::http::StatusCode, String) {
+        let h = self.clone();
+        let mut p = tokio::task::spawn_blocking(move || h.problems())
+            .await
+            .unwrap_or_else(|e| vec![format!("health check failed: {e}")]);
+        if ready && self.stopping.load(Ordering::Relaxed) {
+            p.push("shutting down".to_string());
+        }
+        if p.is_empty() {
+            (axum::http::StatusCode::OK, "ok\n".to_string())
+        } else {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                p.join("\n") + "\n",
+            )
+        }
     }
 }

@@ -710,12 +710,27 @@ fn prometheus_sees_the_drops_and_resets_made_in_the_lab() {
             "iptables -w -A INPUT -p tcp --dport {drop_port} -j DROP"
         ))
         .expect("DROP rule");
+    // A process of a fake pod holds each lab namespace (before the agent
+    // starts), so the series of this test's traffic carry these pods'
+    // uids, whatever else the host does meanwhile.
+    let client_pod = fake_pod::FakePod::new(Some(&client.ns.path()));
+    let server_pod = fake_pod::FakePod::new(Some(&server.ns.path()));
     let mut agent = start_agent("node-prom", token.path());
     let prom = start_prometheus(&agent.metrics);
 
-    let drops_q = "sum(plumb_packet_drops_total{reason=\"NETFILTER_DROP\"})";
-    let sent_q = "sum(plumb_tcp_resets_total{direction=\"sent\"})";
-    let recv_q = "sum(plumb_tcp_resets_total{direction=\"received\"})";
+    let drops_q = format!(
+        "sum(plumb_packet_drops_total{{reason=\"NETFILTER_DROP\",pod_uid=\"{}\"}})",
+        server_pod.uid
+    );
+    let sent_q = format!(
+        "sum(plumb_tcp_resets_total{{direction=\"sent\",pod_uid=\"{}\"}})",
+        server_pod.uid
+    );
+    let recv_q = format!(
+        "sum(plumb_tcp_resets_total{{direction=\"received\",pod_uid=\"{}\"}})",
+        client_pod.uid
+    );
+    let (drops_q, sent_q, recv_q) = (drops_q.as_str(), sent_q.as_str(), recv_q.as_str());
     // What Prometheus holds before the traffic (absent: nothing yet).
     std::thread::sleep(Duration::from_millis(1500));
     let t0 = now_secs();
@@ -779,3 +794,6 @@ fn prometheus_sees_the_drops_and_resets_made_in_the_lab() {
     assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
     assert_no_programs_left(&agent.counter_progs);
 }
+
+#[path = "support/fake_pod.rs"]
+mod fake_pod;

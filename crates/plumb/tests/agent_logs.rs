@@ -285,7 +285,7 @@ fn two_followers_get_the_agents_log_until_it_stops() {
         .unwrap_or_else(|| panic!("the run's start was not streamed: {seen:?}"));
         assert_eq!(started["level"], "INFO", "{started}");
         let want = format!(
-            "remote run ended gadget=exec seen={} lost=0 reason=Duration",
+            "remote run ended gadget=exec seen={} lost=0 dropped=0 filtered=0 reason=Duration",
             events.len()
         );
         let ended = wait_log(f, &mut seen, |v| {

@@ -3,9 +3,9 @@
 //! client's run and detaches everything.
 
 use clap::Args;
+use plumb_agent::attribution::AttributionConfig;
 use plumb_agent::auth::Token;
 use plumb_agent::listen::ListenAddr;
-use plumb_agent::metrics::Attribution;
 use plumb_agent::server::{AgentConfig, BoundAgent, TlsFiles};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,9 +39,14 @@ pub struct AgentArgs {
     /// Mutual TLS: only clients with a certificate signed by this CA get in.
     #[arg(long, value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
-    /// Distinct pods in metric labels before new ones fold into pod="other".
-    #[arg(long, value_name = "N", default_value_t = Attribution::DEFAULT_MAX_PODS)]
+    /// Distinct pods in metric labels before new ones fold into pod="other"
+    /// (a pod gone for 10 minutes makes room).
+    #[arg(long, value_name = "N", default_value_t = AttributionConfig::DEFAULT_MAX_PODS)]
     pub max_pods: usize,
+    /// Gadget runs for API clients at once; more are refused (and counted).
+    #[arg(long, value_name = "N", default_value_t = AgentConfig::DEFAULT_MAX_SESSIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub max_sessions: usize,
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, value_name = "LEVEL", env = "PLUMB_LOG", default_value = "info")]
     pub log_level: String,
@@ -67,7 +72,8 @@ fn config(a: &AgentArgs) -> anyhow::Result<AgentConfig> {
     }
     cfg.token = token;
     cfg.tls = tls;
-    cfg.max_pods = a.max_pods;
+    cfg.attribution.max_pods = a.max_pods;
+    cfg.max_sessions = a.max_sessions;
     Ok(cfg)
 }
 
@@ -86,10 +92,12 @@ pub fn run(a: AgentArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
+        let mut cfg = cfg;
         let mut sources = super::trace::local_sources();
         if let Some(pods) = plumb_agent::k8s::start_watcher(&cfg.node).await {
-            sources.push(std::sync::Arc::new(pods));
+            sources.push(std::sync::Arc::new(pods.clone()));
+            cfg.pod_index = Some(pods);
         }
         let agent = BoundAgent::bind(cfg.clone(), sources).await?;
         // One line a supervisor (or a test) can read: where to connect.
@@ -111,7 +119,11 @@ pub fn run(a: AgentArgs) -> anyhow::Result<()> {
         );
         agent.serve(shutdown_signal()).await?;
         anyhow::Ok(())
-    })
+    });
+    // Connections the agent gave up on at shutdown end with the runtime;
+    // nothing of ours is left in them to wait for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -1,0 +1,951 @@
+//! End to end: the agent's metrics and health, on this machine's kernel.
+//!
+//! - Processes in fake kubepods cgroups, holding lab network namespaces,
+//!   make connections, execs, drops and resets; without a pod watcher the
+//!   series carry each pod's uid, with counts equal to the kernel's own
+//!   counters (nstat, the DROP rule's counter).
+//! - With a stand-in pod index the series are named; a pod deleted leaves
+//!   its final count, its kernel keys are removed, and once it has been
+//!   gone long enough the cardinality cap admits the next pod (the metrics
+//!   pipeline on the real kernel counters, seeing only the test's pods).
+//! - A client that stops reading (SIGSTOP) loses its own events, is told
+//!   how many, and cannot hold up SIGTERM; a session over the limit is
+//!   refused; the ring buffer's fill is read from the kernel's positions;
+//!   `/healthz` sees a removed API socket.
+//!
+//! Root tests fail without root.
+
+#[path = "support/fake_pod.rs"]
+mod fake_pod;
+
+use fake_pod::FakePod;
+use plumb_core::testing::{assert_no_programs_left, marker, require_root};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One at a time: the slow-client test runs a busy load, which would slow
+/// the others' timing-sensitive steps.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn plumb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_plumb"))
+}
+
+/// A child process killed (SIGKILL) and reaped when the test ends, however
+/// it ends; its stdout and stderr lines arrive on channels.
+struct Proc {
+    child: Child,
+    out: mpsc::Receiver<String>,
+    err: mpsc::Receiver<String>,
+}
+
+fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn plumb");
+        let out = lines(child.stdout.take().expect("stdout"));
+        let err = lines(child.stderr.take().expect("stderr"));
+        Proc { child, out, err }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_line(
+    rx: &mpsc::Receiver<String>,
+    timeout: Duration,
+    seen: &mut Vec<String>,
+    pred: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let l = rx.recv_timeout(left).ok()?;
+        seen.push(l.clone());
+        if pred(&l) {
+            return Some(l);
+        }
+    }
+}
+
+/// A file removed when the test ends.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, content: &str) -> TempFile {
+        let p = std::env::temp_dir().join(marker(tag));
+        std::fs::write(&p, content).expect("write temp file");
+        TempFile(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status code, Content-Type, body).
+fn get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read the answer");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let ctype = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (code, ctype, body.to_string())
+}
+
+fn scrape(addr: &str) -> String {
+    let (code, _, body) = get(addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        let all = labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (n == name && all).then(|| value.parse().ok())?
+    })
+}
+
+/// Scrape until `name{labels}` equals `want` (or time runs out); the last
+/// value seen.
+fn wait_sample(addr: &str, name: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = sample(&scrape(addr), name, labels);
+        if v == Some(want) || Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running agent binary and where it listens.
+struct Agent {
+    proc: Proc,
+    api: String,
+    metrics: String,
+    counter_progs: Vec<u32>,
+}
+
+fn start_agent(args: &[&str]) -> Agent {
+    let mut cmd = plumb();
+    cmd.args(["agent", "--metrics-listen", "127.0.0.1:0"])
+        .args(args);
+    let proc = Proc::spawn(cmd);
+    let mut seen = Vec::new();
+    let ready = wait_line(&proc.err, Duration::from_secs(60), &mut seen, |l| {
+        l.starts_with("plumb agent: node ")
+    })
+    .unwrap_or_else(|| panic!("the agent did not start: {seen:?}"));
+    let word_after = |w: &str| {
+        let mut it = ready.split_whitespace();
+        it.find(|x| *x == w);
+        it.next().unwrap_or_default().to_string()
+    };
+    let metrics = word_after("metrics")
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let counter_progs: Vec<u32> = ready
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    assert!(!counter_progs.is_empty(), "{ready}");
+    Agent {
+        api: word_after("api"),
+        metrics,
+        counter_progs,
+        proc,
+    }
+}
+
+fn start_agent_with_token(token: &Path, extra: &[&str]) -> Agent {
+    let t = token.display().to_string();
+    let mut args = vec!["--listen", "127.0.0.1:0", "--token-file", t.as_str()];
+    args.extend_from_slice(extra);
+    start_agent(&args)
+}
+
+fn remote(api: &str, token: &Path, args: &[&str]) -> Command {
+    let mut cmd = plumb();
+    cmd.args(["-v", "remote", "--agents", api])
+        .arg("--token-file")
+        .arg(token)
+        .args(args);
+    cmd
+}
+
+/// BPF program ids from the client's `-v` "attached" line.
+fn attached_ids(line: &str) -> Vec<u32> {
+    line.rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+fn pod_uid(p: &FakePod) -> [(&str, &str); 3] {
+    [("namespace", ""), ("pod", ""), ("pod_uid", p.uid.as_str())]
+}
+
+#[test]
+fn series_carry_the_pod_uid_with_the_kernels_own_counts() {
+    require_root();
+    let _serial = serial();
+    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let mut lab = plumb_netlab::Lab::new("metr").expect("lab");
+    let cli = lab.add_pod("cli").expect("client pod");
+    let srv = lab.add_pod("srv").expect("server pod");
+    // Each lab namespace is held by a process of a fake pod, before the
+    // agent starts, so the agent's first answer names the pod.
+    let pod_c = FakePod::new(Some(&cli.ns.path()));
+    let pod_s = FakePod::new(Some(&srv.ns.path()));
+    let (open_port, drop_port, closed_port) = (8101u16, 8102u16, 8103u16);
+    srv.ns
+        .sh(&format!(
+            "iptables -w -A INPUT -p tcp --dport {drop_port} -j DROP"
+        ))
+        .expect("DROP rule");
+    let mut agent = start_agent_with_token(token.path(), &["--node-name", "node-metrics"]);
+    let m = agent.metrics.clone();
+
+    // Execs in the client pod: counted under its uid, nothing else.
+    let execs = 4;
+    for _ in 0..execs {
+        assert!(pod_c.run("/bin/true", &[&marker("exec")]).success());
+    }
+    let got = wait_sample(&m, "plumb_execs_total", &pod_uid(&pod_c), execs as f64);
+    assert_eq!(got, Some(execs as f64), "{}", scrape(&m));
+
+    // N connections from the client pod to a listener in the server pod.
+    let (active0, passive0) = (
+        cli.ns.snmp("Tcp", "ActiveOpens").expect("ActiveOpens"),
+        srv.ns.snmp("Tcp", "PassiveOpens").expect("PassiveOpens"),
+    );
+    let listener = srv
+        .ns
+        .run(move || TcpListener::bind(("0.0.0.0", open_port)))
+        .expect("in the server pod")
+        .expect("listen");
+    let n = 5u64;
+    let accepter = std::thread::spawn(move || {
+        for _ in 0..n {
+            let _ = listener.accept();
+        }
+    });
+    for _ in 0..n {
+        let target = SocketAddr::from((srv.ip, open_port));
+        let c = cli
+            .ns
+            .run(move || TcpStream::connect_timeout(&target, Duration::from_secs(5)))
+            .expect("in the client pod");
+        assert!(c.is_ok(), "{c:?}");
+    }
+    accepter.join().expect("accepts");
+    let active = cli.ns.snmp("Tcp", "ActiveOpens").expect("ActiveOpens") - active0;
+    let passive = srv.ns.snmp("Tcp", "PassiveOpens").expect("PassiveOpens") - passive0;
+    assert_eq!((active, passive), (n, n), "the kernel's own counts");
+    let mut out = pod_uid(&pod_c).to_vec();
+    out.push(("direction", "outbound"));
+    let mut inb = pod_uid(&pod_s).to_vec();
+    inb.push(("direction", "inbound"));
+    assert_eq!(
+        wait_sample(&m, "plumb_tcp_connections_total", &out, active as f64),
+        Some(active as f64)
+    );
+    assert_eq!(
+        wait_sample(&m, "plumb_tcp_connections_total", &inb, passive as f64),
+        Some(passive as f64)
+    );
+
+    // Connects into the DROP rule, and to a closed port (one reset each way).
+    let out_rsts0 = srv.ns.snmp("Tcp", "OutRsts").expect("OutRsts");
+    let retrans0 = cli.ns.snmp("Tcp", "RetransSegs").expect("RetransSegs");
+    let k = 2u64;
+    for _ in 0..k {
+        let target = SocketAddr::from((srv.ip, drop_port));
+        let r = cli
+            .ns
+            .run(move || TcpStream::connect_timeout(&target, Duration::from_millis(1500)))
+            .expect("in the client pod");
+        assert!(r.is_err(), "the DROP rule lets nothing through");
+        let target = SocketAddr::from((srv.ip, closed_port));
+        let r = cli
+            .ns
+            .run(move || TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+            .expect("in the client pod");
+        assert_eq!(
+            r.expect_err("nothing listens").kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+    }
+    let listing = srv.ns.sh("iptables -w -vnxL INPUT").expect("iptables");
+    let rule = plumb_core::testing::iptables_packets(&listing, &format!("dpt:{drop_port}"))
+        .expect("the rule's counter");
+    let out_rsts = srv.ns.snmp("Tcp", "OutRsts").expect("OutRsts") - out_rsts0;
+    let retrans = cli.ns.snmp("Tcp", "RetransSegs").expect("RetransSegs") - retrans0;
+    assert!(rule >= k, "{listing}");
+    assert_eq!(out_rsts, k);
+    let mut dropped = pod_uid(&pod_s).to_vec();
+    dropped.push(("reason", "NETFILTER_DROP"));
+    assert_eq!(
+        wait_sample(&m, "plumb_packet_drops_total", &dropped, rule as f64),
+        Some(rule as f64),
+        "drops in the server pod == the DROP rule's counter"
+    );
+    let mut sent = pod_uid(&pod_s).to_vec();
+    sent.push(("direction", "sent"));
+    let mut recv = pod_uid(&pod_c).to_vec();
+    recv.push(("direction", "received"));
+    assert_eq!(
+        wait_sample(&m, "plumb_tcp_resets_total", &sent, out_rsts as f64),
+        Some(out_rsts as f64),
+        "resets sent by the server pod == its Tcp OutRsts"
+    );
+    assert_eq!(
+        wait_sample(&m, "plumb_tcp_resets_total", &recv, k as f64),
+        Some(k as f64)
+    );
+    assert_eq!(
+        wait_sample(
+            &m,
+            "plumb_tcp_retransmits_total",
+            &pod_uid(&pod_c),
+            retrans as f64
+        ),
+        Some(retrans as f64),
+        "retransmits of the client pod == its Tcp RetransSegs"
+    );
+
+    // Health: the counter maps' fill, the caches, the served content type.
+    let (code, ctype, text) = get(&m, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        ctype,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "plumb_counter_map_max_entries",
+            &[("map", "tcp_counts")]
+        ),
+        Some(16384.0)
+    );
+    let entries = sample(
+        &text,
+        "plumb_counter_map_entries",
+        &[("map", "exec_counts")],
+    )
+    .expect("exec map entries");
+    assert!(entries >= 1.0, "{text}");
+    assert!(
+        sample(
+            &text,
+            "plumb_enrich_cache_entries",
+            &[("cache", "metrics_netns")]
+        )
+        .is_some_and(|v| v >= 2.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "plumb_enrich_cache_entries",
+            &[("cache", "pod_index")]
+        )
+        .is_none(),
+        "no pod watcher here: {text}"
+    );
+    assert_eq!(get(&m, "/healthz").0, 200);
+    assert_eq!(
+        get(&m, "/readyz"),
+        (200, "text/plain; charset=utf-8".into(), "ok\n".into())
+    );
+
+    agent.proc.signal(libc::SIGTERM);
+    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
+    assert_no_programs_left(&agent.counter_progs);
+}
+
+/// Names for pod uids, as the agent's pod watcher gives them.
+#[derive(Default)]
+struct StandInIndex(Mutex<std::collections::HashMap<String, (String, String)>>);
+
+impl plumb_core::enrich::MetadataSource for StandInIndex {
+    fn name(&self) -> &'static str {
+        "stand-in pod index"
+    }
+    fn fill(&self, w: &mut plumb_core::event::Workload) {
+        let Some(uid) = w.pod_uid.as_deref() else {
+            return;
+        };
+        if let Some((ns, name)) = self.0.lock().unwrap().get(uid) {
+            w.namespace.get_or_insert(ns.clone());
+            w.pod.get_or_insert(name.clone());
+        }
+    }
+}
+
+/// The host's attribution, seeing only this test's pods: pods of other
+/// tests running on the host at the same time would take places under the
+/// cap and make its counts depend on them.
+struct OnlyOurs {
+    host: plumb_agent::attribution::HostLookup,
+    uids: Vec<String>,
+}
+
+impl plumb_agent::attribution::Lookup for OnlyOurs {
+    fn owner(&mut self, s: plumb_agent::counters::Subject) -> plumb_agent::attribution::Owner {
+        let o = self.host.owner(s);
+        if self.uids.contains(&o.pod_uid) {
+            o
+        } else {
+            Default::default()
+        }
+    }
+    fn names_pod(&self, uid: &str) -> bool {
+        self.host.names_pod(uid)
+    }
+    fn existing(&mut self, subjects: &[plumb_agent::counters::Subject]) -> Vec<bool> {
+        self.host.existing(subjects)
+    }
+    fn cache_entries(&self) -> Vec<(&'static str, usize)> {
+        self.host.cache_entries()
+    }
+}
+
+/// Is there a slot for `cgroup` in the counters' `exec_counts` map? Asked
+/// of the kernel with bpftool, by the map the counter programs use.
+fn exec_slot(counter_progs: &[u32], cgroup: u64) -> bool {
+    let map = plumb_agent::progs::facts(counter_progs)
+        .map_ids
+        .into_iter()
+        .find(|id| {
+            let out = Command::new("bpftool")
+                .args(["-j", "map", "show", "id", &id.to_string()])
+                .output()
+                .expect("run bpftool");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["name"] == "exec_counts"
+        })
+        .expect("the exec_counts map");
+    let key: Vec<String> = cgroup
+        .to_ne_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Command::new("bpftool")
+        .args(["map", "lookup", "id", &map.to_string(), "key", "hex"])
+        .args(&key)
+        .output()
+        .expect("run bpftool")
+        .status
+        .success()
+}
+
+/// Render until `name{labels}` equals `want` (or time runs out).
+fn wait_render(
+    render: &dyn Fn() -> String,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) -> Option<f64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = sample(&render(), name, labels);
+        if v == Some(want) || Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The metrics pipeline on the real kernel counters (what `/metrics`
+/// renders), with a stand-in pod index and a cap of one pod.
+#[test]
+fn a_deleted_pod_keeps_its_count_frees_its_keys_and_its_place_under_the_cap() {
+    use plumb_agent::attribution::{Attribution, AttributionConfig, HostLookup};
+    require_root();
+    let _serial = serial();
+    let index = Arc::new(StandInIndex::default());
+    let mut pod_a = FakePod::new(None);
+    let pod_b = FakePod::new(None);
+    {
+        let mut i = index.0.lock().unwrap();
+        i.insert(pod_a.uid.clone(), ("shop".into(), "web-a".into()));
+        i.insert(pod_b.uid.clone(), ("shop".into(), "web-b".into()));
+    }
+    let counters = plumb_agent::counters::NodeCounters::start().expect("counters load");
+    let progs = counters.prog_ids.clone();
+    let lookup = OnlyOurs {
+        host: HostLookup::new(vec![index.clone()]),
+        uids: vec![pod_a.uid.clone(), pod_b.uid.clone()],
+    };
+    let cfg = AttributionConfig {
+        max_pods: 1,
+        ttl: Duration::from_secs(1),
+        retention: Duration::from_secs(3),
+    };
+    let collector = Arc::new(plumb_agent::metrics::NodeCollector::new(
+        Some(Box::new(counters)),
+        Attribution::new(Box::new(lookup), cfg),
+        plumb_agent::ledger::Ledger::new(Duration::from_millis(300)),
+        Arc::default(),
+        None,
+    ));
+    let registry = plumb_agent::metrics::registry(collector.clone(), "node-churn");
+    let render = || plumb_agent::metrics::render(&registry);
+    let a_uid = pod_a.uid.clone();
+    let a = [
+        ("namespace", "shop"),
+        ("pod", "web-a"),
+        ("pod_uid", a_uid.as_str()),
+    ];
+    let b = [
+        ("namespace", "shop"),
+        ("pod", "web-b"),
+        ("pod_uid", pod_b.uid.as_str()),
+    ];
+    let other = [
+        ("namespace", "other"),
+        ("pod", "other"),
+        ("pod_uid", "other"),
+    ];
+    for _ in 0..3 {
+        assert!(pod_a.run("/bin/true", &[]).success());
+    }
+    assert_eq!(
+        wait_render(&render, "plumb_execs_total", &a, 3.0),
+        Some(3.0)
+    );
+    // The cap is one pod: b folds into other, and is counted once.
+    for _ in 0..2 {
+        assert!(pod_b.run("/bin/true", &[]).success());
+    }
+    assert_eq!(
+        wait_render(&render, "plumb_execs_total", &other, 2.0),
+        Some(2.0)
+    );
+    let text = render();
+    assert_eq!(
+        sample(&text, "plumb_metrics_pods_folded_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "plumb_metrics_pods", &[]), Some(1.0));
+    assert_eq!(sample(&text, "plumb_execs_total", &b), None, "{text}");
+    let a_cgroup = pod_a.cgroup_id();
+    assert!(exec_slot(&progs, a_cgroup), "a's slot is in the map");
+
+    // a is deleted: the watcher forgets it, its cgroup goes. Its slot is
+    // removed from the kernel map and its count stays.
+    index.0.lock().unwrap().remove(&pod_a.uid);
+    pod_a.delete();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exec_slot(&progs, a_cgroup) && Instant::now() < deadline {
+        let _ = render();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!exec_slot(&progs, a_cgroup), "a's slot removed");
+    let text = render();
+    assert_eq!(sample(&text, "plumb_execs_total", &a), Some(3.0), "{text}");
+    assert!(
+        sample(&text, "plumb_counter_map_removed_total", &[]).is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+
+    // Gone for the retention: a's series leave, and b gets its place for
+    // what it counts from then on; other keeps what it had.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut text = render();
+    while (sample(&text, "plumb_execs_total", &a).is_some()
+        || sample(&text, "plumb_execs_total", &b).is_none())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        text = render();
+    }
+    assert_eq!(sample(&text, "plumb_execs_total", &a), None, "{text}");
+    assert_eq!(sample(&text, "plumb_execs_total", &b), Some(0.0), "{text}");
+    for _ in 0..4 {
+        assert!(pod_b.run("/bin/true", &[]).success());
+    }
+    assert_eq!(
+        wait_render(&render, "plumb_execs_total", &b, 4.0),
+        Some(4.0)
+    );
+    let text = render();
+    assert_eq!(sample(&text, "plumb_execs_total", &other), Some(2.0));
+    assert_eq!(
+        sample(&text, "plumb_metrics_pods_folded_total", &[]),
+        Some(1.0)
+    );
+    drop(registry);
+    drop(collector);
+    assert_no_programs_left(&progs);
+}
+
+/// A busy load in its own cgroup: opens a file in a loop.
+fn open_loop(pod: &FakePod) -> Child {
+    let mut c = Command::new("python3");
+    c.args([
+        "-c",
+        "import os\nwhile True:\n    os.close(os.open('/etc/hostname', os.O_RDONLY))",
+    ]);
+    pod.spawn(c)
+}
+
+fn stop(mut c: Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// Scrape until `name{labels}` stops changing for a second; its value.
+fn settled(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut last = sample(&scrape(addr), name, labels).unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let v = sample(&scrape(addr), name, labels).unwrap_or(0.0);
+        if v == last || Instant::now() >= deadline {
+            return v;
+        }
+        last = v;
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_loses_its_own_events_and_cannot_hold_up_sigterm() {
+    require_root();
+    let _serial = serial();
+    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let load_pod = FakePod::new(None);
+    let mut agent = start_agent_with_token(token.path(), &["--node-name", "node-slow"]);
+    let m = agent.metrics.clone();
+    let client = Proc::spawn(remote(
+        &agent.api,
+        token.path(),
+        &[
+            "trace",
+            "open",
+            "--cgroup",
+            &load_pod.cgroup_path(),
+            "-o",
+            "json",
+        ],
+    ));
+    let mut seen = Vec::new();
+    let attached = wait_line(&client.err, Duration::from_secs(30), &mut seen, |l| {
+        l.contains("open attached, BPF program ids")
+    })
+    .unwrap_or_else(|| panic!("the remote run did not attach: {seen:?}"));
+    let session_progs = attached_ids(&attached);
+    assert!(!session_progs.is_empty(), "{attached}");
+    let load = open_loop(&load_pod);
+    wait_line(&client.out, Duration::from_secs(20), &mut seen, |l| {
+        l.contains("\"type\":\"open\"")
+    })
+    .unwrap_or_else(|| panic!("no open event arrived: {seen:?}"));
+
+    // The client stops reading: its queue fills, and its events are dropped.
+    client.signal(libc::SIGSTOP);
+    let dropped_q = [("gadget", "open")];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&scrape(&m), "plumb_api_events_dropped_total", &dropped_q).unwrap_or(0.0) == 0.0 {
+        assert!(Instant::now() < deadline, "nothing dropped: {}", scrape(&m));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(load);
+    let dropped = settled(&m, "plumb_api_events_dropped_total", &dropped_q);
+    let text = scrape(&m);
+    let kernel_lost = sample(&text, "plumb_gadget_events_lost_total", &dropped_q).unwrap_or(0.0);
+    let delivered = sample(&text, "plumb_gadget_events_total", &dropped_q).expect("delivered");
+    assert!(
+        sample(&text, "plumb_ringbuf_peak_fill_ratio", &dropped_q).is_some(),
+        "{text}"
+    );
+
+    // Reading again, the client is told exactly what it lost, and gets
+    // exactly what was delivered.
+    client.signal(libc::SIGCONT);
+    let (mut events, mut lost) = (1u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (events as f64) < delivered || (lost as f64) < dropped + kernel_lost {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(l) = client.out.recv_timeout(left) else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_str(&l).expect("a JSON line");
+        if v["type"] == "lost" {
+            lost += v["count"].as_u64().unwrap_or(0);
+        } else {
+            events += 1;
+        }
+    }
+    assert_eq!(events as f64, delivered, "events the client received");
+    assert_eq!(lost as f64, dropped + kernel_lost, "losses it was told of");
+
+    // Stuck again, with a full queue, when the agent is told to stop.
+    client.signal(libc::SIGSTOP);
+    let load = open_loop(&load_pod);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&scrape(&m), "plumb_api_events_dropped_total", &dropped_q).unwrap_or(0.0)
+        <= dropped
+    {
+        assert!(Instant::now() < deadline, "not dropping again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t = Instant::now();
+    agent.proc.signal(libc::SIGTERM);
+    let code = agent.proc.wait(Duration::from_secs(10));
+    let took = t.elapsed();
+    stop(load);
+    client.signal(libc::SIGCONT);
+    let err: Vec<String> = agent.proc.err.try_iter().collect();
+    assert_eq!(code, Some(0), "exit within 10 s of SIGTERM: {err:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let mut all = agent.counter_progs.clone();
+    all.extend(session_progs);
+    assert_no_programs_left(&all);
+}
+
+#[test]
+fn a_session_over_the_limit_is_refused_in_one_line_and_counted() {
+    require_root();
+    let _serial = serial();
+    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let mut agent = start_agent_with_token(
+        token.path(),
+        &["--node-name", "node-limit", "--max-sessions", "1"],
+    );
+    let mut first = Proc::spawn(remote(&agent.api, token.path(), &["trace", "exec"]));
+    let mut seen = Vec::new();
+    wait_line(&first.err, Duration::from_secs(30), &mut seen, |l| {
+        l.contains("exec attached")
+    })
+    .unwrap_or_else(|| panic!("the first run did not attach: {seen:?}"));
+    let out = remote(
+        &agent.api,
+        token.path(),
+        &["trace", "exec", "--duration", "1s"],
+    )
+    .output()
+    .expect("run plumb remote");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let first_line = err.lines().next().unwrap_or_default();
+    assert_eq!(
+        first_line,
+        format!(
+            "plumb: agent {}: node node-limit: 1 gadget sessions already run, the most this agent allows (--max-sessions) (ResourceExhausted)",
+            agent.api
+        ),
+        "{err}"
+    );
+    let text = scrape(&agent.metrics);
+    assert_eq!(
+        sample(&text, "plumb_api_sessions_refused_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "plumb_api_sessions", &[]), Some(1.0));
+    first.signal(libc::SIGINT);
+    assert_eq!(first.wait(Duration::from_secs(20)), Some(0));
+    agent.proc.signal(libc::SIGTERM);
+    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
+    assert_no_programs_left(&agent.counter_progs);
+}
+
+#[test]
+fn healthz_sees_the_api_socket_go() {
+    require_root();
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(marker("sock"));
+    std::fs::create_dir_all(&dir).expect("socket dir");
+    let sock = dir.join("agent.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut agent = start_agent(&["--listen", &listen, "--node-name", "node-health"]);
+    assert_eq!(get(&agent.metrics, "/healthz").2, "ok\n");
+    assert_eq!(get(&agent.metrics, "/readyz").2, "ok\n");
+    std::fs::remove_file(&sock).expect("remove the socket");
+    let want = format!(
+        "the API socket {} was removed or replaced\n",
+        sock.display()
+    );
+    assert_eq!(
+        get(&agent.metrics, "/healthz"),
+        (503, "text/plain; charset=utf-8".into(), want.clone())
+    );
+    assert_eq!(get(&agent.metrics, "/readyz").2, want);
+    agent.proc.signal(libc::SIGTERM);
+    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
+    assert_no_programs_left(&agent.counter_progs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A sink that holds the pipeline in its first event until told to go on.
+struct Held {
+    gate: mpsc::Receiver<()>,
+    held: bool,
+    events: Arc<Mutex<u64>>,
+}
+
+impl plumb_core::sink::Sink for Held {
+    fn event(&mut self, _ev: &plumb_core::event::Event) -> std::io::Result<()> {
+        if !self.held {
+            self.held = true;
+            let _ = self.gate.recv();
+        }
+        *self.events.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn the_ring_buffer_fill_is_what_waits_in_the_kernel() {
+    require_root();
+    let _serial = serial();
+    let pod = FakePod::new(None);
+    let root = plumb_core::enrich::cgroupfs::CgroupFs::discover().expect("cgroup v2");
+    let args = plumb_core::filter::FilterArgs {
+        cgroup: vec![pod.cgroup_path()],
+        ..Default::default()
+    };
+    let opts = plumb_core::runner::RunOptions {
+        filter: plumb_core::filter::Filter::parse(&args, Some(root.root())).expect("filter"),
+        ..Default::default()
+    };
+    let desc = plumb_core::gadgets::find("exec").expect("exec gadget");
+    let (ids_tx, ids_rx) = mpsc::channel();
+    let (gate_tx, gate_rx) = mpsc::channel();
+    let events = Arc::new(Mutex::new(0u64));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control = plumb_core::runner::Control {
+        stop: stop.clone(),
+        on_ready: Some(Box::new(move |ids: &[u32]| {
+            let _ = ids_tx.send(ids.to_vec());
+        })),
+    };
+    let sink_events = events.clone();
+    let run = std::thread::spawn(move || {
+        let mut sink = Held {
+            gate: gate_rx,
+            held: false,
+            events: sink_events,
+        };
+        let mut enricher = plumb_core::enrich::Enricher::new(vec![]);
+        plumb_core::runner::run(desc, &opts, &mut enricher, &mut sink, control)
+    });
+    let ids: Vec<u32> = ids_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("attached");
+    let facts = plumb_agent::progs::facts(&ids);
+    let ring = plumb_agent::ringbuf::RingFill::of_maps(&facts.map_ids).expect("map the ring");
+    assert!(!ring.is_empty(), "the exec gadget has a ring buffer");
+    assert_eq!(ring.waiting(), vec![(0, 4 << 20)]);
+    // The first exec's record holds the reader; the next ones wait.
+    let k = 9u64;
+    assert!(pod.run("/bin/true", &["held"]).success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *events.lock().unwrap() == 0 && ring.waiting()[0].0 == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..k {
+        assert!(pod.run("/bin/true", &["held"]).success());
+    }
+    // Identical execs: k + 1 records of one 8-byte-aligned size.
+    let (waiting, size) = ring.waiting()[0];
+    assert!(waiting.is_multiple_of(k + 1), "{waiting}");
+    let record = waiting / (k + 1);
+    assert!(record > 8 && record.is_multiple_of(8), "{record}");
+    assert_eq!(ring.ratio(), waiting as f64 / size as f64);
+    gate_tx.send(()).expect("release the reader");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *events.lock().unwrap() < k + 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(*events.lock().unwrap(), k + 1);
+    assert_eq!(ring.ratio(), 0.0, "all read");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    run.join().expect("run thread").expect("run");
+    drop(ring);
+    assert_no_programs_left(&ids);
+}
