@@ -20,4 +20,5 @@ pub mod preflight;
 pub mod runner;
 pub mod sink;
 #[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,6 +1,8 @@
 //! The aligned table for a terminal: a header, then one row per event.
 //! Widths come from the gadget's column description; the last column takes
-//! what is left of the terminal's width.
+//! what is left of the terminal's width. A value wider than its column (an
+//! IPv6 address) is never cut: it pushes the next column right, and the
+//! columns after that return to their places as soon as there is room.
 
 use super::{cell, Sink};
 use crate::event::Event;
@@ -26,16 +28,7 @@ impl<W: Write> ColumnsSink<W> {
     }
 
     fn row(&mut self, cells: Vec<String>) -> io::Result<()> {
-        let mut line = String::new();
-        let n = self.columns.len();
-        for (i, (c, text)) in self.columns.iter().zip(cells).enumerate() {
-            let width = c.width.max(c.header.len());
-            if i + 1 == n || c.width == 0 {
-                line.push_str(&text);
-            } else {
-                line.push_str(&format!("{text:<width$} "));
-            }
-        }
+        let line = layout(&self.columns, cells);
         let line = line.trim_end();
         match self.max_width {
             Some(w) if line.chars().count() > w => {
@@ -58,6 +51,30 @@ impl<W: Write> ColumnsSink<W> {
         }
         Ok(())
     }
+}
+
+/// One row: each column starts where its width puts it, or one space after
+/// a wider value before it.
+fn layout(columns: &[Column], cells: Vec<String>) -> String {
+    let mut line = String::new();
+    let mut used = 0usize;
+    let mut start = 0usize;
+    let n = columns.len();
+    for (i, (c, text)) in columns.iter().zip(cells).enumerate() {
+        if used < start {
+            line.extend(std::iter::repeat_n(' ', start - used));
+            used = start;
+        }
+        line.push_str(&text);
+        used += text.chars().count();
+        if i + 1 == n || c.width == 0 {
+            break;
+        }
+        line.push(' ');
+        used += 1;
+        start += c.width.max(c.header.len()) + 1;
+    }
+    line
 }
 
 /// Time of day with microseconds from an RFC 3339 timestamp.
@@ -91,5 +108,31 @@ impl<W: Write> Sink for ColumnsSink<W> {
     fn finish(&mut self) -> io::Result<()> {
         self.header()?;
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wide_value_pushes_only_until_there_is_room() {
+        let cols = [
+            Column::new("saddr", "SADDR", 15),
+            Column::new("sport", "SPORT", 5),
+            Column::new("daddr", "DADDR", 15),
+            Column::new("dport", "DPORT", 5),
+            Column::new("error", "ERROR", 0),
+        ];
+        let row = |v: [&str; 5]| layout(&cols, v.iter().map(|s| s.to_string()).collect());
+        let header = row(["SADDR", "SPORT", "DADDR", "DPORT", "ERROR"]);
+        let v4 = row(["10.0.0.1", "40000", "10.0.0.2", "80", "-"]);
+        let v6 = row(["fd00:aaaa::1234:5678", "40000", "fd00::2", "80", "-"]);
+        assert_eq!(header, "SADDR           SPORT DADDR           DPORT ERROR");
+        assert_eq!(v4, "10.0.0.1        40000 10.0.0.2        80    -");
+        // The address runs over: SPORT and DADDR move right, DPORT is back
+        // in its place.
+        assert_eq!(v6, "fd00:aaaa::1234:5678 40000 fd00::2    80    -");
+        assert_eq!(v6.find(" 80 ").map(|i| i + 1), header.find("DPORT"));
     }
 }

@@ -2,6 +2,7 @@
 //! the always-on Prometheus metrics until SIGTERM/SIGINT, then stops every
 //! client's run and detaches everything.
 
+use anyhow::Context;
 use clap::Args;
 use plumb_agent::attribution::AttributionConfig;
 use plumb_agent::auth::Token;
@@ -84,7 +85,7 @@ pub fn run(a: AgentArgs) -> anyhow::Result<()> {
     if let ListenAddr::Unix(p) = &cfg.listen {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
     }
     plumb_agent::logs::init(&a.log_level);
