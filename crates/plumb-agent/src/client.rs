@@ -1,23 +1,26 @@
-//! The other end of the API: connect to one or many agents (directly, or
-//! through a Kubernetes port-forward that ends on a local port), run a
-//! gadget on each and merge their streams. A node that fails or cannot be
-//! reached is reported as such while the others go on.
+//! The other end of the API: connect to one or many agents (over TCP, a
+//! unix socket, or a stream someone else opens, such as a Kubernetes
+//! port-forward), run a gadget or a profile on each at once and merge
+//! their answers. Every wait has a deadline and every connection is
+//! watched with HTTP/2 pings, so a node that fails, hangs or stalls is
+//! reported as such while the others go on.
 
 use crate::auth::Token;
 use crate::error::{AgentError, Result};
 use crate::proto::agent_client::AgentClient;
-use crate::proto::{trace_message::Kind, TraceRequest};
+use crate::proto::{trace_message::Kind, PodRef, TraceRequest};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
+use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, Error as TlsError, RootCertStore};
 use tonic::codegen::Service;
@@ -41,27 +44,142 @@ pub struct ClientTls {
     /// This client's certificate and key (mutual TLS); without them the
     /// agent is verified but the client shows no certificate.
     pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name the agents' certificates are checked against; by default
+    /// the host of a `HOST:PORT` address (a unix socket or a port-forward
+    /// has none, so it must be given).
+    pub server_name: Option<String>,
+}
+
+/// How long to wait for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Opening the connection (TCP or port-forward, and TLS).
+    pub connect: Duration,
+    /// A one-shot call (the gadget list), a gadget's start (until it is
+    /// attached), and the margin allowed on top of a profile's or a timed
+    /// trace's own duration.
+    pub call: Duration,
+    /// A connection whose HTTP/2 pings stay unanswered this long is dead:
+    /// how a stream from a hung agent is noticed while its gadget is quiet.
+    pub stall: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            connect: Duration::from_secs(5),
+            call: Duration::from_secs(30),
+            stall: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A byte stream to an agent.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+pub type BoxIo = Box<dyn Io>;
+pub type OpenFuture = Pin<Box<dyn Future<Output = io::Result<BoxIo>> + Send>>;
+
+/// How to reach one agent.
+#[derive(Clone)]
+pub enum Dial {
+    /// `HOST:PORT`.
+    Tcp(String),
+    /// `unix:PATH` (the agent's default listener).
+    Unix(PathBuf),
+    /// A stream opened by someone else, once per connection (a Kubernetes
+    /// port-forward).
+    Stream(Arc<dyn Fn() -> OpenFuture + Send + Sync>),
+}
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dial::Tcp(a) => write!(f, "Tcp({a})"),
+            Dial::Unix(p) => write!(f, "Unix({})", p.display()),
+            Dial::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// One agent to ask.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub dial: Dial,
+    /// How messages name it: `agent 10.0.0.1:7979`, or
+    /// `node worker-2 (agent pod plumb/plumb-agent-x7k2p)`.
+    pub who: String,
+    /// What follows the node's name in progress lines: `10.0.0.1:7979`,
+    /// `agent pod plumb/plumb-agent-x7k2p`.
+    pub via: String,
+    /// The node, when known before asking.
+    pub node: Option<String>,
+    /// The selected pods on this node (`kubectl plumb -l`); empty: all.
+    pub pods: Vec<PodRef>,
+}
+
+impl Target {
+    /// `HOST:PORT` or `unix:PATH`, as `plumb remote --agents` takes them.
+    pub fn parse(addr: &str) -> Result<Target> {
+        let dial = match addr.strip_prefix("unix:") {
+            Some("") => return Err(AgentError::BadAddress(addr.to_string())),
+            Some(p) => Dial::Unix(PathBuf::from(p)),
+            None => {
+                // The same check tonic makes of the URI, early and in one line.
+                let ok = addr
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok || Endpoint::from_shared(format!("http://{addr}")).is_err() {
+                    return Err(AgentError::BadAddress(addr.to_string()));
+                }
+                Dial::Tcp(addr.to_string())
+            }
+        };
+        Ok(Target {
+            dial,
+            who: format!("agent {addr}"),
+            via: addr.to_string(),
+            node: None,
+            pods: Vec::new(),
+        })
+    }
+
+    /// The node's name for messages: known in advance, learnt from the
+    /// agent, or the agent's address.
+    pub fn node_or_via(&self) -> &str {
+        self.node.as_deref().unwrap_or(&self.via)
+    }
 }
 
 type Authed = Box<dyn FnMut(Request<()>) -> std::result::Result<Request<()>, Status> + Send + Sync>;
 pub type Client = AgentClient<InterceptedService<Channel, Authed>>;
 
-/// Connect to the agent at `addr` (`HOST:PORT`).
-pub async fn connect(addr: &str, auth: &ClientAuth, timeout: Duration) -> Result<Client> {
-    let connect_err = |source| AgentError::Connect {
-        addr: addr.to_string(),
-        source,
+/// Profiles are one message; a busy node's can be large.
+const MAX_MESSAGE: usize = 256 << 20;
+
+/// Connect to the agent `t`.
+pub async fn connect(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<Client> {
+    let uri = match &t.dial {
+        Dial::Tcp(a) => format!("http://{a}"),
+        // The authority is only a header here; the connector decides.
+        Dial::Unix(_) | Dial::Stream(_) => "http://plumb-agent".to_string(),
     };
-    // TLS, when asked for, is done by the connector below, not by tonic.
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| AgentError::BadAddress(addr.to_string()))?
-        .connect_timeout(timeout);
+    let ep = Endpoint::from_shared(uri)
+        .map_err(|_| AgentError::BadAddress(t.via.clone()))?
+        .connect_timeout(d.connect)
+        // A peer that stops answering pings is dead, even mid-stream and
+        // with a quiet gadget: half the stall time between pings, half
+        // waiting for the answer.
+        .http2_keep_alive_interval(d.stall / 2)
+        .keep_alive_timeout(d.stall / 2)
+        .keep_alive_while_idle(true);
     let tls = match &auth.tls {
-        Some(t) => Some(client_tls(addr, t)?),
+        Some(tls) => Some(client_tls(t, tls)?),
         None => None,
     };
     let once = OnceConnector {
-        addr: addr.to_string(),
+        dial: t.dial.clone(),
         tls,
         used: Arc::new(AtomicBool::new(false)),
     };
@@ -72,18 +190,21 @@ pub async fn connect(addr: &str, auth: &ClientAuth, timeout: Duration) -> Result
             let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
             while let Some(x) = cur {
                 let refused = x
-                    .downcast_ref::<std::io::Error>()
+                    .downcast_ref::<io::Error>()
                     .and_then(|io| io.get_ref())
                     .and_then(|i| i.downcast_ref::<Refused>());
                 if let Some(r) = refused {
                     return Err(AgentError::Remote {
-                        addr: addr.to_string(),
+                        who: t.who.clone(),
                         status: Status::unauthenticated(r.0.clone()),
                     });
                 }
                 cur = x.source();
             }
-            return Err(connect_err(e));
+            return Err(AgentError::Connect {
+                who: t.who.clone(),
+                source: e,
+            });
         }
     };
     let header = auth
@@ -101,13 +222,24 @@ pub async fn connect(addr: &str, auth: &ClientAuth, timeout: Duration) -> Result
         }
         Ok(req)
     });
-    Ok(AgentClient::with_interceptor(channel, add))
+    Ok(AgentClient::with_interceptor(channel, add).max_decoding_message_size(MAX_MESSAGE))
 }
 
-/// A failed call. When the connection itself failed (the status has a
-/// cause: a reset, a TLS error) the cause goes into the message, since
-/// "transport error" alone tells the user nothing.
-fn remote_error(addr: &str, status: Status) -> AgentError {
+/// A failed call. A connection whose pings went unanswered is reported as
+/// stalled; when the connection itself failed otherwise (the status has a
+/// cause: a reset, a TLS error, a port-forward error) the cause goes into
+/// the message, since "transport error" alone tells the user nothing.
+fn remote_error(who: &str, status: Status, d: Deadlines) -> AgentError {
+    let mut cur = std::error::Error::source(&status);
+    while let Some(c) = cur {
+        if c.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_timeout()) {
+            return AgentError::Stalled {
+                who: who.to_string(),
+                after: d.stall,
+            };
+        }
+        cur = c.source();
+    }
     let status = match std::error::Error::source(&status) {
         Some(cause) => Status::new(
             status.code(),
@@ -116,13 +248,30 @@ fn remote_error(addr: &str, status: Status) -> AgentError {
         None => status,
     };
     AgentError::Remote {
-        addr: addr.to_string(),
+        who: who.to_string(),
         status,
     }
 }
 
-/// The rustls client side: the agents' CA, our certificate if any, h2.
-fn client_tls(addr: &str, t: &ClientTls) -> Result<(Arc<ClientConfig>, ServerName<'static>)> {
+/// `f`, or NotAnswering once `after` has passed.
+async fn within<T>(
+    who: &str,
+    what: &'static str,
+    after: Duration,
+    f: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(after, f)
+        .await
+        .map_err(|_| AgentError::NotAnswering {
+            who: who.to_string(),
+            what,
+            after,
+        })?
+}
+
+/// The rustls client side: the agents' CA, our certificate if any, h2,
+/// and the name the agent's certificate must carry.
+fn client_tls(t: &Target, tls: &ClientTls) -> Result<(Arc<ClientConfig>, ServerName<'static>)> {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |what: &'static str, p: &PathBuf| {
@@ -142,8 +291,25 @@ fn client_tls(addr: &str, t: &ClientTls) -> Result<(Arc<ClientConfig>, ServerNam
         }
         Ok(v)
     };
+    let host = match (&tls.server_name, &t.dial) {
+        (Some(n), _) => n.clone(),
+        (None, Dial::Tcp(addr)) => addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        (None, _) => {
+            return Err(AgentError::TlsConfig(format!(
+                "{} has no host name to check its certificate against: give --tls-server-name",
+                t.who
+            )))
+        }
+    };
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| AgentError::TlsConfig(format!("'{host}' is not a TLS server name")))?;
     let mut roots = RootCertStore::empty();
-    for c in certs(&read("CA certificate", &t.ca)?, "CA certificate")? {
+    for c in certs(&read("CA certificate", &tls.ca)?, "CA certificate")? {
         roots.add(c).map_err(|e| bad("CA certificate", &e))?;
     }
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
@@ -151,7 +317,7 @@ fn client_tls(addr: &str, t: &ClientTls) -> Result<(Arc<ClientConfig>, ServerNam
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("TLS versions", &e))?
         .with_root_certificates(roots);
-    let mut cfg = match &t.identity {
+    let mut cfg = match &tls.identity {
         Some((cert, key)) => {
             let chain = certs(&read("client certificate", cert)?, "client certificate")?;
             let key = PrivateKeyDer::from_pem_slice(&read("client key", key)?)
@@ -162,13 +328,6 @@ fn client_tls(addr: &str, t: &ClientTls) -> Result<(Arc<ClientConfig>, ServerNam
         None => b.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|_| AgentError::BadAddress(addr.to_string()))?;
     Ok((Arc::new(cfg), name))
 }
 
@@ -206,143 +365,186 @@ fn refusal(e: &TlsError) -> Option<Refused> {
     }))
 }
 
+/// A TLS error as an io::Error, a refusal recognisable as such.
+fn tls_io_error(e: io::Error) -> io::Error {
+    let refused = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<TlsError>())
+        .and_then(refusal);
+    match refused {
+        Some(r) => io::Error::new(io::ErrorKind::PermissionDenied, r),
+        None => e,
+    }
+}
+
+/// A stream whose first bytes were already read: they are handed out
+/// again before the rest.
+struct Replay<S> {
+    head: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.at);
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// With TLS 1.3 the client finishes its handshake before the agent has
 /// checked the client's certificate; the verdict is the agent's next
-/// record: an alert, or its first data (HTTP/2 settings). Wait for it, so
-/// a refusal is reported as such instead of as a broken connection. The
-/// data read stays buffered in the TLS session for the HTTP/2 layer.
-async fn await_verdict(tls: &mut TlsStream<TcpStream>) -> std::io::Result<()> {
-    struct TryRead<'a>(&'a TcpStream);
-    impl std::io::Read for TryRead<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            self.0.try_read(buf)
-        }
+/// record: an alert, or its first data (HTTP/2 settings, which an HTTP/2
+/// server sends first). Wait for it, so a refusal is reported as such
+/// instead of as a broken connection; the data read is replayed to the
+/// HTTP/2 layer.
+async fn await_verdict<S: Io>(mut tls: S) -> io::Result<Replay<S>> {
+    let mut head = vec![0u8; 16 << 10];
+    let n = tls.read(&mut head).await.map_err(tls_io_error)?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection after the TLS handshake",
+        ));
     }
-    loop {
-        let (tcp, conn) = tls.get_mut();
-        let state = conn.process_new_packets().map_err(to_io)?;
-        if state.plaintext_bytes_to_read() > 0 {
-            return Ok(());
-        }
-        tcp.readable().await?;
-        match conn.read_tls(&mut TryRead(tcp)) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the agent closed the connection after the TLS handshake",
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
+    head.truncate(n);
+    Ok(Replay {
+        head,
+        at: 0,
+        inner: tls,
+    })
 }
 
-fn to_io(e: TlsError) -> std::io::Error {
-    match refusal(&e) {
-        Some(r) => std::io::Error::new(std::io::ErrorKind::PermissionDenied, r),
-        None => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-    }
-}
-
-/// Makes a client's one connection (TCP, or TLS over it). A tonic channel
-/// whose connection broke reconnects as soon as it is polled again: after a
-/// refused handshake that is a second attempt the agent counts as a second
-/// refusal, and after a lost agent a silent retry. A client here is one
-/// connection for one run, so a second attempt fails instead.
+/// Makes a client's one connection (TCP, a unix socket or an opened
+/// stream; TLS over it when asked). A tonic channel whose connection broke
+/// reconnects as soon as it is polled again: after a refused handshake
+/// that is a second attempt the agent counts as a second refusal, and
+/// after a lost agent a silent retry. A client here is one connection for
+/// one run, so a second attempt fails instead.
 #[derive(Clone)]
 struct OnceConnector {
-    addr: String,
+    dial: Dial,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     used: Arc<AtomicBool>,
 }
 
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
-
 impl Service<Uri> for OnceConnector {
-    type Response = TokioIo<Box<dyn Io>>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+    type Response = TokioIo<BoxIo>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let first = !self.used.swap(true, Ordering::SeqCst);
-        let (addr, tls) = (self.addr.clone(), self.tls.clone());
+        let (dial, tls) = (self.dial.clone(), self.tls.clone());
         Box::pin(async move {
             if !first {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
                     "the connection to the agent is gone",
                 ));
             }
-            let tcp = TcpStream::connect(&addr).await?;
-            tcp.set_nodelay(true)?;
+            let raw: BoxIo = match &dial {
+                Dial::Tcp(addr) => {
+                    let tcp = TcpStream::connect(addr).await?;
+                    tcp.set_nodelay(true)?;
+                    Box::new(tcp)
+                }
+                Dial::Unix(path) => Box::new(UnixStream::connect(path).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("unix socket {}: {e}", path.display()))
+                })?),
+                Dial::Stream(open) => open().await?,
+            };
             let Some((cfg, name)) = tls else {
-                return Ok(TokioIo::new(Box::new(tcp) as Box<dyn Io>));
+                return Ok(TokioIo::new(raw));
             };
             let connector = tokio_rustls::TlsConnector::from(cfg);
-            let mut s = connector.connect(name, tcp).await.map_err(|e| {
-                // TLS 1.2: the refusal comes inside the handshake.
-                let refused = e
-                    .get_ref()
-                    .and_then(|i| i.downcast_ref::<TlsError>())
-                    .and_then(refusal);
-                match refused {
-                    Some(r) => std::io::Error::new(std::io::ErrorKind::PermissionDenied, r),
-                    None => e,
-                }
-            })?;
-            await_verdict(&mut s).await?;
-            Ok(TokioIo::new(Box::new(s) as Box<dyn Io>))
+            // TLS 1.2: a refusal comes inside the handshake.
+            let s = connector.connect(name, raw).await.map_err(tls_io_error)?;
+            let s = await_verdict(s).await?;
+            Ok(TokioIo::new(Box::new(s) as BoxIo))
         })
     }
 }
 
-/// One item of a merged fan-out stream.
+/// One item of a merged fan-out stream; `target` is the index of the
+/// agent in the list given to [`fan_out`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum FanItem {
     /// The gadget runs on this node.
     Ready {
-        addr: String,
+        target: usize,
         node: String,
         prog_ids: Vec<u32>,
     },
     /// An event (its JSON object carries `node`).
     Event {
-        addr: String,
+        target: usize,
         event: serde_json::Value,
     },
     Lost {
-        addr: String,
+        target: usize,
         gadget: String,
         count: u64,
     },
     /// This node finished normally.
-    Done { addr: String, seen: u64, lost: u64 },
-    /// This node failed or went away; the others go on.
-    Failed { addr: String, error: String },
+    Done {
+        target: usize,
+        seen: u64,
+        lost: u64,
+    },
+    /// This node failed, hung or went away; the others go on.
+    Failed { target: usize, error: String },
 }
 
-/// Run `req` on every agent in `addrs`; items arrive as they come.
+/// Run `req` on every target at once (each with its own pod selection);
+/// items arrive as they come. Dropping the receiver cancels the calls,
+/// which stops the gadgets.
 pub fn fan_out(
-    addrs: &[String],
+    targets: &[Target],
     auth: &ClientAuth,
     req: TraceRequest,
-    timeout: Duration,
+    d: Deadlines,
 ) -> mpsc::Receiver<FanItem> {
     let (tx, rx) = mpsc::channel(1024);
-    for addr in addrs {
-        let (tx, auth, req, addr) = (tx.clone(), auth.clone(), req.clone(), addr.clone());
+    for (i, t) in targets.iter().enumerate() {
+        let (tx, auth, t) = (tx.clone(), auth.clone(), t.clone());
+        let mut req = req.clone();
+        req.pods = t.pods.clone();
         tokio::spawn(async move {
-            if let Err(e) = trace_one(&addr, &auth, req, timeout, &tx).await {
+            if let Err(e) = trace_one(i, &t, &auth, req, d, &tx).await {
                 let _ = tx
                     .send(FanItem::Failed {
-                        addr: addr.clone(),
+                        target: i,
                         error: crate::session::chain(&e),
                     })
                     .await;
@@ -353,52 +555,74 @@ pub fn fan_out(
 }
 
 async fn trace_one(
-    addr: &str,
+    i: usize,
+    t: &Target,
     auth: &ClientAuth,
     req: TraceRequest,
-    timeout: Duration,
+    d: Deadlines,
     tx: &mpsc::Sender<FanItem>,
 ) -> Result<()> {
-    let remote = |status| remote_error(addr, status);
-    let mut client = connect(addr, auth, timeout).await?;
-    let mut stream = client.trace(req).await.map_err(remote)?.into_inner();
-    let a = addr.to_string();
+    let remote = |status| remote_error(&t.who, status, d);
+    let mut client = connect(t, auth, d).await?;
+    // A timed run must end within its duration and the margin.
+    let end = (req.duration_ms > 0).then(|| {
+        tokio::time::Instant::now() + Duration::from_millis(req.duration_ms) + d.call
+    });
+    // The agent answers once the gadget is attached (or failed).
+    let mut stream = within(&t.who, "starting the gadget", d.call, async {
+        Ok(client.trace(req).await.map_err(remote)?.into_inner())
+    })
+    .await?;
+    let mut ready = false;
     loop {
-        let msg = match stream.message().await.map_err(remote)? {
-            Some(m) => m,
-            None => {
-                return Err(AgentError::Internal(format!(
-                    "agent {addr} ended the stream without finishing the run"
-                )))
+        let next = stream.message();
+        let msg = match (ready, end) {
+            (false, _) => within(&t.who, "starting the gadget", d.call, async {
+                next.await.map_err(remote)
+            })
+            .await?,
+            (true, Some(end)) => {
+                let left = end.saturating_duration_since(tokio::time::Instant::now());
+                within(&t.who, "finishing the run", left, async {
+                    next.await.map_err(remote)
+                })
+                .await?
             }
+            (true, None) => next.await.map_err(remote)?,
+        };
+        let Some(msg) = msg else {
+            return Err(AgentError::Internal(format!(
+                "{}: ended the stream without finishing the run",
+                t.who
+            )));
         };
         let item = match msg.kind {
-            Some(Kind::Ready(r)) => FanItem::Ready {
-                addr: a.clone(),
-                node: r.node,
-                prog_ids: r.prog_ids,
-            },
+            Some(Kind::Ready(r)) => {
+                ready = true;
+                FanItem::Ready {
+                    target: i,
+                    node: r.node,
+                    prog_ids: r.prog_ids,
+                }
+            }
             Some(Kind::EventJson(b)) => match serde_json::from_slice(&b) {
-                Ok(event) => FanItem::Event {
-                    addr: a.clone(),
-                    event,
-                },
+                Ok(event) => FanItem::Event { target: i, event },
                 Err(e) => FanItem::Failed {
-                    addr: a.clone(),
-                    error: format!("agent {addr} sent an event that is not JSON: {e}"),
+                    target: i,
+                    error: format!("{}: sent an event that is not JSON: {e}", t.who),
                 },
             },
             Some(Kind::Lost(l)) => FanItem::Lost {
-                addr: a.clone(),
+                target: i,
                 gadget: l.gadget,
                 count: l.count,
             },
-            Some(Kind::Done(d)) => {
+            Some(Kind::Done(done)) => {
                 let _ = tx
                     .send(FanItem::Done {
-                        addr: a.clone(),
-                        seen: d.seen,
-                        lost: d.lost,
+                        target: i,
+                        seen: done.seen,
+                        lost: done.lost,
                     })
                     .await;
                 return Ok(());
@@ -413,65 +637,79 @@ async fn trace_one(
     }
 }
 
-/// The gadgets the agent at `addr` can run.
+/// The gadgets the agent `t` can run.
 pub async fn list_gadgets(
-    addr: &str,
+    t: &Target,
     auth: &ClientAuth,
-    timeout: Duration,
+    d: Deadlines,
 ) -> Result<crate::proto::ListGadgetsResponse> {
-    let mut client = connect(addr, auth, timeout).await?;
-    let resp = client
-        .list_gadgets(crate::proto::ListGadgetsRequest {})
-        .await
-        .map_err(|status| remote_error(addr, status))?;
-    Ok(resp.into_inner())
+    let mut client = connect(t, auth, d).await?;
+    let mut req = Request::new(crate::proto::ListGadgetsRequest {});
+    req.set_timeout(d.call);
+    within(&t.who, "listing its gadgets", d.call, async {
+        let resp = client
+            .list_gadgets(req)
+            .await
+            .map_err(|status| remote_error(&t.who, status, d))?;
+        Ok(resp.into_inner())
+    })
+    .await
 }
 
-/// A CPU profile from the agent at `addr`.
+/// A CPU profile from the agent `t`, as plumb-profile's type (see
+/// `profile_wire`); `req.pods` is set from the target.
 pub async fn profile(
-    addr: &str,
+    t: &Target,
     auth: &ClientAuth,
-    timeout: Duration,
-    req: crate::proto::ProfileRequest,
-) -> Result<crate::proto::ProfileResponse> {
-    let mut client = connect(addr, auth, timeout).await?;
-    let resp = client
-        .profile(req)
-        .await
-        .map_err(|status| remote_error(addr, status))?;
-    Ok(resp.into_inner())
+    d: Deadlines,
+    mut req: crate::proto::ProfileRequest,
+) -> Result<plumb_profile::Profile> {
+    req.pods = t.pods.clone();
+    // Sampling, then reading and symbolizing the stacks.
+    let deadline = Duration::from_millis(req.duration_ms) + d.call;
+    let mut client = connect(t, auth, d).await?;
+    let mut call = Request::new(req);
+    call.set_timeout(deadline);
+    let resp = within(&t.who, "the profile", deadline, async {
+        let resp = client
+            .profile(call)
+            .await
+            .map_err(|status| remote_error(&t.who, status, d))?;
+        Ok(resp.into_inner())
+    })
+    .await?;
+    crate::profile_wire::from_response(&resp).map_err(|source| AgentError::BadProfile {
+        who: t.who.clone(),
+        source,
+    })
 }
 
 /// One item of the merged log streams of several agents.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogItem {
-    /// The agent at `addr` (node `node`) streams its log from now on.
-    Following { addr: String, node: String },
+    /// The agent `target` (node `node`) streams its log from now on.
+    Following { target: usize, node: String },
     Line {
         node: String,
         line: crate::proto::LogLine,
     },
     /// The agent ended the stream (it is shutting down).
-    Ended { addr: String, node: String },
+    Ended { target: usize, node: String },
     /// This agent failed or went away; the others go on.
-    Failed { addr: String, error: String },
+    Failed { target: usize, error: String },
 }
 
-/// Follow the logs of every agent in `addrs`; lines arrive as they come.
-/// Dropping the receiver cancels the calls.
-pub fn follow_logs(
-    addrs: &[String],
-    auth: &ClientAuth,
-    timeout: Duration,
-) -> mpsc::Receiver<LogItem> {
+/// Follow the logs of every target; lines arrive as they come. Dropping
+/// the receiver cancels the calls.
+pub fn follow_logs(targets: &[Target], auth: &ClientAuth, d: Deadlines) -> mpsc::Receiver<LogItem> {
     let (tx, rx) = mpsc::channel(1024);
-    for addr in addrs {
-        let (tx, auth, addr) = (tx.clone(), auth.clone(), addr.clone());
+    for (i, t) in targets.iter().enumerate() {
+        let (tx, auth, t) = (tx.clone(), auth.clone(), t.clone());
         tokio::spawn(async move {
-            if let Err(e) = logs_one(&addr, &auth, timeout, &tx).await {
+            if let Err(e) = logs_one(i, &t, &auth, d, &tx).await {
                 let _ = tx
                     .send(LogItem::Failed {
-                        addr: addr.clone(),
+                        target: i,
                         error: crate::session::chain(&e),
                     })
                     .await;
@@ -482,28 +720,35 @@ pub fn follow_logs(
 }
 
 async fn logs_one(
-    addr: &str,
+    i: usize,
+    t: &Target,
     auth: &ClientAuth,
-    timeout: Duration,
+    d: Deadlines,
     tx: &mpsc::Sender<LogItem>,
 ) -> Result<()> {
-    let remote = |status| remote_error(addr, status);
-    let mut client = connect(addr, auth, timeout).await?;
+    let remote = |status| remote_error(&t.who, status, d);
+    let mut client = connect(t, auth, d).await?;
     // Log lines do not carry the node: ask for it first.
-    let node = client
-        .list_gadgets(crate::proto::ListGadgetsRequest {})
-        .await
-        .map_err(remote)?
-        .into_inner()
-        .node;
+    let node = within(&t.who, "naming its node", d.call, async {
+        Ok(client
+            .list_gadgets(crate::proto::ListGadgetsRequest {})
+            .await
+            .map_err(remote)?
+            .into_inner()
+            .node)
+    })
+    .await?;
     // The agent answers once it has subscribed: no line after this is missed.
-    let mut stream = client
-        .logs(crate::proto::LogsRequest {})
-        .await
-        .map_err(remote)?
-        .into_inner();
+    let mut stream = within(&t.who, "following its log", d.call, async {
+        Ok(client
+            .logs(crate::proto::LogsRequest {})
+            .await
+            .map_err(remote)?
+            .into_inner())
+    })
+    .await?;
     let following = LogItem::Following {
-        addr: addr.to_string(),
+        target: i,
         node: node.clone(),
     };
     if tx.send(following).await.is_err() {
@@ -518,11 +763,43 @@ async fn logs_one(
             return Ok(());
         }
     }
-    let _ = tx
-        .send(LogItem::Ended {
-            addr: addr.to_string(),
-            node,
-        })
-        .await;
+    let _ = tx.send(LogItem::Ended { target: i, node }).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_addresses_parse() {
+        let t = Target::parse("127.0.0.1:7979").unwrap();
+        assert!(matches!(&t.dial, Dial::Tcp(a) if a == "127.0.0.1:7979"));
+        assert_eq!(t.who, "agent 127.0.0.1:7979");
+        let u = Target::parse("unix:/run/plumb/agent.sock").unwrap();
+        assert!(matches!(&u.dial, Dial::Unix(p) if p == &PathBuf::from("/run/plumb/agent.sock")));
+        assert_eq!(u.who, "agent unix:/run/plumb/agent.sock");
+        for bad in ["unix:", "localhost", "a b:1", ":7979", "host:port"] {
+            assert!(
+                matches!(Target::parse(bad), Err(AgentError::BadAddress(a)) if a == bad),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_unix_socket_with_tls_needs_a_server_name() {
+        let t = Target::parse("unix:/run/plumb/agent.sock").unwrap();
+        let tls = ClientTls {
+            ca: "/nonexistent/ca.pem".into(),
+            identity: None,
+            server_name: None,
+        };
+        let e = client_tls(&t, &tls).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "TLS configuration: agent unix:/run/plumb/agent.sock has no host name to check its \
+             certificate against: give --tls-server-name"
+        );
+    }
 }

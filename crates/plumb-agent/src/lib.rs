@@ -15,6 +15,8 @@ pub mod k8s;
 pub mod listen;
 pub mod logs;
 pub mod metrics;
+pub mod profile_wire;
+pub mod selection;
 pub mod server;
 mod session;
 

@@ -5,6 +5,7 @@
 
 use crate::metrics::AgentStats;
 use crate::proto::{trace_message::Kind, Done, Lost, Ready, TraceMessage, TraceRequest};
+use crate::selection::PodSelection;
 use plumb_core::enrich::{cgroupfs::CgroupFs, Enricher, MetadataSource};
 use plumb_core::event::Event;
 use plumb_core::filter::{Filter, FilterArgs};
@@ -66,6 +67,15 @@ struct Forward {
     lost: u64,
     /// Everything reported to the metrics so far.
     lost_reported: u64,
+    /// The request's pods (see `selection`), and what it left out.
+    pods: Option<PodSelection>,
+    left_out: u64,
+    /// Events sent in all; with a pod selection the sink, not the runner,
+    /// enforces max_events (the runner would count left-out events), and
+    /// ends the run through `stop`.
+    sent: u64,
+    max: Option<u64>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Forward {
@@ -93,9 +103,20 @@ impl Forward {
 
 impl Sink for Forward {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if self.pods.as_ref().is_some_and(|p| !p.keeps_event(ev)) {
+            self.left_out += 1;
+            return Ok(());
+        }
+        if self.max.is_some_and(|m| self.sent >= m) {
+            return Ok(()); // the run stops at the next poll
+        }
         let bytes = serde_json::to_vec(ev)?;
         self.send(Kind::EventJson(bytes))?;
         self.seen += 1;
+        self.sent += 1;
+        if self.max.is_some_and(|m| self.sent >= m) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
     fn lost(&mut self, gadget: &str, count: u64, _at: SystemTime) -> io::Result<()> {
@@ -136,18 +157,21 @@ pub fn start(req: TraceRequest, shared: Shared) -> Result<Stream, Status> {
     if let Some(fs) = &fs {
         filter.narrow_to_containers(fs);
     }
+    let pods = PodSelection::from_request(&req.pods);
+    let max = (req.max_events > 0).then_some(req.max_events);
     let opts = RunOptions {
         filter,
         params,
         duration: (req.duration_ms > 0).then(|| Duration::from_millis(req.duration_ms)),
-        max_events: (req.max_events > 0).then_some(req.max_events),
+        max_events: max.filter(|_| pods.is_none()),
         node: shared.node.clone(),
         ..RunOptions::default()
     };
     let (tx, rx) = mpsc::channel(512);
+    let sink_max = max.filter(|_| pods.is_some());
     std::thread::Builder::new()
         .name(format!("plumb-{}", desc.name))
-        .spawn(move || run(desc, opts, tx, shared))
+        .spawn(move || run(desc, opts, (pods, sink_max), tx, shared))
         .map_err(|e| Status::resource_exhausted(format!("cannot start a thread: {e}")))?;
     Ok(rx)
 }
@@ -155,9 +179,11 @@ pub fn start(req: TraceRequest, shared: Shared) -> Result<Stream, Status> {
 fn run(
     desc: &'static gadgets::GadgetDesc,
     opts: RunOptions,
+    (pods, max): (Option<PodSelection>, Option<u64>),
     tx: mpsc::Sender<Result<TraceMessage, Status>>,
     shared: Shared,
 ) {
+    let stop = Arc::new(AtomicBool::new(false));
     let stats = shared.stats.clone();
     stats.sessions.fetch_add(1, Ordering::Relaxed);
     let mut enricher = Enricher::new(shared.sources.clone());
@@ -169,6 +195,11 @@ fn run(
         seen: 0,
         lost: 0,
         lost_reported: 0,
+        pods,
+        left_out: 0,
+        sent: 0,
+        max,
+        stop: stop.clone(),
     };
     let ready_tx = tx.clone();
     let node = shared.node.to_string();
@@ -188,7 +219,7 @@ fn run(
                 })),
             }));
         })),
-        ..Control::default()
+        stop,
     };
     tracing::info!(gadget = desc.name, "remote run started");
     let result = runner::run(desc, &opts, &mut enricher, &mut sink, control);
@@ -205,12 +236,18 @@ fn run(
             stats.add_events(desc.name, 0, unreported);
             tracing::info!(gadget = desc.name, seen = st.seen, lost = st.lost, reason = ?st.reason, "remote run ended");
             if st.reason != StopReason::SinkClosed {
+                let reason = match st.reason {
+                    StopReason::Stopped if sink.max.is_some_and(|m| sink.sent >= m) => {
+                        StopReason::MaxEvents
+                    }
+                    r => r,
+                };
                 let _ = tx.blocking_send(Ok(TraceMessage {
                     kind: Some(Kind::Done(Done {
-                        seen: st.seen,
+                        seen: sink.sent,
                         lost: st.lost,
-                        filtered: st.filtered,
-                        reason: format!("{:?}", st.reason).to_lowercase(),
+                        filtered: st.filtered + sink.left_out,
+                        reason: format!("{reason:?}").to_lowercase(),
                     })),
                 }));
             }

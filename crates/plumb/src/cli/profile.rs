@@ -139,7 +139,7 @@ pub fn run(cmd: ProfileCmd, verbose: bool) -> anyhow::Result<()> {
     }
 }
 
-fn format_from_extension(p: &Path) -> Option<Format> {
+pub(super) fn format_from_extension(p: &Path) -> Option<Format> {
     let name = p.file_name()?.to_str()?;
     [
         (".svg", Format::Svg),
@@ -168,7 +168,7 @@ fn profile_error(e: plumb_profile::Error) -> anyhow::Error {
 #[error(transparent)]
 pub struct ProfileFailed(pub plumb_profile::Error);
 
-fn write_out(
+pub(super) fn write_out(
     file: Option<&Path>,
     default_name: &str,
     bytes: &[u8],
@@ -263,7 +263,7 @@ fn cpu(c: CpuCmd, verbose: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summary(p: &Profile, verbose: bool) {
+pub(super) fn summary(p: &Profile, verbose: bool) {
     let c = &p.completeness;
     let mut line = format!(
         "plumb: {} samples on {} CPUs in {:.1}s, {} lost, {} of {} frames unsymbolized",
