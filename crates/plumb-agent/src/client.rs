@@ -160,6 +160,14 @@ const MAX_MESSAGE: usize = 256 << 20;
 
 /// Connect to the agent `t`.
 pub async fn connect(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<Client> {
+    Ok(connect_noting(t, auth, d).await?.0)
+}
+
+/// How a client's connection ended, as its transport saw it.
+type Ended = Arc<std::sync::Mutex<Option<String>>>;
+
+/// [`connect`], and where the connection notes how it ended.
+async fn connect_noting(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<(Client, Ended)> {
     let uri = match &t.dial {
         Dial::Tcp(a) => format!("http://{a}"),
         // The authority is only a header here; the connector decides.
@@ -178,10 +186,12 @@ pub async fn connect(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<Clie
         Some(tls) => Some(client_tls(t, tls)?),
         None => None,
     };
+    let ended = Ended::default();
     let once = OnceConnector {
         dial: t.dial.clone(),
         tls,
         used: Arc::new(AtomicBool::new(false)),
+        ended: ended.clone(),
     };
     let channel = match ep.connect_with_connector(once).await {
         Ok(c) => c,
@@ -222,17 +232,21 @@ pub async fn connect(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<Clie
         }
         Ok(req)
     });
-    Ok(AgentClient::with_interceptor(channel, add).max_decoding_message_size(MAX_MESSAGE))
+    let client = AgentClient::with_interceptor(channel, add).max_decoding_message_size(MAX_MESSAGE);
+    Ok((client, ended))
 }
 
 /// A failed call. A connection whose pings went unanswered is reported as
 /// stalled; when the connection itself failed otherwise (the status has a
-/// cause: a reset, a TLS error, a port-forward error) the cause goes into
-/// the message, since "transport error" alone tells the user nothing.
-fn remote_error(who: &str, status: Status, d: Deadlines) -> AgentError {
+/// cause: a reset, a TLS error, a port-forward error) the causes go into
+/// the message, with how the transport saw the connection end, since
+/// "transport error" alone tells the user nothing.
+fn remote_error(who: &str, status: Status, d: Deadlines, ended: &Ended) -> AgentError {
     let mut cur = std::error::Error::source(&status);
     while let Some(c) = cur {
-        if c.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_timeout()) {
+        if c.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_timeout())
+        {
             return AgentError::Stalled {
                 who: who.to_string(),
                 after: d.stall,
@@ -241,10 +255,15 @@ fn remote_error(who: &str, status: Status, d: Deadlines) -> AgentError {
         cur = c.source();
     }
     let status = match std::error::Error::source(&status) {
-        Some(cause) => Status::new(
-            status.code(),
-            format!("{}: {}", status.message(), crate::session::chain(cause)),
-        ),
+        Some(cause) => {
+            let mut msg = format!("{}: {}", status.message(), crate::error::chain(cause));
+            if let Some(why) = ended.lock().ok().and_then(|e| e.clone()) {
+                if !msg.contains(&why) {
+                    msg = format!("{msg}: {why}");
+                }
+            }
+            Status::new(status.code(), msg)
+        }
         None => status,
     };
     AgentError::Remote {
@@ -452,6 +471,65 @@ struct OnceConnector {
     dial: Dial,
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     used: Arc<AtomicBool>,
+    /// How the connection ended, for the attempt to reconnect to report.
+    ended: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// A connection that notes how it ended: its first read or write error,
+/// or the peer closing it. HTTP/2 drops the cause when a connection dies
+/// under a call that was not sent yet; tonic then reconnects, and the
+/// refused second attempt reports the cause noted here.
+struct Watched {
+    io: BoxIo,
+    ended: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Watched {
+    fn note<T>(&self, r: &Poll<io::Result<T>>) {
+        if let Poll::Ready(Err(e)) = r {
+            if let Ok(mut ended) = self.ended.lock() {
+                ended.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.note(&r);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before && buf.remaining() > 0 {
+            if let Ok(mut ended) = self.ended.lock() {
+                ended.get_or_insert_with(|| "the agent closed the connection".into());
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(&r);
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.note(&r);
+        r
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl Service<Uri> for OnceConnector {
@@ -465,12 +543,16 @@ impl Service<Uri> for OnceConnector {
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let first = !self.used.swap(true, Ordering::SeqCst);
-        let (dial, tls) = (self.dial.clone(), self.tls.clone());
+        let (dial, tls, ended) = (self.dial.clone(), self.tls.clone(), self.ended.clone());
         Box::pin(async move {
             if !first {
+                let why = ended.lock().ok().and_then(|e| e.clone());
                 return Err(io::Error::new(
                     io::ErrorKind::NotConnected,
-                    "the connection to the agent is gone",
+                    match why {
+                        Some(why) => format!("the connection to the agent is gone: {why}"),
+                        None => "the connection to the agent is gone".to_string(),
+                    },
                 ));
             }
             let raw: BoxIo = match &dial {
@@ -484,6 +566,7 @@ impl Service<Uri> for OnceConnector {
                 })?),
                 Dial::Stream(open) => open().await?,
             };
+            let raw: BoxIo = Box::new(Watched { io: raw, ended });
             let Some((cfg, name)) = tls else {
                 return Ok(TokioIo::new(raw));
             };
@@ -517,11 +600,7 @@ pub enum FanItem {
         count: u64,
     },
     /// This node finished normally.
-    Done {
-        target: usize,
-        seen: u64,
-        lost: u64,
-    },
+    Done { target: usize, seen: u64, lost: u64 },
     /// This node failed, hung or went away; the others go on.
     Failed { target: usize, error: String },
 }
@@ -545,7 +624,7 @@ pub fn fan_out(
                 let _ = tx
                     .send(FanItem::Failed {
                         target: i,
-                        error: crate::session::chain(&e),
+                        error: crate::error::chain(&e),
                     })
                     .await;
             }
@@ -562,12 +641,11 @@ async fn trace_one(
     d: Deadlines,
     tx: &mpsc::Sender<FanItem>,
 ) -> Result<()> {
-    let remote = |status| remote_error(&t.who, status, d);
-    let mut client = connect(t, auth, d).await?;
+    let (mut client, ended) = connect_noting(t, auth, d).await?;
+    let remote = |status| remote_error(&t.who, status, d, &ended);
     // A timed run must end within its duration and the margin.
-    let end = (req.duration_ms > 0).then(|| {
-        tokio::time::Instant::now() + Duration::from_millis(req.duration_ms) + d.call
-    });
+    let end = (req.duration_ms > 0)
+        .then(|| tokio::time::Instant::now() + Duration::from_millis(req.duration_ms) + d.call);
     // The agent answers once the gadget is attached (or failed).
     let mut stream = within(&t.who, "starting the gadget", d.call, async {
         Ok(client.trace(req).await.map_err(remote)?.into_inner())
@@ -577,10 +655,12 @@ async fn trace_one(
     loop {
         let next = stream.message();
         let msg = match (ready, end) {
-            (false, _) => within(&t.who, "starting the gadget", d.call, async {
-                next.await.map_err(remote)
-            })
-            .await?,
+            (false, _) => {
+                within(&t.who, "starting the gadget", d.call, async {
+                    next.await.map_err(remote)
+                })
+                .await?
+            }
             (true, Some(end)) => {
                 let left = end.saturating_duration_since(tokio::time::Instant::now());
                 within(&t.who, "finishing the run", left, async {
@@ -643,14 +723,14 @@ pub async fn list_gadgets(
     auth: &ClientAuth,
     d: Deadlines,
 ) -> Result<crate::proto::ListGadgetsResponse> {
-    let mut client = connect(t, auth, d).await?;
+    let (mut client, ended) = connect_noting(t, auth, d).await?;
     let mut req = Request::new(crate::proto::ListGadgetsRequest {});
     req.set_timeout(d.call);
     within(&t.who, "listing its gadgets", d.call, async {
         let resp = client
             .list_gadgets(req)
             .await
-            .map_err(|status| remote_error(&t.who, status, d))?;
+            .map_err(|status| remote_error(&t.who, status, d, &ended))?;
         Ok(resp.into_inner())
     })
     .await
@@ -667,14 +747,14 @@ pub async fn profile(
     req.pods = t.pods.clone();
     // Sampling, then reading and symbolizing the stacks.
     let deadline = Duration::from_millis(req.duration_ms) + d.call;
-    let mut client = connect(t, auth, d).await?;
+    let (mut client, ended) = connect_noting(t, auth, d).await?;
     let mut call = Request::new(req);
     call.set_timeout(deadline);
     let resp = within(&t.who, "the profile", deadline, async {
         let resp = client
             .profile(call)
             .await
-            .map_err(|status| remote_error(&t.who, status, d))?;
+            .map_err(|status| remote_error(&t.who, status, d, &ended))?;
         Ok(resp.into_inner())
     })
     .await?;
@@ -710,7 +790,7 @@ pub fn follow_logs(targets: &[Target], auth: &ClientAuth, d: Deadlines) -> mpsc:
                 let _ = tx
                     .send(LogItem::Failed {
                         target: i,
-                        error: crate::session::chain(&e),
+                        error: crate::error::chain(&e),
                     })
                     .await;
             }
@@ -726,8 +806,8 @@ async fn logs_one(
     d: Deadlines,
     tx: &mpsc::Sender<LogItem>,
 ) -> Result<()> {
-    let remote = |status| remote_error(&t.who, status, d);
-    let mut client = connect(t, auth, d).await?;
+    let (mut client, ended) = connect_noting(t, auth, d).await?;
+    let remote = |status| remote_error(&t.who, status, d, &ended);
     // Log lines do not carry the node: ask for it first.
     let node = within(&t.who, "naming its node", d.call, async {
         Ok(client

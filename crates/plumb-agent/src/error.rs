@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+/// An error and its causes on one line.
+pub use crate::session::chain;
+
 pub type Result<T> = std::result::Result<T, AgentError>;
 
 #[derive(Debug, thiserror::Error)]

@@ -321,8 +321,7 @@ pub fn target(
     let pod = t.agent_pod.clone();
     let open = move || {
         let (api, pod) = (api.clone(), pod.clone());
-        Box::pin(async move { port_forward(&api, &pod, port).await })
-            as crate::client::OpenFuture
+        Box::pin(async move { port_forward(&api, &pod, port).await }) as crate::client::OpenFuture
     };
     let via = format!("agent pod {}/{}", agents.namespace, t.agent_pod);
     AgentTarget {
@@ -349,30 +348,57 @@ async fn port_forward(api: &Api<Pod>, pod: &str, port: u16) -> io::Result<BoxIo>
     let mut pf = api
         .portforward(pod, &[port])
         .await
-        .map_err(|e| io::Error::other(PortForwardError(e.into())))?;
+        .map_err(|e| io::Error::other(format!("port-forward: {}", crate::error::chain(&e))))?;
     let (Some(io), Some(error)) = (pf.take_stream(port), pf.take_error(port)) else {
-        return Err(io::Error::other("port-forward: the port's stream is missing"));
+        return Err(io::Error::other(
+            "port-forward: the port's stream is missing",
+        ));
     };
     // The forwarding runs in kube's own task; `pf` only holds its handle.
     drop(pf);
     Ok(Box::new(Forwarded {
         io,
-        error: Some(Box::pin(error)),
+        error: PodError::Waiting(Box::pin(error)),
     }))
 }
 
-/// A port-forward failed: the API server refused the upgrade, or the pod
-/// end reported an error (nothing listening on the port).
-#[derive(Debug, thiserror::Error)]
-#[error("port-forward")]
-struct PortForwardError(#[source] Box<dyn std::error::Error + Send + Sync>);
+/// What the pod end of a port-forward said on its error channel.
+enum PodError {
+    Waiting(Pin<Box<dyn Future<Output = Option<String>> + Send>>),
+    Said(Option<String>),
+}
 
-/// A port-forward stream. The API server reports a failure on the port's
-/// error channel and then closes the stream: the end of the stream is
-/// turned into that error, so the user sees why the node is unreachable.
+/// A port-forward stream. The API server reports a failure (nothing
+/// listening on the pod's port) on the port's error channel, then closes
+/// the stream: the end of the stream, or a write into it, fails with that
+/// message, so the user sees why the node is unreachable. The whole
+/// message is the io::Error's text, since HTTP/2 keeps only that.
 struct Forwarded {
     io: DuplexStream,
-    error: Option<Pin<Box<dyn Future<Output = Option<String>> + Send>>>,
+    error: PodError,
+}
+
+impl Forwarded {
+    /// The pod end's error, if it has said one by now.
+    fn pod_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if let PodError::Waiting(f) = &mut self.error {
+            if let Poll::Ready(msg) = f.as_mut().poll(cx) {
+                self.error = PodError::Said(msg);
+            }
+        }
+        match &self.error {
+            PodError::Said(Some(msg)) => Some(io::Error::other(format!("port-forward: {msg}"))),
+            _ => None,
+        }
+    }
+
+    /// A failed write, or the end of the stream, as the pod's error.
+    fn explain<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.pod_error(cx).unwrap_or(e))),
+            other => other,
+        }
+    }
 }
 
 impl AsyncRead for Forwarded {
@@ -386,14 +412,12 @@ impl AsyncRead for Forwarded {
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
                 // The end of the stream: was it an error?
-                if let Some(mut e) = this.error.take() {
-                    if let Poll::Ready(Some(msg)) = e.as_mut().poll(cx) {
-                        return Poll::Ready(Err(io::Error::other(PortForwardError(msg.into()))));
-                    }
+                match this.pod_error(cx) {
+                    Some(e) => Poll::Ready(Err(e)),
+                    None => Poll::Ready(Ok(())),
                 }
-                Poll::Ready(Ok(()))
             }
-            other => other,
+            other => this.explain(cx, other),
         }
     }
 }
@@ -404,10 +428,12 @@ impl AsyncWrite for Forwarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.explain(cx, r)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.explain(cx, r)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)

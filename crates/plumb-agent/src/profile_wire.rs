@@ -132,7 +132,12 @@ pub fn from_response(r: &proto::ProfileResponse) -> Result<Profile, BadFrame> {
             comm: s.comm.clone(),
             pid: s.pid,
             cgroup_id: s.cgroup_id,
-            workload: Arc::new(s.workload.as_ref().map(workload_from_wire).unwrap_or_default()),
+            workload: Arc::new(
+                s.workload
+                    .as_ref()
+                    .map(workload_from_wire)
+                    .unwrap_or_default(),
+            ),
             frames: fs,
             count: s.count,
         });
@@ -180,8 +185,14 @@ fn workload_from_wire(w: &proto::Workload) -> Workload {
         pod: s(&w.pod),
         namespace: s(&w.namespace),
         owner: s(&w.owner),
-        pod_labels: (!w.pod_labels.is_empty())
-            .then(|| Arc::new(w.pod_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())),
+        pod_labels: (!w.pod_labels.is_empty()).then(|| {
+            Arc::new(
+                w.pod_labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        }),
     }
 }
 
@@ -265,7 +276,12 @@ mod tests {
         assert_eq!(back.completeness, p.completeness);
         assert_eq!(back.started, p.started);
         assert_eq!(
-            (back.node.as_str(), back.cpus, back.duration_ns, back.prog_ids.clone()),
+            (
+                back.node.as_str(),
+                back.cpus,
+                back.duration_ns,
+                back.prog_ids.clone()
+            ),
             ("n1", 2, 2_000_000_000, vec![4, 5])
         );
         for (a, b) in back.stacks.iter().zip(&p.stacks) {

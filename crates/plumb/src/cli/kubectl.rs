@@ -84,9 +84,9 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
         selector: a.agent_selector.clone(),
     };
     remote::runtime()?.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .context("cannot reach the Kubernetes API (kubeconfig or in-cluster service account)")?;
+        let client = kube::Client::try_default().await.context(
+            "cannot reach the Kubernetes API (kubeconfig or in-cluster service account)",
+        )?;
         let found = k8s::resolve(&client, &sel, &agents)
             .await
             .context("listing pods")?;

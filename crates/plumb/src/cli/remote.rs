@@ -24,12 +24,7 @@ use std::time::Duration;
 pub struct RemoteArgs {
     /// The agents to ask, comma-separated: HOST:PORT or unix:PATH (as
     /// `plumb agent --listen` was given).
-    #[arg(
-        long,
-        value_name = "ADDR,...",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',', required = true)]
     pub agents: Vec<String>,
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -701,9 +696,13 @@ mod tests {
             "src_namespace": "front", "src_pod": "api-0",
             "dst_namespace": "shop", "dst_pod": "web-1",
         })));
-        assert!(ev(serde_json::json!({"src_namespace": "shop", "src_pod": "web-1"})));
+        assert!(ev(
+            serde_json::json!({"src_namespace": "shop", "src_pod": "web-1"})
+        ));
         // Same name in another namespace; a pod without a namespace.
-        assert!(!ev(serde_json::json!({"namespace": "front", "pod": "web-1"})));
+        assert!(!ev(
+            serde_json::json!({"namespace": "front", "pod": "web-1"})
+        ));
         assert!(!ev(serde_json::json!({"dst_pod": "web-1"})));
         assert!(!ev(serde_json::json!({})));
     }

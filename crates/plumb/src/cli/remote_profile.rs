@@ -260,9 +260,12 @@ pub async fn run(
     let base = format!("plumb-profile-{}-{stamp}", nodes_tag(&m));
     let file = c.file.as_deref();
     match format {
-        Format::Folded => {
-            profile::write_out(file, &format!("{base}.folded"), m.folded().as_bytes(), false)?
-        }
+        Format::Folded => profile::write_out(
+            file,
+            &format!("{base}.folded"),
+            m.folded().as_bytes(),
+            false,
+        )?,
         Format::Json => profile::write_out(
             file,
             &format!("{base}.json"),
@@ -286,9 +289,7 @@ pub async fn run(
             let svg = m.svg(&title).map_err(profile::ProfileFailed)?;
             profile::write_out(file, &format!("{base}.svg"), &svg, true)?
         }
-        Format::Pprof => {
-            profile::write_out(file, &format!("{base}.pb.gz"), &m.pprof_gz()?, true)?
-        }
+        Format::Pprof => profile::write_out(file, &format!("{base}.pb.gz"), &m.pprof_gz()?, true)?,
     }
     profile::summary(&m.profile, verbose);
     SomeFailed::check(failed, targets.len())
@@ -342,7 +343,10 @@ mod tests {
     }
 
     fn two() -> Merged {
-        merge(vec![node("n1", "app", "hot", 30), node("n2", "app", "cold", 10)])
+        merge(vec![
+            node("n1", "app", "hot", 30),
+            node("n2", "app", "cold", 10),
+        ])
     }
 
     #[test]
@@ -356,7 +360,13 @@ mod tests {
         // top ranks functions over all nodes; the comm is not a function.
         let rows = output::top(&m.profile);
         assert_eq!(rows[0].function, "hot");
-        assert_eq!(rows.iter().find(|r| r.function == "main").unwrap().total_samples, 40);
+        assert_eq!(
+            rows.iter()
+                .find(|r| r.function == "main")
+                .unwrap()
+                .total_samples,
+            40
+        );
     }
 
     #[test]

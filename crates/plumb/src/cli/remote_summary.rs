@@ -136,9 +136,7 @@ mod tests {
     #[test]
     fn counts_per_node_and_the_gadgets_keys() {
         let mut s = Summary::new(exec(), &opts(&[], false), Duration::from_secs(1));
-        let ev = |node: &str, comm: &str| {
-            serde_json::json!({"node": node, "comm": comm, "filename": "/bin/true"})
-        };
+        let ev = |node: &str, comm: &str| serde_json::json!({"node": node, "comm": comm, "filename": "/bin/true"});
         for e in [ev("n1", "true"), ev("n2", "true"), ev("n1", "true")] {
             s.event(&e);
         }
