@@ -152,6 +152,27 @@ impl Target {
     }
 }
 
+/// With TLS, every target must have a name to check the agent's
+/// certificate against: a unix socket or a port-forward has no host, so
+/// `--tls-server-name` is needed. Checked before anything is dialled.
+pub fn check_tls_names(targets: &[Target], auth: &ClientAuth) -> Result<()> {
+    let Some(tls) = &auth.tls else { return Ok(()) };
+    if tls.server_name.is_some() {
+        return Ok(());
+    }
+    match targets.iter().find(|t| !matches!(t.dial, Dial::Tcp(_))) {
+        Some(t) => Err(no_server_name(t)),
+        None => Ok(()),
+    }
+}
+
+fn no_server_name(t: &Target) -> AgentError {
+    AgentError::TlsConfig(format!(
+        "{} has no host name to check its certificate against: give --tls-server-name",
+        t.who
+    ))
+}
+
 type Authed = Box<dyn FnMut(Request<()>) -> std::result::Result<Request<()>, Status> + Send + Sync>;
 pub type Client = AgentClient<InterceptedService<Channel, Authed>>;
 
@@ -163,8 +184,24 @@ pub async fn connect(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<Clie
     Ok(connect_noting(t, auth, d).await?.0)
 }
 
-/// How a client's connection ended, as its transport saw it.
-type Ended = Arc<std::sync::Mutex<Option<String>>>;
+/// What a client's connection saw of the agent: when it last read from
+/// it, and how the connection ended.
+#[derive(Debug)]
+struct Transport {
+    last_read: std::time::Instant,
+    ended: Option<String>,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            last_read: std::time::Instant::now(),
+            ended: None,
+        }
+    }
+}
+
+type Ended = Arc<std::sync::Mutex<Transport>>;
 
 /// [`connect`], and where the connection notes how it ended.
 async fn connect_noting(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<(Client, Ended)> {
@@ -242,6 +279,20 @@ async fn connect_noting(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<(
 /// the message, with how the transport saw the connection end, since
 /// "transport error" alone tells the user nothing.
 fn remote_error(who: &str, status: Status, d: Deadlines, ended: &Ended) -> AgentError {
+    let (silent, why) = ended
+        .lock()
+        .map(|t| (t.last_read.elapsed(), t.ended.clone()))
+        .unwrap_or_default();
+    // The agent answers a ping within half the stall time (pings go out
+    // after the other half of silence); a connection that dies after
+    // three quarters of it without a byte from the agent died of the
+    // unanswered pings (h2 reports that only as a closed stream).
+    if std::error::Error::source(&status).is_some() && silent >= d.stall * 3 / 4 {
+        return AgentError::Stalled {
+            who: who.to_string(),
+            after: d.stall,
+        };
+    }
     let mut cur = std::error::Error::source(&status);
     while let Some(c) = cur {
         if c.downcast_ref::<hyper::Error>()
@@ -257,7 +308,7 @@ fn remote_error(who: &str, status: Status, d: Deadlines, ended: &Ended) -> Agent
     let status = match std::error::Error::source(&status) {
         Some(cause) => {
             let mut msg = format!("{}: {}", status.message(), crate::error::chain(cause));
-            if let Some(why) = ended.lock().ok().and_then(|e| e.clone()) {
+            if let Some(why) = why {
                 if !msg.contains(&why) {
                     msg = format!("{msg}: {why}");
                 }
@@ -318,12 +369,7 @@ fn client_tls(t: &Target, tls: &ClientTls) -> Result<(Arc<ClientConfig>, ServerN
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string(),
-        (None, _) => {
-            return Err(AgentError::TlsConfig(format!(
-                "{} has no host name to check its certificate against: give --tls-server-name",
-                t.who
-            )))
-        }
+        (None, _) => return Err(no_server_name(t)),
     };
     let name = ServerName::try_from(host.clone())
         .map_err(|_| AgentError::TlsConfig(format!("'{host}' is not a TLS server name")))?;
@@ -472,23 +518,23 @@ struct OnceConnector {
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     used: Arc<AtomicBool>,
     /// How the connection ended, for the attempt to reconnect to report.
-    ended: Arc<std::sync::Mutex<Option<String>>>,
+    ended: Ended,
 }
 
-/// A connection that notes how it ended: its first read or write error,
-/// or the peer closing it. HTTP/2 drops the cause when a connection dies
+/// A connection that notes when it last read from the agent and how it
+/// ended: its first read or write error, or the peer closing it. HTTP/2 drops the cause when a connection dies
 /// under a call that was not sent yet; tonic then reconnects, and the
 /// refused second attempt reports the cause noted here.
 struct Watched {
     io: BoxIo,
-    ended: Arc<std::sync::Mutex<Option<String>>>,
+    ended: Ended,
 }
 
 impl Watched {
     fn note<T>(&self, r: &Poll<io::Result<T>>) {
         if let Poll::Ready(Err(e)) = r {
-            if let Ok(mut ended) = self.ended.lock() {
-                ended.get_or_insert_with(|| e.to_string());
+            if let Ok(mut t) = self.ended.lock() {
+                t.ended.get_or_insert_with(|| e.to_string());
             }
         }
     }
@@ -503,9 +549,14 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         self.note(&r);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before && buf.remaining() > 0 {
-            if let Ok(mut ended) = self.ended.lock() {
-                ended.get_or_insert_with(|| "the agent closed the connection".into());
+        if matches!(r, Poll::Ready(Ok(()))) {
+            if let Ok(mut t) = self.ended.lock() {
+                if buf.filled().len() > before {
+                    t.last_read = std::time::Instant::now();
+                } else if buf.remaining() > 0 {
+                    t.ended
+                        .get_or_insert_with(|| "the agent closed the connection".into());
+                }
             }
         }
         r
@@ -546,7 +597,7 @@ impl Service<Uri> for OnceConnector {
         let (dial, tls, ended) = (self.dial.clone(), self.tls.clone(), self.ended.clone());
         Box::pin(async move {
             if !first {
-                let why = ended.lock().ok().and_then(|e| e.clone());
+                let why = ended.lock().ok().and_then(|t| t.ended.clone());
                 return Err(io::Error::new(
                     io::ErrorKind::NotConnected,
                     match why {
@@ -724,8 +775,7 @@ pub async fn list_gadgets(
     d: Deadlines,
 ) -> Result<crate::proto::ListGadgetsResponse> {
     let (mut client, ended) = connect_noting(t, auth, d).await?;
-    let mut req = Request::new(crate::proto::ListGadgetsRequest {});
-    req.set_timeout(d.call);
+    let req = Request::new(crate::proto::ListGadgetsRequest {});
     within(&t.who, "listing its gadgets", d.call, async {
         let resp = client
             .list_gadgets(req)
@@ -749,7 +799,9 @@ pub async fn profile(
     let deadline = Duration::from_millis(req.duration_ms) + d.call;
     let (mut client, ended) = connect_noting(t, auth, d).await?;
     let mut call = Request::new(req);
-    call.set_timeout(deadline);
+    // The agent stops sampling when the client's deadline has passed
+    // (tonic enforces it on both ends; ours reports it, a moment before).
+    call.set_timeout(deadline + Duration::from_secs(1));
     let resp = within(&t.who, "the profile", deadline, async {
         let resp = client
             .profile(call)

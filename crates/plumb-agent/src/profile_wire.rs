@@ -142,7 +142,7 @@ pub fn from_response(r: &proto::ProfileResponse) -> Result<Profile, BadFrame> {
             count: s.count,
         });
     }
-    let c = r.completeness.clone().unwrap_or_default();
+    let c = r.completeness.unwrap_or_default();
     Ok(Profile {
         node: r.node.clone(),
         frequency_hz: r.frequency_hz,

@@ -44,14 +44,18 @@ pub struct Cluster {
     pub watch: Option<String>,
     /// Answer every request with this status code and `Status` message.
     pub refuse: Option<(u16, String)>,
-    /// Where the port-forward of (namespace, pod, port) goes.
+    /// Where the port-forward of (namespace, pod, port) goes (more can be
+    /// added once the server runs: [`ApiServer::forward`]).
     pub forwards: HashMap<(String, String, u16), SocketAddr>,
 }
+
+type Forwards = Arc<Mutex<HashMap<(String, String, u16), SocketAddr>>>;
 
 /// A running stand-in.
 pub struct ApiServer {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
+    forwards: Forwards,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -68,7 +72,8 @@ impl ApiServer {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let (cluster, s2) = (Arc::new(cluster), seen.clone());
+        let forwards: Forwards = Arc::new(Mutex::new(cluster.forwards.clone()));
+        let (cluster, s2, f2) = (Arc::new(cluster), seen.clone(), forwards.clone());
         let thread = std::thread::spawn(move || {
             rt.block_on(async move {
                 let Ok(listener) = TcpListener::from_std(std_listener) else {
@@ -76,9 +81,9 @@ impl ApiServer {
                 };
                 let serve = async {
                     while let Ok((conn, _)) = listener.accept().await {
-                        let (cluster, seen) = (cluster.clone(), s2.clone());
+                        let (cluster, seen, fw) = (cluster.clone(), s2.clone(), f2.clone());
                         tokio::spawn(async move {
-                            let _ = connection(conn, &cluster, &seen).await;
+                            let _ = connection(conn, &cluster, &seen, &fw).await;
                         });
                     }
                 };
@@ -93,6 +98,7 @@ impl ApiServer {
         Ok(ApiServer {
             addr,
             seen,
+            forwards,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -100,6 +106,14 @@ impl ApiServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// From now on, the port-forward of `port` of `namespace/pod` goes to
+    /// `to` (pods whose agents are started after the server).
+    pub fn forward(&self, namespace: &str, pod: &str, port: u16, to: SocketAddr) {
+        if let Ok(mut f) = self.forwards.lock() {
+            f.insert((namespace.to_string(), pod.to_string(), port), to);
+        }
     }
 
     /// Every request target so far (path and query, percent-decoded).
@@ -246,6 +260,7 @@ async fn connection(
     mut conn: TcpStream,
     cluster: &Cluster,
     seen: &Mutex<Vec<String>>,
+    forwards: &Forwards,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     while let Some(head) = read_head(&mut conn, &mut buf).await? {
@@ -292,7 +307,7 @@ async fn connection(
             }
             ("GET", ["api", "v1", "namespaces", ns, "pods", name, "portforward"]) => {
                 let (ns, name) = (ns.to_string(), name.to_string());
-                return port_forward(conn, cluster, &ns, &name, &head).await;
+                return port_forward(conn, cluster, forwards, &ns, &name, &head).await;
             }
             _ => {
                 let msg = format!(
@@ -490,6 +505,7 @@ const V4: &str = "v4.channel.k8s.io";
 async fn port_forward(
     mut conn: TcpStream,
     cluster: &Cluster,
+    forwards: &Forwards,
     ns: &str,
     name: &str,
     head: &Head,
@@ -534,15 +550,13 @@ async fn port_forward(
     );
     conn.write_all(resp.as_bytes()).await?;
     let wsock = WebSocketStream::from_raw_socket(conn, Role::Server, None).await;
-    let upstreams = ports
-        .iter()
-        .map(|p| {
-            cluster
-                .forwards
-                .get(&(ns.to_string(), name.to_string(), *p))
-                .copied()
-        })
-        .collect();
+    let upstreams = {
+        let f = forwards.lock().map(|f| f.clone()).unwrap_or_default();
+        ports
+            .iter()
+            .map(|p| f.get(&(ns.to_string(), name.to_string(), *p)).copied())
+            .collect()
+    };
     forward_channels(wsock, &ports, upstreams, &uid).await;
     Ok(())
 }
@@ -645,7 +659,7 @@ async fn forward_channels<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     ws::Message::Binary(b) if b.len() > 1 => {
                         let ch = b[0] as usize;
                         // Only data channels carry bytes towards the pod.
-                        if ch % 2 == 0 {
+                        if ch.is_multiple_of(2) {
                             if let Some(w) = writers.get_mut(ch / 2) {
                                 if w.write_all(&b[1..]).await.is_err() {
                                     break;

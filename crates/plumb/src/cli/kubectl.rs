@@ -113,6 +113,7 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
             .iter()
             .map(|t| k8s::target(client.clone(), &agents, t, a.agent_port, by_labels))
             .collect();
+        plumb_agent::client::check_tls_names(&targets, &auth)?;
         if verbose {
             for t in &targets {
                 eprintln!("plumb: asking {}", t.who);

@@ -155,6 +155,7 @@ pub fn run(args: RemoteArgs, verbose: bool) -> anyhow::Result<()> {
         .iter()
         .map(|a| Target::parse(a))
         .collect::<Result<Vec<_>, _>>()?;
+    client::check_tls_names(&targets, &auth)?;
     runtime()?.block_on(dispatch(
         &targets,
         &auth,
@@ -649,9 +650,21 @@ async fn trace(
                     break;
                 }
             }
-            FanItem::Done { .. } => {
+            FanItem::Done {
+                target,
+                seen: sent,
+                lost: node_lost,
+            } => {
                 done += 1;
                 let _ = printer.out.flush();
+                if verbose {
+                    let t = &targets[target];
+                    let node = nodes.get(&target).map_or(t.node_or_via(), String::as_str);
+                    eprintln!(
+                        "plumb: node {node} ({}): finished, {sent} events sent, {node_lost} lost",
+                        t.via
+                    );
+                }
             }
             FanItem::Failed { target, error } => {
                 failed += 1;

@@ -56,7 +56,7 @@ pub fn merge(parts: Vec<Profile>) -> Merged {
         c.frames_unsymbolized += pc.frames_unsymbolized;
         c.frames_total += pc.frames_total;
         let node: Arc<str> = Arc::from(p.node.as_str());
-        nodes.extend(std::iter::repeat(node).take(p.stacks.len()));
+        nodes.extend(std::iter::repeat_n(node, p.stacks.len()));
         m.stacks.append(&mut p.stacks);
         m.prog_ids.extend(&p.prog_ids);
         heads.push(p);
