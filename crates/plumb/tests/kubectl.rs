@@ -33,6 +33,32 @@ fn cluster() -> Cluster {
     }
 }
 
+/// A busy shell loop inside a cgroup, killed when the test ends.
+struct BusyIn(std::process::Child);
+
+impl BusyIn {
+    fn start(cgroup: &Path) -> BusyIn {
+        let script = format!(
+            "echo $$ > {} && while :; do :; done",
+            cgroup.join("cgroup.procs").display()
+        );
+        BusyIn(
+            std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(script)
+                .spawn()
+                .expect("start a busy loop"),
+        )
+    }
+}
+
+impl Drop for BusyIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The lab pods' UIDs (cluster-pods.json).
 const MARKER_A: &str = "5a1b0000-0000-4000-8000-000000000001";
 const MARKER_B: &str = "5a1b0000-0000-4000-8000-000000000002";
@@ -241,6 +267,56 @@ fn kubectl_plumb_selects_pods_on_each_node_through_port_forwards() {
         let pf = format!("/api/v1/namespaces/plumb/pods/{pod}/portforward?ports=7979");
         assert!(seen.contains(&pf), "{pf}: {seen:?}");
     }
+
+    // A profile of the selection: only marker-a's samples (a busy loop in
+    // its cgroup) come back, from node-1; node-2's selected pod ran
+    // nothing, so everything it sampled was left out there.
+    let busy = BusyIn::start(&cgroups.pods[0]);
+    let mut cmd = std::process::Command::new(&plugin);
+    cmd.env("KUBECONFIG", kubeconfig.path())
+        .arg("--token-file")
+        .arg(token.path())
+        .args([
+            "profile",
+            "cpu",
+            "-l",
+            "app=x",
+            "--duration",
+            "2s",
+            "-o",
+            "json",
+        ]);
+    let out = cmd.output().expect("run kubectl-plumb profile");
+    drop(busy);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "node-3 fails: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON profile");
+    let stacks = v["stacks"].as_array().expect("stacks");
+    assert!(!stacks.is_empty(), "{stdout}");
+    for s in stacks {
+        assert_eq!(
+            (
+                s["node"].as_str(),
+                s["namespace"].as_str(),
+                s["pod"].as_str()
+            ),
+            (Some("node-1"), Some("lab"), Some("marker-a")),
+            "{s}"
+        );
+    }
+    let nodes = v["nodes"].as_array().expect("nodes");
+    let quiet = nodes
+        .iter()
+        .find(|n| n["node"] == "node-2")
+        .expect("node-2");
+    assert_eq!(quiet["samples"].as_u64(), Some(0), "{quiet}");
+    assert!(
+        quiet["filtered_in_user_space"].as_u64() > Some(0),
+        "{quiet}"
+    );
     drop(cgroups);
     n1.stop();
     n2.stop();
@@ -343,4 +419,79 @@ fn without_api_access_the_agent_says_so_once_and_attributes_by_cgroup() {
     for a in agents {
         a.stop();
     }
+}
+
+/// The plugin's commands parse as the issue writes them and go where they
+/// should; nothing answers on the agent pods here (no agents: no root
+/// needed), so each node is reported by name.
+#[test]
+fn kubectl_commands_reach_the_nodes_they_name() {
+    let api = ApiServer::start(cluster()).expect("stand-in API server");
+    let kubeconfig = TempFile::new("kubeconfig", &api.kubeconfig("shop"));
+    let bin = TempDir::new("kubectl");
+    let plugin = bin.path().join("kubectl-plumb");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_plumb"), &plugin).expect("symlink");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&plugin)
+            .env("KUBECONFIG", kubeconfig.path())
+            .args(args)
+            .output()
+            .expect("run kubectl-plumb");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let refused = |node: &str, pod: &str, err: &str| {
+        err.lines().any(|l| {
+            l.starts_with(&format!("plumb: node {node} (agent pod plumb/{pod}): "))
+                && l.contains("connection refused")
+        })
+    };
+    // `kubectl plumb profile cpu --node worker-2 -o svg`, on this cluster.
+    let (code, err) = run(&[
+        "profile",
+        "cpu",
+        "--node",
+        "node-2",
+        "-o",
+        "svg",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(refused("node-2", "plumb-agent-q9m4d", &err), "{err}");
+    assert!(
+        err.lines().any(|l| l == "plumb: 1 of 1 agents failed"),
+        "{err}"
+    );
+    // No selector: every agent pod, whatever the current namespace.
+    let (code, err) = run(&["gadgets"]);
+    assert_eq!(code, Some(1), "{err}");
+    for (node, pod) in [
+        ("node-1", "plumb-agent-x7k2p"),
+        ("node-2", "plumb-agent-q9m4d"),
+        ("node-3", "plumb-agent-r5t8w"),
+    ] {
+        assert!(refused(node, pod, &err), "{node}: {err}");
+    }
+    assert!(
+        err.lines().any(|l| l == "plumb: 3 of 3 agents failed"),
+        "{err}"
+    );
+    // Agents elsewhere: none found is one clear line.
+    let (code, err) = run(&["--agent-namespace", "monitoring", "gadgets"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        "plumb: no node to ask: no running pod matches the selection, or no agent pod matches \
+         app.kubernetes.io/name=plumb,app.kubernetes.io/component=agent in namespace monitoring"
+    );
+    assert!(
+        api.seen()
+            .iter()
+            .any(|t| t.starts_with("/api/v1/namespaces/monitoring/pods?")),
+        "{:?}",
+        api.seen()
+    );
 }
