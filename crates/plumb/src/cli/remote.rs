@@ -196,7 +196,7 @@ pub async fn dispatch(
 }
 
 /// "; the others go on" when there are others.
-fn others(targets: &[Target]) -> &'static str {
+pub fn others(targets: &[Target]) -> &'static str {
     if targets.len() > 1 {
         "; the others go on"
     } else {

@@ -7,7 +7,7 @@
 //! label, and `top` ranks functions over all nodes.
 
 use super::profile::{self, CpuCmd, Format};
-use super::remote::{error_line, SomeFailed};
+use super::remote::{error_line, others, SomeFailed};
 use plumb_agent::client::{self, ClientAuth, Deadlines, Target};
 use plumb_agent::proto::{ProfileRequest, StackKinds};
 use plumb_profile::{output, pprof, Completeness, Frame, Profile};
@@ -232,15 +232,9 @@ pub async fn run(
                 eprintln!("{}", node_line(&p));
                 parts.push(p);
             }
-            Ok((i, Err(e))) => {
+            Ok((_, Err(e))) => {
                 failed += 1;
-                let rest = if targets.len() > 1 {
-                    "; the others go on"
-                } else {
-                    ""
-                };
-                eprintln!("plumb: {}{rest}", error_line(&e));
-                tracing::debug!(target = i, "profile failed");
+                eprintln!("plumb: {}{}", error_line(&e), others(targets));
             }
             Err(e) => {
                 failed += 1;

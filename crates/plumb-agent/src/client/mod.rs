@@ -5,27 +5,25 @@
 //! watched with HTTP/2 pings, so a node that fails, hangs or stalls is
 //! reported as such while the others go on.
 
+mod connector;
+mod tls;
+
 use crate::auth::Token;
 use crate::error::{AgentError, Result};
 use crate::proto::agent_client::AgentClient;
 use crate::proto::{trace_message::Kind, PodRef, TraceRequest};
-use hyper_util::rt::TokioIo;
+use connector::{Ended, OnceConnector};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tls::{client_tls, Refused};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{ClientConfig, Error as TlsError, RootCertStore};
-use tonic::codegen::Service;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Uri;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
@@ -166,7 +164,7 @@ pub fn check_tls_names(targets: &[Target], auth: &ClientAuth) -> Result<()> {
     }
 }
 
-fn no_server_name(t: &Target) -> AgentError {
+pub(super) fn no_server_name(t: &Target) -> AgentError {
     AgentError::TlsConfig(format!(
         "{} has no host name to check its certificate against: give --tls-server-name",
         t.who
@@ -183,25 +181,6 @@ const MAX_MESSAGE: usize = 256 << 20;
 pub async fn connect(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<Client> {
     Ok(connect_noting(t, auth, d).await?.0)
 }
-
-/// What a client's connection saw of the agent: when it last read from
-/// it, and how the connection ended.
-#[derive(Debug)]
-struct Transport {
-    last_read: std::time::Instant,
-    ended: Option<String>,
-}
-
-impl Default for Transport {
-    fn default() -> Self {
-        Transport {
-            last_read: std::time::Instant::now(),
-            ended: None,
-        }
-    }
-}
-
-type Ended = Arc<std::sync::Mutex<Transport>>;
 
 /// [`connect`], and where the connection notes how it ended.
 async fn connect_noting(t: &Target, auth: &ClientAuth, d: Deadlines) -> Result<(Client, Ended)> {
@@ -337,297 +316,6 @@ async fn within<T>(
             what,
             after,
         })?
-}
-
-/// The rustls client side: the agents' CA, our certificate if any, h2,
-/// and the name the agent's certificate must carry.
-fn client_tls(t: &Target, tls: &ClientTls) -> Result<(Arc<ClientConfig>, ServerName<'static>)> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read = |what: &'static str, p: &PathBuf| {
-        std::fs::read(p).map_err(|source| AgentError::ReadFile {
-            what,
-            path: p.clone(),
-            source,
-        })
-    };
-    let bad = |what: &str, e: &dyn std::fmt::Display| AgentError::TlsConfig(format!("{what}: {e}"));
-    let certs = |pem: &[u8], what: &str| -> Result<Vec<CertificateDer<'static>>> {
-        let v = CertificateDer::pem_slice_iter(pem)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| bad(what, &e))?;
-        if v.is_empty() {
-            return Err(bad(what, &"no PEM certificate in it"));
-        }
-        Ok(v)
-    };
-    let host = match (&tls.server_name, &t.dial) {
-        (Some(n), _) => n.clone(),
-        (None, Dial::Tcp(addr)) => addr
-            .rsplit_once(':')
-            .map_or(addr.as_str(), |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        (None, _) => return Err(no_server_name(t)),
-    };
-    let name = ServerName::try_from(host.clone())
-        .map_err(|_| AgentError::TlsConfig(format!("'{host}' is not a TLS server name")))?;
-    let mut roots = RootCertStore::empty();
-    for c in certs(&read("CA certificate", &tls.ca)?, "CA certificate")? {
-        roots.add(c).map_err(|e| bad("CA certificate", &e))?;
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let b = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad("TLS versions", &e))?
-        .with_root_certificates(roots);
-    let mut cfg = match &tls.identity {
-        Some((cert, key)) => {
-            let chain = certs(&read("client certificate", cert)?, "client certificate")?;
-            let key = PrivateKeyDer::from_pem_slice(&read("client key", key)?)
-                .map_err(|e| bad("client key", &e))?;
-            b.with_client_auth_cert(chain, key)
-                .map_err(|e| bad("client certificate and key", &e))?
-        }
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((Arc::new(cfg), name))
-}
-
-/// The agent refused our credentials during the TLS handshake.
-#[derive(Debug)]
-struct Refused(String);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Refused {}
-
-fn refusal(e: &TlsError) -> Option<Refused> {
-    use tokio_rustls::rustls::AlertDescription as A;
-    let TlsError::AlertReceived(a) = e else {
-        return None;
-    };
-    Some(Refused(match a {
-        A::CertificateRequired => {
-            "this agent requires a client certificate (give --tls-cert and --tls-key)".into()
-        }
-        A::UnknownCA
-        | A::BadCertificate
-        | A::CertificateUnknown
-        | A::CertificateExpired
-        | A::CertificateRevoked
-        | A::UnsupportedCertificate
-        | A::AccessDenied => format!(
-            "this agent refused our client certificate (TLS alert {a:?}: is it signed by the agent's client CA?)"
-        ),
-        _ => return None,
-    }))
-}
-
-/// A TLS error as an io::Error, a refusal recognisable as such.
-fn tls_io_error(e: io::Error) -> io::Error {
-    let refused = e
-        .get_ref()
-        .and_then(|i| i.downcast_ref::<TlsError>())
-        .and_then(refusal);
-    match refused {
-        Some(r) => io::Error::new(io::ErrorKind::PermissionDenied, r),
-        None => e,
-    }
-}
-
-/// A stream whose first bytes were already read: they are handed out
-/// again before the rest.
-struct Replay<S> {
-    head: Vec<u8>,
-    at: usize,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.at < this.head.len() {
-            let n = buf.remaining().min(this.head.len() - this.at);
-            buf.put_slice(&this.head[this.at..this.at + n]);
-            this.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// With TLS 1.3 the client finishes its handshake before the agent has
-/// checked the client's certificate; the verdict is the agent's next
-/// record: an alert, or its first data (HTTP/2 settings, which an HTTP/2
-/// server sends first). Wait for it, so a refusal is reported as such
-/// instead of as a broken connection; the data read is replayed to the
-/// HTTP/2 layer.
-async fn await_verdict<S: Io>(mut tls: S) -> io::Result<Replay<S>> {
-    let mut head = vec![0u8; 16 << 10];
-    let n = tls.read(&mut head).await.map_err(tls_io_error)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the agent closed the connection after the TLS handshake",
-        ));
-    }
-    head.truncate(n);
-    Ok(Replay {
-        head,
-        at: 0,
-        inner: tls,
-    })
-}
-
-/// Makes a client's one connection (TCP, a unix socket or an opened
-/// stream; TLS over it when asked). A tonic channel whose connection broke
-/// reconnects as soon as it is polled again: after a refused handshake
-/// that is a second attempt the agent counts as a second refusal, and
-/// after a lost agent a silent retry. A client here is one connection for
-/// one run, so a second attempt fails instead.
-#[derive(Clone)]
-struct OnceConnector {
-    dial: Dial,
-    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
-    used: Arc<AtomicBool>,
-    /// How the connection ended, for the attempt to reconnect to report.
-    ended: Ended,
-}
-
-/// A connection that notes when it last read from the agent and how it
-/// ended: its first read or write error, or the peer closing it. HTTP/2 drops the cause when a connection dies
-/// under a call that was not sent yet; tonic then reconnects, and the
-/// refused second attempt reports the cause noted here.
-struct Watched {
-    io: BoxIo,
-    ended: Ended,
-}
-
-impl Watched {
-    fn note<T>(&self, r: &Poll<io::Result<T>>) {
-        if let Poll::Ready(Err(e)) = r {
-            if let Ok(mut t) = self.ended.lock() {
-                t.ended.get_or_insert_with(|| e.to_string());
-            }
-        }
-    }
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        self.note(&r);
-        if matches!(r, Poll::Ready(Ok(()))) {
-            if let Ok(mut t) = self.ended.lock() {
-                if buf.filled().len() > before {
-                    t.last_read = std::time::Instant::now();
-                } else if buf.remaining() > 0 {
-                    t.ended
-                        .get_or_insert_with(|| "the agent closed the connection".into());
-                }
-            }
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.note(&r);
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.io).poll_flush(cx);
-        self.note(&r);
-        r
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-impl Service<Uri> for OnceConnector {
-    type Response = TokioIo<BoxIo>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let first = !self.used.swap(true, Ordering::SeqCst);
-        let (dial, tls, ended) = (self.dial.clone(), self.tls.clone(), self.ended.clone());
-        Box::pin(async move {
-            if !first {
-                let why = ended.lock().ok().and_then(|t| t.ended.clone());
-                return Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    match why {
-                        Some(why) => format!("the connection to the agent is gone: {why}"),
-                        None => "the connection to the agent is gone".to_string(),
-                    },
-                ));
-            }
-            let raw: BoxIo = match &dial {
-                Dial::Tcp(addr) => {
-                    let tcp = TcpStream::connect(addr).await?;
-                    tcp.set_nodelay(true)?;
-                    Box::new(tcp)
-                }
-                Dial::Unix(path) => Box::new(UnixStream::connect(path).await.map_err(|e| {
-                    io::Error::new(e.kind(), format!("unix socket {}: {e}", path.display()))
-                })?),
-                Dial::Stream(open) => open().await?,
-            };
-            let raw: BoxIo = Box::new(Watched { io: raw, ended });
-            let Some((cfg, name)) = tls else {
-                return Ok(TokioIo::new(raw));
-            };
-            let connector = tokio_rustls::TlsConnector::from(cfg);
-            // TLS 1.2: a refusal comes inside the handshake.
-            let s = connector.connect(name, raw).await.map_err(tls_io_error)?;
-            let s = await_verdict(s).await?;
-            Ok(TokioIo::new(Box::new(s) as BoxIo))
-        })
-    }
 }
 
 /// One item of a merged fan-out stream; `target` is the index of the
