@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+/// An error and its causes on one line.
+pub use crate::session::chain;
+
 pub type Result<T> = std::result::Result<T, AgentError>;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +42,44 @@ pub enum AgentError {
     Serve(#[source] tonic::transport::Error),
     #[error("always-on counters")]
     Counters(#[source] plumb_core::Error),
-    #[error("cannot connect to agent {addr}")]
+    /// `who` names the agent as the user knows it: `agent HOST:PORT`, or
+    /// `node NAME (agent pod NS/POD)` through Kubernetes.
+    #[error("{who}: cannot connect")]
     Connect {
-        addr: String,
+        who: String,
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("agent {addr}: {} ({:?})", status.message(), status.code())]
-    Remote { addr: String, status: tonic::Status },
+    #[error("{who}: {} ({:?})", status.message(), status.code())]
+    Remote { who: String, status: tonic::Status },
+    /// A deadline passed: the agent is hung, stopped or far too slow.
+    #[error("{who}: not answering: {what} took longer than {}", humantime_secs(*.after))]
+    NotAnswering {
+        who: String,
+        what: &'static str,
+        after: std::time::Duration,
+    },
+    #[error("{who}: the connection stalled: no answer to HTTP/2 pings within {}", humantime_secs(*.after))]
+    Stalled {
+        who: String,
+        after: std::time::Duration,
+    },
+    #[error("{who}: bad profile")]
+    BadProfile {
+        who: String,
+        #[source]
+        source: crate::profile_wire::BadFrame,
+    },
     #[error("{0}")]
     Internal(String),
+}
+
+/// `3s`, `1.5s`: a deadline as the user typed it.
+fn humantime_secs(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{s}s")
+    }
 }

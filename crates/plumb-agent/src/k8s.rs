@@ -7,9 +7,14 @@
 //! with cgroup-level attribution.
 //!
 //! Client (`kubectl plumb`): [`resolve`] turns -n/-l/--pod/--node/-A into
-//! the nodes concerned and each node's agent pod; [`forward`] opens a local
-//! port that reaches an agent pod through the API server's port-forward.
+//! the nodes concerned and each node's agent pod (every agent when nothing
+//! is selected); [`target`] makes each into a fan-out target reached
+//! through the API server's port-forward, opened per connection, whose
+//! failures (refused upgrade, nothing listening in the pod) are reported
+//! as the connection's error.
 
+use crate::client::{BoxIo, Dial, Target as AgentTarget};
+use crate::proto::PodRef;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -17,7 +22,12 @@ use kube::runtime::{watcher, WatchStreamExt};
 use plumb_core::enrich::MetadataSource;
 use plumb_core::event::Workload;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 
 /// What the agent knows of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +175,32 @@ pub struct Selection {
     pub node: Option<String>,
 }
 
+impl Selection {
+    /// No pod is selected: the command is about whole nodes (`--node`, or
+    /// every node).
+    fn whole_nodes(&self) -> bool {
+        self.pod.is_none() && self.labels.is_none() && self.namespace.is_none()
+    }
+}
+
+/// Where the agents run (deploy/daemonset.yaml), overridable with
+/// `--agent-namespace` and `--agent-selector`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPods {
+    pub namespace: String,
+    /// A label selector matching the agent pods.
+    pub selector: String,
+}
+
+impl Default for AgentPods {
+    fn default() -> Self {
+        AgentPods {
+            namespace: AGENT_NAMESPACE.to_string(),
+            selector: AGENT_SELECTOR.to_string(),
+        }
+    }
+}
+
 /// Where to run: a node, its agent pod, and the selected pods on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -183,16 +219,45 @@ pub struct Resolved {
     pub without_agent: Vec<String>,
 }
 
-/// The agents' namespace and label (deploy/daemonset.yaml).
+/// The default agents' namespace and label (deploy/daemonset.yaml).
 pub const AGENT_NAMESPACE: &str = "plumb";
 pub const AGENT_SELECTOR: &str = "app.kubernetes.io/name=plumb,app.kubernetes.io/component=agent";
 
-/// Resolve a selection to nodes and their agent pods.
-pub async fn resolve(client: &kube::Client, sel: &Selection) -> kube::Result<Resolved> {
-    let whole_node = sel.pod.is_none() && sel.labels.is_none() && sel.node.is_some();
+/// Resolve a selection to nodes and their agent pods. With no pod
+/// selected (no -n, -l or --pod), every agent is asked, or the one on
+/// `--node`.
+pub async fn resolve(
+    client: &kube::Client,
+    sel: &Selection,
+    agents: &AgentPods,
+) -> kube::Result<Resolved> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &agents.namespace);
+    let mut agent_of: BTreeMap<String, String> = BTreeMap::new();
+    for p in api
+        .list(&ListParams::default().labels(&agents.selector))
+        .await?
+    {
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if let (true, Some(node), Some(name)) = (
+            running,
+            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            p.metadata.name.clone(),
+        ) {
+            agent_of.insert(node, name);
+        }
+    }
     let mut nodes: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
-    if whole_node {
-        nodes.insert(sel.node.clone().unwrap_or_default(), BTreeSet::new());
+    if sel.whole_nodes() {
+        match &sel.node {
+            Some(n) => {
+                nodes.insert(n.clone(), BTreeSet::new());
+            }
+            None => {
+                for n in agent_of.keys() {
+                    nodes.insert(n.clone(), BTreeSet::new());
+                }
+            }
+        }
     } else {
         let api: Api<Pod> = match &sel.namespace {
             _ if sel.all_namespaces => Api::all(client.clone()),
@@ -225,21 +290,6 @@ pub async fn resolve(client: &kube::Client, sel: &Selection) -> kube::Result<Res
             nodes.entry(node).or_default().insert((ns, name));
         }
     }
-    let agents: Api<Pod> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
-    let mut agent_of: HashMap<String, String> = HashMap::new();
-    for p in agents
-        .list(&ListParams::default().labels(AGENT_SELECTOR))
-        .await?
-    {
-        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-        if let (true, Some(node), Some(name)) = (
-            running,
-            p.spec.as_ref().and_then(|s| s.node_name.clone()),
-            p.metadata.name.clone(),
-        ) {
-            agent_of.insert(node, name);
-        }
-    }
     let mut out = Resolved {
         targets: Vec::new(),
         without_agent: Vec::new(),
@@ -257,32 +307,135 @@ pub async fn resolve(client: &kube::Client, sel: &Selection) -> kube::Result<Res
     Ok(out)
 }
 
-/// A loopback port that reaches `port` of `pod` (in the agents'
-/// namespace) through the API server; each connection opens its own
-/// port-forward stream. The listener lives as long as the runtime.
-pub async fn forward(client: kube::Client, pod: String, port: u16) -> std::io::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?.to_string();
-    let api: Api<Pod> = Api::namespaced(client, AGENT_NAMESPACE);
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let (api, pod) = (api.clone(), pod.clone());
-            tokio::spawn(async move {
-                let mut pf = match api.portforward(&pod, &[port]).await {
-                    Ok(pf) => pf,
-                    Err(e) => {
-                        tracing::warn!(%pod, error = %e, "port-forward failed");
-                        return;
-                    }
-                };
-                let Some(mut upstream) = pf.take_stream(port) else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
-                drop(upstream);
-                let _ = pf.join().await;
-            });
+/// The fan-out target for `t`: port `port` of its agent pod, reached
+/// through the API server; `keep_pods` sends the node's selected pods
+/// along so the agent streams only their events.
+pub fn target(
+    client: kube::Client,
+    agents: &AgentPods,
+    t: &Target,
+    port: u16,
+    keep_pods: bool,
+) -> AgentTarget {
+    let api: Api<Pod> = Api::namespaced(client, &agents.namespace);
+    let pod = t.agent_pod.clone();
+    let open = move || {
+        let (api, pod) = (api.clone(), pod.clone());
+        Box::pin(async move { port_forward(&api, &pod, port).await }) as crate::client::OpenFuture
+    };
+    let via = format!("agent pod {}/{}", agents.namespace, t.agent_pod);
+    AgentTarget {
+        dial: Dial::Stream(Arc::new(open)),
+        who: format!("node {} ({via})", t.node),
+        via,
+        node: Some(t.node.clone()),
+        pods: if keep_pods {
+            t.pods
+                .iter()
+                .map(|(namespace, name)| PodRef {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// One port-forward stream to `pod`'s `port`.
+async fn port_forward(api: &Api<Pod>, pod: &str, port: u16) -> io::Result<BoxIo> {
+    let mut pf = api
+        .portforward(pod, &[port])
+        .await
+        .map_err(|e| io::Error::other(format!("port-forward: {}", crate::error::chain(&e))))?;
+    let (Some(io), Some(error)) = (pf.take_stream(port), pf.take_error(port)) else {
+        return Err(io::Error::other(
+            "port-forward: the port's stream is missing",
+        ));
+    };
+    // The forwarding runs in kube's own task; `pf` only holds its handle.
+    drop(pf);
+    Ok(Box::new(Forwarded {
+        io,
+        error: PodError::Waiting(Box::pin(error)),
+    }))
+}
+
+/// What the pod end of a port-forward said on its error channel.
+enum PodError {
+    Waiting(Pin<Box<dyn Future<Output = Option<String>> + Send>>),
+    Said(Option<String>),
+}
+
+/// A port-forward stream. The API server reports a failure (nothing
+/// listening on the pod's port) on the port's error channel, then closes
+/// the stream: the end of the stream, or a write into it, fails with that
+/// message, so the user sees why the node is unreachable. The whole
+/// message is the io::Error's text, since HTTP/2 keeps only that.
+struct Forwarded {
+    io: DuplexStream,
+    error: PodError,
+}
+
+impl Forwarded {
+    /// The pod end's error, if it has said one by now.
+    fn pod_error(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if let PodError::Waiting(f) = &mut self.error {
+            if let Poll::Ready(msg) = f.as_mut().poll(cx) {
+                self.error = PodError::Said(msg);
+            }
         }
-    });
-    Ok(addr)
+        match &self.error {
+            PodError::Said(Some(msg)) => Some(io::Error::other(format!("port-forward: {msg}"))),
+            _ => None,
+        }
+    }
+
+    /// A failed write, or the end of the stream, as the pod's error.
+    fn explain<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.pod_error(cx).unwrap_or(e))),
+            other => other,
+        }
+    }
+}
+
+impl AsyncRead for Forwarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                // The end of the stream: was it an error?
+                match this.pod_error(cx) {
+                    Some(e) => Poll::Ready(Err(e)),
+                    None => Poll::Ready(Ok(())),
+                }
+            }
+            other => this.explain(cx, other),
+        }
+    }
+}
+
+impl AsyncWrite for Forwarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.explain(cx, r)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.explain(cx, r)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }

@@ -17,8 +17,10 @@ pub mod ledger;
 pub mod listen;
 pub mod logs;
 pub mod metrics;
+pub mod profile_wire;
 pub mod progs;
 pub mod ringbuf;
+pub mod selection;
 pub mod server;
 mod session;
 

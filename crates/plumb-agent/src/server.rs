@@ -17,8 +17,9 @@ use crate::metrics::{self, AgentStats, NodeCollector};
 use crate::proto::agent_server::{Agent, AgentServer};
 use crate::proto::{
     Gadget, ListGadgetsRequest, ListGadgetsResponse, LogLine, LogsRequest, ProfileRequest,
-    ProfileResponse, TraceMessage, TraceRequest,
+    ProfileResponse, StackKinds, TraceMessage, TraceRequest,
 };
+use crate::selection::PodSelection;
 use crate::session::{self, Shared};
 use plumb_core::enrich::MetadataSource;
 use plumb_core::filter::FilterArgs;
@@ -101,6 +102,28 @@ struct Service {
 /// The longest profile one call may ask for.
 const MAX_PROFILE: Duration = Duration::from_secs(600);
 
+/// Leave out the samples of pods outside the selection; they count as
+/// filtered in user space, as the profiler's own pod filter counts them.
+fn keep_pods(p: &mut plumb_profile::Profile, pods: &PodSelection) {
+    let before = p.stacks.iter().map(|s| s.count).sum::<u64>();
+    p.stacks.retain(|s| pods.keeps_workload(&s.workload));
+    let kept = p.stacks.iter().map(|s| s.count).sum::<u64>();
+    let c = &mut p.completeness;
+    c.filtered_in_user_space += before - kept;
+    c.samples = c.samples.saturating_sub(before - kept);
+    // Frame counts are per sample, as the profiler counts them.
+    c.frames_total = p
+        .stacks
+        .iter()
+        .map(|s| s.frames.len() as u64 * s.count)
+        .sum();
+    c.frames_unsymbolized = p
+        .stacks
+        .iter()
+        .map(|s| s.frames.iter().filter(|f| !f.symbolized).count() as u64 * s.count)
+        .sum();
+}
+
 /// Sets the flag when dropped.
 struct StopOnDrop(Arc<AtomicBool>);
 
@@ -171,12 +194,24 @@ impl Agent for Service {
             }
             f => f,
         };
+        let (kernel, user) = match StackKinds::try_from(r.stacks) {
+            Ok(StackKinds::KernelAndUser) => (true, true),
+            Ok(StackKinds::KernelOnly) => (true, false),
+            Ok(StackKinds::UserOnly) => (false, true),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "stacks: {} is not a kind of stack this agent knows",
+                    r.stacks
+                )))
+            }
+        };
+        let pods = PodSelection::from_request(&r.pods);
         let opts = plumb_profile::ProfileOptions {
             frequency,
             duration,
             filter,
-            kernel: true,
-            user: true,
+            kernel,
+            user,
             sources: self.shared.sources.clone(),
         };
         // The sampling stops early when the client goes away (tonic drops
@@ -195,7 +230,7 @@ impl Agent for Service {
         })
         .await;
         watcher.abort();
-        let profile = match result {
+        let mut profile = match result {
             Ok(Ok(p)) => p,
             Ok(Err(msg)) => {
                 tracing::warn!(error = %msg, "remote profile failed");
@@ -203,17 +238,17 @@ impl Agent for Service {
             }
             Err(e) => return Err(Status::internal(format!("profile task: {e}"))),
         };
+        if let Some(pods) = &pods {
+            keep_pods(&mut profile, pods);
+        }
         tracing::info!(
             samples = profile.completeness.samples,
             lost = profile.completeness.lost,
             "remote profile done"
         );
-        Ok(Response::new(ProfileResponse {
-            node: self.shared.node.to_string(),
-            folded: profile.folded(),
-            samples: profile.completeness.samples,
-            lost: profile.completeness.lost,
-        }))
+        let mut resp = crate::profile_wire::to_response(&profile);
+        resp.node = self.shared.node.to_string();
+        Ok(Response::new(resp))
     }
 
     type LogsStream = BoxStream<LogLine>;

@@ -14,6 +14,7 @@ use crate::metrics::{AgentStats, GadgetCounts, RingGauge};
 use crate::progs;
 use crate::proto::{trace_message::Kind, Done, Lost, Ready, TraceMessage, TraceRequest};
 use crate::ringbuf::RingFill;
+use crate::selection::PodSelection;
 use plumb_core::enrich::{cgroupfs::CgroupFs, Enricher, MetadataSource};
 use plumb_core::event::Event;
 use plumb_core::filter::{Filter, FilterArgs};
@@ -148,6 +149,16 @@ struct Forward {
     /// The fill seen when the current batch of records began.
     batch_fill: Option<f64>,
     peak_fill: f64,
+    /// The request's pods (see `selection`), and what it left out.
+    pods: Option<PodSelection>,
+    left_out: u64,
+    /// With a pod selection the sink, not the runner, enforces max_events
+    /// (the runner would count left-out events), and ends the run by
+    /// setting `stop`.
+    max: Option<u64>,
+    stop: Arc<AtomicBool>,
+    /// The agent's own stop, passed on to `stop` at every tick.
+    shutdown: Arc<AtomicBool>,
 }
 
 impl Forward {
@@ -210,6 +221,13 @@ impl Forward {
 
 impl Sink for Forward {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if self.pods.as_ref().is_some_and(|p| !p.keeps_event(ev)) {
+            self.left_out += 1;
+            return Ok(());
+        }
+        if self.max.is_some_and(|m| self.delivered >= m) {
+            return Ok(()); // the run stops at the next poll
+        }
         if self.batch_fill.is_none() {
             // The first record of a batch: libbpf has not yet moved the
             // consumer past it, so this is the whole backlog.
@@ -225,6 +243,9 @@ impl Sink for Forward {
             Ok(()) => {
                 self.delivered += 1;
                 self.pending.delivered += 1;
+                if self.max.is_some_and(|m| self.delivered >= m) {
+                    self.stop.store(true, Ordering::Relaxed);
+                }
             }
             Err(TrySendError::Full(_)) => self.drop_one(),
             Err(TrySendError::Closed(_)) => return Err(gone()),
@@ -242,6 +263,9 @@ impl Sink for Forward {
     /// Called every poll interval even when nothing happens: notices a
     /// client that left while the gadget was quiet.
     fn tick(&mut self) -> io::Result<()> {
+        if self.shutdown.load(Ordering::Relaxed) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
         self.publish();
         self.tell_losses()?;
         if self.tx.is_closed() {
@@ -269,13 +293,16 @@ pub fn start(req: TraceRequest, shared: Shared) -> Result<Stream, Status> {
     let mut filter = Filter::parse(&args, fs.as_ref().map(|f| f.root()))
         .map_err(|e| Status::invalid_argument(chain(&e)))?;
     if let Some(fs) = &fs {
-        filter.narrow_to_containers(fs);
+        filter.narrow_in_kernel(fs, &shared.sources);
     }
+    let pods = PodSelection::from_request(&req.pods);
+    let max = (req.max_events > 0).then_some(req.max_events);
+    let sink_max = max.filter(|_| pods.is_some());
     let opts = RunOptions {
         filter,
         params,
         duration: (req.duration_ms > 0).then(|| Duration::from_millis(req.duration_ms)),
-        max_events: (req.max_events > 0).then_some(req.max_events),
+        max_events: max.filter(|_| pods.is_none()),
         node: shared.node.clone(),
         ..RunOptions::default()
     };
@@ -297,12 +324,22 @@ pub fn start(req: TraceRequest, shared: Shared) -> Result<Stream, Status> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
         .name(format!("plumb-{}", desc.name))
-        .spawn(move || run(desc, opts, tx, shared, slot))
+        .spawn(move || run(desc, opts, (pods, sink_max), tx, shared, slot))
         .map_err(|e| Status::resource_exhausted(format!("cannot start a thread: {e}")))?;
     Ok(rx)
 }
 
-fn run(desc: &'static gadgets::GadgetDesc, opts: RunOptions, tx: Tx, shared: Shared, _slot: Slot) {
+fn run(
+    desc: &'static gadgets::GadgetDesc,
+    opts: RunOptions,
+    (pods, max): (Option<PodSelection>, Option<u64>),
+    tx: Tx,
+    shared: Shared,
+    _slot: Slot,
+) {
+    // This run's stop: the agent's shutdown (passed on at each tick) or its
+    // own max_events under a pod selection.
+    let stop = Arc::new(AtomicBool::new(shared.shutdown.load(Ordering::Relaxed)));
     let stats = shared.stats.clone();
     let session = stats.session_id();
     let rings: RingSlot = Arc::default();
@@ -322,6 +359,11 @@ fn run(desc: &'static gadgets::GadgetDesc, opts: RunOptions, tx: Tx, shared: Sha
         ring: None,
         batch_fill: None,
         peak_fill: 0.0,
+        pods,
+        left_out: 0,
+        max,
+        stop: stop.clone(),
+        shutdown: shared.shutdown.clone(),
     };
     let ready_tx = tx.clone();
     let node = shared.node.to_string();
@@ -351,7 +393,7 @@ fn run(desc: &'static gadgets::GadgetDesc, opts: RunOptions, tx: Tx, shared: Sha
         })),
         // The agent's stop ends the run as stopped (the client gets its
         // Done), not as a closed stream.
-        stop: shared.shutdown.clone(),
+        stop,
     };
     tracing::info!(gadget = desc.name, "remote run started");
     let result = runner::run(desc, &opts, &mut enricher, &mut sink, control);
@@ -374,7 +416,7 @@ fn run(desc: &'static gadgets::GadgetDesc, opts: RunOptions, tx: Tx, shared: Sha
                 desc.name,
                 GadgetCounts {
                     lost: st.lost.saturating_sub(sink.lost),
-                    filtered: st.filtered,
+                    filtered: st.filtered + sink.left_out,
                     ..GadgetCounts::default()
                 },
             );
@@ -385,11 +427,17 @@ fn run(desc: &'static gadgets::GadgetDesc, opts: RunOptions, tx: Tx, shared: Sha
                 {
                     std::thread::sleep(Duration::from_millis(5));
                 }
+                let reason = match st.reason {
+                    StopReason::Stopped if sink.max.is_some_and(|m| sink.delivered >= m) => {
+                        StopReason::MaxEvents
+                    }
+                    r => r,
+                };
                 let done = Done {
                     seen: sink.delivered,
                     lost: st.lost + sink.dropped,
-                    filtered: st.filtered,
-                    reason: format!("{:?}", st.reason).to_lowercase(),
+                    filtered: st.filtered + sink.left_out,
+                    reason: format!("{reason:?}").to_lowercase(),
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
                 send_within(&tx, msg(Kind::Done(done)), left);

@@ -529,12 +529,15 @@ fn remote_profile_returns_the_nodes_folded_stacks() {
         Some(token.path()),
         &[
             "profile",
+            "cpu",
             "--duration",
             "2s",
             "--frequency",
             "99",
             "--pid",
             &pid,
+            "-o",
+            "folded",
         ],
     )
     .output()
@@ -545,7 +548,7 @@ fn remote_profile_returns_the_nodes_folded_stacks() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    // plumb: node node-prof: N samples, M lost
+    // plumb: node node-prof: N samples on C CPUs in 2.0s, L lost, ...
     let summary = stderr
         .lines()
         .find(|l| l.starts_with("plumb: node node-prof: "))
@@ -558,6 +561,7 @@ fn remote_profile_returns_the_nodes_folded_stacks() {
     // One CPU busy for 2 s at 99 Hz: about 198 samples.
     assert!((100..=230).contains(&samples), "{summary}");
     let mut total = 0;
+    // Each stack under its node, then the process.
     for l in stdout.lines() {
         assert!(l.starts_with("node-prof;sh;"), "{l}");
         let (_, n) = l.rsplit_once(' ').expect("folded: stack count");

@@ -6,9 +6,12 @@ mod audit;
 mod common;
 mod doctor;
 mod gadgets;
+mod kubectl;
 mod profile;
 mod profile_hook;
 mod remote;
+mod remote_profile;
+mod remote_summary;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -53,17 +56,18 @@ pub enum Command {
     Profile(profile::ProfileCmd),
     /// Run as the node agent: remote API (token or mTLS) and Prometheus metrics.
     Agent(agent::AgentArgs),
-    /// Run a gadget on many agents at once (--agents HOST:PORT,...) and merge
-    /// their events with a node column; a failing agent is reported, the others go on.
+    /// Run a gadget or a CPU profile on many agents at once (--agents
+    /// HOST:PORT|unix:PATH,...) and merge the results with a node column; a
+    /// failing or hung agent is reported, the others go on.
     Remote(remote::RemoteArgs),
     /// The kubectl plugin (also what runs when invoked as kubectl-plumb).
     #[command(hide = true)]
-    KubectlPlugin(remote::KubectlArgs),
+    KubectlPlugin(kubectl::KubectlArgs),
 }
 
 pub fn parse() -> Cli {
-    if remote::invoked_as_kubectl_plugin() {
-        let k = remote::KubectlCli::parse();
+    if kubectl::invoked_as_kubectl_plugin() {
+        let k = kubectl::KubectlCli::parse();
         return Cli {
             verbose: k.verbose,
             runtime_endpoints: Vec::new(),
@@ -84,7 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(p) => profile::run(p, cli.verbose),
         Command::Agent(a) => agent::run(a),
         Command::Remote(r) => remote::run(r, cli.verbose),
-        Command::KubectlPlugin(k) => remote::run_kubectl(k, cli.verbose),
+        Command::KubectlPlugin(k) => kubectl::run(k, cli.verbose),
     }
 }
 

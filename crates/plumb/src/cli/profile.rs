@@ -153,7 +153,7 @@ pub fn run(cmd: ProfileCmd, verbose: bool) -> anyhow::Result<()> {
     }
 }
 
-fn format_from_extension(p: &Path) -> Option<Format> {
+pub(super) fn format_from_extension(p: &Path) -> Option<Format> {
     let name = p.file_name()?.to_str()?;
     [
         (".svg", Format::Svg),
@@ -182,7 +182,7 @@ fn profile_error(e: plumb_profile::Error) -> anyhow::Error {
 #[error(transparent)]
 pub struct ProfileFailed(pub plumb_profile::Error);
 
-fn write_out(
+pub(super) fn write_out(
     file: Option<&Path>,
     default_name: &str,
     bytes: &[u8],
@@ -279,7 +279,7 @@ fn cpu(c: CpuCmd, verbose: bool) -> anyhow::Result<()> {
 
 /// The end-of-profile summary on stderr: what the profile holds against
 /// what the clocks gave, then how complete its frames are.
-fn summary(p: &Profile, verbose: bool) {
+pub(super) fn summary(p: &Profile, verbose: bool) {
     for line in summary_lines(p, verbose) {
         eprintln!("{line}");
     }

@@ -1,15 +1,17 @@
-//! `plumb remote --agents HOST:PORT,... trace GADGET ...`: run a gadget on
-//! many agents at once and merge their streams, each event carrying its
-//! `node`. An agent that cannot be reached, refuses us or goes away is
-//! reported on stderr while the others go on; the exit code says whether
-//! every node answered. `kubectl plumb` ends here too, with the agents
-//! reached through port-forwards.
+//! `plumb remote --agents ADDR,... trace|profile cpu|gadgets|logs`: run
+//! a command on many agents at once and merge their answers, each event
+//! carrying its `node`. An agent that cannot be reached, refuses us, hangs
+//! or goes away is reported on stderr while the others go on; the exit
+//! code says whether every node answered. `kubectl plumb` ([`super::kubectl`])
+//! ends here too, with the agents reached through port-forwards.
 
 use super::common::{self, OutputOpts};
+use super::profile::CpuCmd;
+use super::remote_summary::Summary;
 use super::trace::TraceCmd;
 use clap::{Args, Subcommand};
 use plumb_agent::auth::Token;
-use plumb_agent::client::{self, ClientAuth, ClientTls, FanItem};
+use plumb_agent::client::{self, ClientAuth, ClientTls, Deadlines, FanItem, Target};
 use plumb_agent::proto::TraceRequest;
 use plumb_core::gadgets::{self, Column, GadgetDesc};
 use plumb_core::sink::{cell, select};
@@ -20,20 +22,14 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
-    /// The agents to ask, comma-separated HOST:PORT (as `plumb agent
-    /// --listen` was given).
-    #[arg(
-        long,
-        value_name = "HOST:PORT,...",
-        value_delimiter = ',',
-        required = true
-    )]
+    /// The agents to ask, comma-separated: HOST:PORT or unix:PATH (as
+    /// `plumb agent --listen` was given).
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',', required = true)]
     pub agents: Vec<String>,
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// Give up on an agent that does not answer within this time.
-    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = common::parse_duration)]
-    pub connect_timeout: Duration,
+    #[command(flatten)]
+    pub deadlines: DeadlineArgs,
     #[command(subcommand)]
     pub command: RemoteCommand,
 }
@@ -54,6 +50,10 @@ pub struct AuthArgs {
     /// Mutual TLS: this client's private key (PEM).
     #[arg(long, value_name = "FILE", global = true, requires_all = ["tls_ca", "tls_cert"])]
     pub tls_key: Option<PathBuf>,
+    /// TLS: the name the agents' certificates must carry [default: the
+    /// host of each HOST:PORT; required for unix sockets and kubectl].
+    #[arg(long, value_name = "NAME", global = true, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }
 
 impl AuthArgs {
@@ -67,8 +67,35 @@ impl AuthArgs {
             tls: self.tls_ca.as_ref().map(|ca| ClientTls {
                 ca: ca.clone(),
                 identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+                server_name: self.tls_server_name.clone(),
             }),
         })
+    }
+}
+
+/// How long a node may take before it is reported as not answering.
+#[derive(Debug, Clone, Args)]
+pub struct DeadlineArgs {
+    /// Opening a connection to an agent (TCP or port-forward, and TLS).
+    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = common::parse_duration, global = true)]
+    pub connect_timeout: Duration,
+    /// A one-shot call (gadgets), a gadget's start, and the margin allowed
+    /// on top of a profile's or a timed trace's --duration.
+    #[arg(long, value_name = "TIME", default_value = "30s", value_parser = common::parse_duration, global = true)]
+    pub call_timeout: Duration,
+    /// A connection that stays silent to HTTP/2 pings this long is dead
+    /// (a hung node is noticed even while its gadget is quiet).
+    #[arg(long, value_name = "TIME", default_value = "20s", value_parser = common::parse_duration, global = true)]
+    pub stall_timeout: Duration,
+}
+
+impl DeadlineArgs {
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines {
+            connect: self.connect_timeout,
+            call: self.call_timeout,
+            stall: self.stall_timeout,
+        }
     }
 }
 
@@ -78,12 +105,19 @@ pub enum RemoteCommand {
     Trace(Box<TraceCmd>),
     /// List the gadgets each agent can run.
     Gadgets,
-    /// CPU-profile every node at once; folded stacks, each line starting
-    /// with the node (feed to a flame graph tool).
-    Profile(RemoteProfileArgs),
+    /// CPU-profile every node at once and merge the profiles (each stack
+    /// under its node); every output of `plumb profile cpu`.
+    #[command(subcommand)]
+    Profile(RemoteProfile),
     /// Follow the agents' own logs, each line with its node, until Ctrl-C,
     /// --duration, or every agent has stopped.
     Logs(RemoteLogsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteProfile {
+    /// Sample kernel and user stacks on every CPU of every node.
+    Cpu(CpuCmd),
 }
 
 #[derive(Debug, Args)]
@@ -96,25 +130,6 @@ pub struct RemoteLogsArgs {
     pub output: String,
 }
 
-#[derive(Debug, Args)]
-pub struct RemoteProfileArgs {
-    /// How long to sample.
-    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = common::parse_duration)]
-    pub duration: Duration,
-    /// Samples per second on each CPU.
-    #[arg(long, value_name = "HZ", default_value_t = 99)]
-    pub frequency: u32,
-    /// Only this process.
-    #[arg(long, value_name = "PID")]
-    pub pid: Option<String>,
-    /// Only pods of this Kubernetes namespace.
-    #[arg(short = 'n', long, value_name = "NS")]
-    pub namespace: Option<String>,
-    /// Only this pod.
-    #[arg(long, value_name = "NAME")]
-    pub pod: Option<String>,
-}
-
 /// A node failed; the others' output was still printed.
 #[derive(Debug, thiserror::Error)]
 #[error("{failed} of {total} agents failed")]
@@ -123,48 +138,78 @@ pub struct SomeFailed {
     pub total: usize,
 }
 
-pub fn run(args: RemoteArgs, verbose: bool) -> anyhow::Result<()> {
-    let auth = args.auth.client_auth()?;
-    run_on(
-        &args.agents,
-        &auth,
-        args.connect_timeout,
-        args.command,
-        verbose,
-    )
+impl SomeFailed {
+    /// Ok when nothing failed.
+    pub fn check(failed: usize, total: usize) -> anyhow::Result<()> {
+        if failed > 0 {
+            return Err(SomeFailed { failed, total }.into());
+        }
+        Ok(())
+    }
 }
 
-/// Run `command` on `agents`.
-pub fn run_on(
-    agents: &[String],
-    auth: &ClientAuth,
-    timeout: Duration,
-    command: RemoteCommand,
-    verbose: bool,
-) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+pub fn run(args: RemoteArgs, verbose: bool) -> anyhow::Result<()> {
+    let auth = args.auth.client_auth()?;
+    let targets = args
+        .agents
+        .iter()
+        .map(|a| Target::parse(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    client::check_tls_names(&targets, &auth)?;
+    runtime()?.block_on(dispatch(
+        &targets,
+        &auth,
+        args.deadlines.deadlines(),
+        args.command,
+        verbose,
+        None,
+    ))
+}
+
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
-    rt.block_on(dispatch(agents, auth, timeout, command, verbose, None))
+        .build()
 }
 
 /// Pods whose events are kept (namespace, name); None keeps everything.
-type Keep = Option<BTreeSet<(String, String)>>;
+pub type Keep = Option<BTreeSet<(String, String)>>;
 
-async fn dispatch(
-    agents: &[String],
+/// Run `command` on `targets`.
+pub async fn dispatch(
+    targets: &[Target],
     auth: &ClientAuth,
-    timeout: Duration,
+    d: Deadlines,
     command: RemoteCommand,
     verbose: bool,
     keep: Keep,
 ) -> anyhow::Result<()> {
     match command {
-        RemoteCommand::Trace(t) => trace(agents, auth, timeout, *t, verbose, keep).await,
-        RemoteCommand::Gadgets => list(agents, auth, timeout).await,
-        RemoteCommand::Profile(p) => profile(agents, auth, timeout, p).await,
-        RemoteCommand::Logs(l) => logs(agents, auth, timeout, l, verbose).await,
+        RemoteCommand::Trace(t) => trace(targets, auth, d, *t, verbose, keep).await,
+        RemoteCommand::Gadgets => list(targets, auth, d).await,
+        RemoteCommand::Profile(RemoteProfile::Cpu(c)) => {
+            super::remote_profile::run(targets, auth, d, c, verbose).await
+        }
+        RemoteCommand::Logs(l) => logs(targets, auth, d, l, verbose).await,
+    }
+}
+
+/// "; the others go on" when there are others.
+pub fn others(targets: &[Target]) -> &'static str {
+    if targets.len() > 1 {
+        "; the others go on"
+    } else {
+        ""
+    }
+}
+
+/// A failure line's node suffix: ` [node N]` when the node was learnt
+/// from the agent and its name is not in the message already.
+fn node_suffix(t: &Target, learnt: Option<&String>) -> String {
+    match (t.node.as_ref(), learnt) {
+        (None, Some(n)) => format!(" [node {n}]"),
+        _ => String::new(),
     }
 }
 
@@ -182,16 +227,16 @@ fn log_time(ts: &str) -> String {
 }
 
 async fn logs(
-    agents: &[String],
+    targets: &[Target],
     auth: &ClientAuth,
-    timeout: Duration,
+    d: Deadlines,
     a: RemoteLogsArgs,
     verbose: bool,
 ) -> anyhow::Result<()> {
     use client::LogItem;
     use tokio::signal::unix::{signal, SignalKind};
     let json = a.output == "json";
-    let mut rx = client::follow_logs(agents, auth, timeout);
+    let mut rx = client::follow_logs(targets, auth, d);
     let (mut term, mut int) = (
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
@@ -205,6 +250,7 @@ async fn logs(
     tokio::pin!(until);
     let mut out = BufWriter::new(io::stdout());
     let (mut lines, mut failed, mut ended) = (0u64, 0usize, 0usize);
+    let mut nodes: HashMap<usize, String> = HashMap::new();
     let mut why = "";
     loop {
         let item = tokio::select! {
@@ -216,10 +262,14 @@ async fn logs(
         // Every agent has ended or failed: the senders are gone.
         let Some(item) = item else { break };
         let written = match item {
-            LogItem::Following { addr, node } => {
+            LogItem::Following { target, node } => {
                 if verbose {
-                    eprintln!("plumb: node {node} ({addr}): following its log");
+                    eprintln!(
+                        "plumb: node {node} ({}): following its log",
+                        targets[target].via
+                    );
                 }
+                nodes.insert(target, node);
                 Ok(())
             }
             LogItem::Line { node, line } => {
@@ -248,19 +298,22 @@ async fn logs(
                 // Lines are rare: show each at once.
                 r.and_then(|()| out.flush())
             }
-            LogItem::Ended { addr, node } => {
+            LogItem::Ended { target, node } => {
                 ended += 1;
-                eprintln!("plumb: node {node} ({addr}): the agent ended its log stream");
+                eprintln!(
+                    "plumb: node {node} ({}): the agent ended its log stream",
+                    targets[target].via
+                );
                 Ok(())
             }
-            LogItem::Failed { error, .. } => {
+            LogItem::Failed { target, error } => {
                 failed += 1;
-                let rest = if agents.len() > 1 {
-                    "; the others go on"
-                } else {
-                    ""
-                };
-                eprintln!("plumb: {error}{rest}");
+                let t = &targets[target];
+                eprintln!(
+                    "plumb: {error}{}{}",
+                    node_suffix(t, nodes.get(&target)),
+                    others(targets)
+                );
                 Ok(())
             }
         };
@@ -274,34 +327,28 @@ async fn logs(
     drop(rx);
     eprintln!(
         "plumb: {lines} log lines from {} of {} agents, {ended} ended{why}",
-        agents.len() - failed,
-        agents.len()
+        targets.len() - failed,
+        targets.len()
     );
-    if failed > 0 {
-        return Err(SomeFailed {
-            failed,
-            total: agents.len(),
-        }
-        .into());
-    }
-    Ok(())
+    SomeFailed::check(failed, targets.len())
 }
 
-async fn list(agents: &[String], auth: &ClientAuth, timeout: Duration) -> anyhow::Result<()> {
+async fn list(targets: &[Target], auth: &ClientAuth, d: Deadlines) -> anyhow::Result<()> {
+    // Every node at once; the table is printed in the order given.
+    let tasks: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let (t, auth) = (t.clone(), auth.clone());
+            tokio::spawn(async move { client::list_gadgets(&t, &auth, d).await })
+        })
+        .collect();
     let mut out = format!(
         "{:<16} {:<10} {:<10} {}\n",
         "NODE", "GADGET", "AVAILABLE", "DESCRIPTION"
     );
     let mut failed = 0;
-    let tasks: Vec<_> = agents
-        .iter()
-        .map(|a| {
-            let (a, auth) = (a.clone(), auth.clone());
-            tokio::spawn(async move { client::list_gadgets(&a, &auth, timeout).await })
-        })
-        .collect();
-    for (addr, t) in agents.iter().zip(tasks) {
-        match t.await {
+    for (t, task) in targets.iter().zip(tasks) {
+        match task.await {
             Ok(Ok(resp)) => {
                 for g in resp.gadgets {
                     let avail = if g.available { "yes" } else { "no" };
@@ -318,87 +365,19 @@ async fn list(agents: &[String], auth: &ClientAuth, timeout: Duration) -> anyhow
             }
             Ok(Err(e)) => {
                 failed += 1;
-                eprintln!("plumb: {}", error_line(&e));
+                eprintln!("plumb: {}{}", error_line(&e), others(targets));
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("plumb: agent {addr}: {e}");
+                eprintln!("plumb: {}: {e}", t.who);
             }
         }
     }
     common::print_stdout(&out)?;
-    if failed > 0 {
-        return Err(SomeFailed {
-            failed,
-            total: agents.len(),
-        }
-        .into());
-    }
-    Ok(())
+    SomeFailed::check(failed, targets.len())
 }
 
-async fn profile(
-    agents: &[String],
-    auth: &ClientAuth,
-    timeout: Duration,
-    p: RemoteProfileArgs,
-) -> anyhow::Result<()> {
-    let filter = plumb_core::filter::FilterArgs {
-        pid: p.pid,
-        namespace: p.namespace,
-        pod: p.pod,
-        ..Default::default()
-    };
-    let req = plumb_agent::proto::ProfileRequest {
-        duration_ms: p.duration.as_millis() as u64,
-        frequency_hz: p.frequency,
-        filter_json: serde_json::to_vec(&filter)?,
-    };
-    let tasks: Vec<_> = agents
-        .iter()
-        .map(|a| {
-            let (a, auth, req) = (a.clone(), auth.clone(), req.clone());
-            tokio::spawn(async move { client::profile(&a, &auth, timeout, req).await })
-        })
-        .collect();
-    let mut failed = 0;
-    for (addr, t) in agents.iter().zip(tasks) {
-        match t.await {
-            Ok(Ok(resp)) => {
-                let mut out = String::new();
-                for line in resp.folded.lines() {
-                    out.push_str(&resp.node);
-                    out.push(';');
-                    out.push_str(line);
-                    out.push('\n');
-                }
-                common::print_stdout(&out)?;
-                eprintln!(
-                    "plumb: node {}: {} samples, {} lost",
-                    resp.node, resp.samples, resp.lost
-                );
-            }
-            Ok(Err(e)) => {
-                failed += 1;
-                eprintln!("plumb: {}", error_line(&e));
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("plumb: agent {addr}: {e}");
-            }
-        }
-    }
-    if failed > 0 {
-        return Err(SomeFailed {
-            failed,
-            total: agents.len(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
-fn error_line(e: &dyn std::error::Error) -> String {
+pub fn error_line(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -412,8 +391,23 @@ fn error_line(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Prints merged events: JSON lines, or a table whose first column is the
-/// node.
+/// Does an event concern a selected pod: its process's, or either side of
+/// a network flow?
+pub fn selected(ev: &serde_json::Value, keep: &BTreeSet<(String, String)>) -> bool {
+    [
+        ("namespace", "pod"),
+        ("src_namespace", "src_pod"),
+        ("dst_namespace", "dst_pod"),
+    ]
+    .iter()
+    .any(|(ns, pod)| match (ev[*ns].as_str(), ev[*pod].as_str()) {
+        (Some(ns), Some(pod)) => keep.contains(&(ns.to_string(), pod.to_string())),
+        _ => false,
+    })
+}
+
+/// Prints merged events: JSON lines, a table whose first column is the
+/// node, or (--summary) counts per key every interval.
 struct Printer {
     out: BufWriter<io::Stdout>,
     json: bool,
@@ -421,6 +415,7 @@ struct Printer {
     columns: Vec<Column>,
     width: Option<usize>,
     header_done: bool,
+    summary: Option<Summary>,
 }
 
 impl Printer {
@@ -443,6 +438,7 @@ impl Printer {
             columns,
             width: common::terminal_width(),
             header_done: false,
+            summary: o.summary.map(|every| Summary::new(g, o, every)),
         }
     }
 
@@ -467,7 +463,7 @@ impl Printer {
     }
 
     fn header(&mut self) -> io::Result<()> {
-        if self.json || self.header_done {
+        if self.json || self.header_done || self.summary.is_some() {
             return Ok(());
         }
         self.header_done = true;
@@ -476,6 +472,10 @@ impl Printer {
     }
 
     fn event(&mut self, ev: serde_json::Value) -> io::Result<()> {
+        if let Some(s) = &mut self.summary {
+            s.event(&ev);
+            return Ok(());
+        }
         if self.json {
             let v = if self.fields.is_empty() {
                 ev
@@ -505,8 +505,25 @@ impl Printer {
         self.row(cells)
     }
 
+    /// A summary interval may be over.
+    fn tick(&mut self) -> io::Result<()> {
+        match &mut self.summary {
+            Some(s) if s.due() => s.report(&mut self.out),
+            _ => Ok(()),
+        }
+    }
+
+    /// The run is over: the last summary, the header if nothing came.
+    fn finish(&mut self) -> io::Result<()> {
+        match &mut self.summary {
+            Some(s) => s.finish(&mut self.out)?,
+            None => self.header()?,
+        }
+        self.out.flush()
+    }
+
     fn lost(&mut self, node: &str, gadget: &str, count: u64) -> io::Result<()> {
-        if self.json {
+        if self.json && self.summary.is_none() {
             let v = serde_json::json!({
                 "type": "lost",
                 "timestamp": humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
@@ -526,19 +543,27 @@ impl Printer {
 
 fn request(cmd: &TraceCmd, g: &GadgetDesc) -> anyhow::Result<TraceRequest> {
     cmd.params.check(g)?;
+    if cmd.output.buffer.is_some() {
+        return Err(plumb_core::Error::BadParam {
+            param: "buffer".into(),
+            reason: "it sizes this host's ring buffer; each agent sizes its own".into(),
+        }
+        .into());
+    }
     Ok(TraceRequest {
         gadget: g.name.to_string(),
         params_json: serde_json::to_vec(&cmd.params)?,
         filter_json: serde_json::to_vec(&cmd.filter)?,
         duration_ms: cmd.output.duration.map_or(0, |d| d.as_millis() as u64),
         max_events: cmd.output.max_events.unwrap_or(0),
+        pods: Vec::new(),
     })
 }
 
 async fn trace(
-    agents: &[String],
+    targets: &[Target],
     auth: &ClientAuth,
-    timeout: Duration,
+    d: Deadlines,
     cmd: TraceCmd,
     verbose: bool,
     keep: Keep,
@@ -547,13 +572,10 @@ async fn trace(
         Ok(g) => g,
         Err(ref name) => return Err(gadgets::find(name).unwrap_err().into()),
     };
-    if cmd.output.summary.is_some() {
-        anyhow::bail!("--summary is not available for remote runs yet; use -o json and aggregate");
-    }
     let req = request(&cmd, g)?;
-    let mut rx = client::fan_out(agents, auth, req, timeout);
+    let mut rx = client::fan_out(targets, auth, req, d);
     let mut printer = Printer::new(g, &cmd.output);
-    let mut nodes: HashMap<String, String> = HashMap::new();
+    let mut nodes: HashMap<usize, String> = HashMap::new();
     let (mut seen, mut lost, mut failed, mut done) = (0u64, 0u64, 0usize, 0usize);
     let max = cmd.output.max_events;
     use tokio::signal::unix::{signal, SignalKind};
@@ -561,9 +583,6 @@ async fn trace(
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
     );
-    let node_of = |nodes: &HashMap<String, String>, addr: &str| {
-        nodes.get(addr).cloned().unwrap_or_else(|| addr.to_string())
-    };
     let write = |r: io::Result<()>| -> anyhow::Result<bool> {
         match r {
             Ok(()) => Ok(true),
@@ -571,10 +590,20 @@ async fn trace(
             Err(e) => Err(e.into()),
         }
     };
+    // Summary intervals are checked as often as the local sinks are.
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let summarising = printer.summary.is_some();
     let mut interrupted = false;
     loop {
         let item = tokio::select! {
             i = rx.recv() => i,
+            _ = ticker.tick(), if summarising => {
+                if !write(printer.tick())? {
+                    break;
+                }
+                continue;
+            }
             _ = int.recv() => { interrupted = true; None }
             _ = term.recv() => { interrupted = true; None }
         };
@@ -582,26 +611,24 @@ async fn trace(
         let Some(item) = item else { break };
         match item {
             FanItem::Ready {
-                addr,
+                target,
                 node,
                 prog_ids,
             } => {
                 if verbose {
                     let ids: Vec<String> = prog_ids.iter().map(u32::to_string).collect();
                     eprintln!(
-                        "plumb: node {node} ({addr}): {} attached, BPF program ids {}",
+                        "plumb: node {node} ({}): {} attached, BPF program ids {}",
+                        targets[target].via,
                         g.name,
                         ids.join(",")
                     );
                 }
-                nodes.insert(addr, node);
+                nodes.insert(target, node);
             }
             FanItem::Event { event, .. } => {
-                if let Some(k) = &keep {
-                    let key = |f: &str| event[f].as_str().unwrap_or_default().to_string();
-                    if !k.contains(&(key("namespace"), key("pod"))) {
-                        continue;
-                    }
+                if keep.as_ref().is_some_and(|k| !selected(&event, k)) {
+                    continue;
                 }
                 seen += 1;
                 if !write(printer.event(event))? {
@@ -617,164 +644,86 @@ async fn trace(
                 }
             }
             FanItem::Lost {
-                addr,
+                target,
                 gadget,
                 count,
             } => {
                 lost += count;
-                if !write(printer.lost(&node_of(&nodes, &addr), &gadget, count))? {
+                let node = nodes
+                    .get(&target)
+                    .map_or(targets[target].node_or_via(), String::as_str)
+                    .to_string();
+                if !write(printer.lost(&node, &gadget, count))? {
                     break;
                 }
             }
-            FanItem::Done { .. } => {
+            FanItem::Done {
+                target,
+                seen: sent,
+                lost: node_lost,
+            } => {
                 done += 1;
                 let _ = printer.out.flush();
+                if verbose {
+                    let t = &targets[target];
+                    let node = nodes.get(&target).map_or(t.node_or_via(), String::as_str);
+                    eprintln!(
+                        "plumb: node {node} ({}): finished, {sent} events sent, {node_lost} lost",
+                        t.via
+                    );
+                }
             }
-            FanItem::Failed { addr, error } => {
+            FanItem::Failed { target, error } => {
                 failed += 1;
                 let _ = printer.out.flush();
-                let node = nodes
-                    .get(&addr)
-                    .map(|n| format!(" [node {n}]"))
-                    .unwrap_or_default();
-                let rest = if agents.len() > 1 {
-                    "; the others go on"
-                } else {
-                    ""
-                };
-                eprintln!("plumb: {error}{node}{rest}");
+                eprintln!(
+                    "plumb: {error}{}{}",
+                    node_suffix(&targets[target], nodes.get(&target)),
+                    others(targets)
+                );
             }
         }
     }
     // Dropping the receiver cancels the calls still running: each agent
     // stops its gadget and unloads it.
     drop(rx);
-    let _ = write(printer.header());
-    let _ = write(printer.out.flush());
+    let _ = write(printer.finish());
     let mut line = format!(
         "plumb: {seen} events from {} of {} agents, {lost} lost",
-        agents.len() - failed,
-        agents.len()
+        targets.len() - failed,
+        targets.len()
     );
     if interrupted {
         line.push_str(" (interrupted)");
     }
     eprintln!("{line}");
     tracing::debug!(done, "agents finished");
-    if failed > 0 {
-        return Err(SomeFailed {
-            failed,
-            total: agents.len(),
-        }
-        .into());
+    SomeFailed::check(failed, targets.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selection_keeps_events_of_either_side() {
+        let keep = BTreeSet::from([("shop".to_string(), "web-1".to_string())]);
+        let ev = |v: serde_json::Value| selected(&v, &keep);
+        assert!(ev(serde_json::json!({"namespace": "shop", "pod": "web-1"})));
+        // A drop towards the pod, seen in softirq (no process pod).
+        assert!(ev(serde_json::json!({
+            "namespace": null, "pod": null,
+            "src_namespace": "front", "src_pod": "api-0",
+            "dst_namespace": "shop", "dst_pod": "web-1",
+        })));
+        assert!(ev(
+            serde_json::json!({"src_namespace": "shop", "src_pod": "web-1"})
+        ));
+        // Same name in another namespace; a pod without a namespace.
+        assert!(!ev(
+            serde_json::json!({"namespace": "front", "pod": "web-1"})
+        ));
+        assert!(!ev(serde_json::json!({"dst_pod": "web-1"})));
+        assert!(!ev(serde_json::json!({})));
     }
-    Ok(())
-}
-
-/// `kubectl plumb`: the same commands, on the nodes that host the selected
-/// pods, each reached through a port-forward to its agent pod.
-#[derive(Debug, Args)]
-pub struct KubectlArgs {
-    /// Only pods with these labels (a label selector: app=web,tier!=db).
-    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", global = true)]
-    pub selector: Option<String>,
-    /// Only this node (alone: the whole node).
-    #[arg(long, value_name = "NODE", global = true)]
-    pub node: Option<String>,
-    /// Pods of every namespace (with -l), instead of the current one.
-    #[arg(short = 'A', long, global = true)]
-    pub all_namespaces: bool,
-    /// The agents' API port inside their pods.
-    #[arg(long, value_name = "PORT", default_value_t = 7979, global = true)]
-    pub agent_port: u16,
-    #[command(flatten)]
-    pub auth: AuthArgs,
-    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = common::parse_duration, global = true)]
-    pub connect_timeout: Duration,
-    #[command(subcommand)]
-    pub command: RemoteCommand,
-}
-
-/// The plugin's own parser (`kubectl plumb ...`).
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "kubectl plumb",
-    version,
-    about = "Run plumb gadgets and profiles on the nodes hosting the selected pods, and merge the results."
-)]
-pub struct KubectlCli {
-    /// Say more (which nodes and agent pods are asked).
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
-    #[command(flatten)]
-    pub args: KubectlArgs,
-}
-
-/// True when this binary runs as the kubectl plugin.
-pub fn invoked_as_kubectl_plugin() -> bool {
-    std::env::args_os()
-        .next()
-        .and_then(|a| {
-            std::path::Path::new(&a)
-                .file_name()
-                .map(|n| n.to_string_lossy().ends_with("kubectl-plumb"))
-        })
-        .unwrap_or(false)
-}
-
-pub fn run_kubectl(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
-    let auth = a.auth.client_auth()?;
-    let (namespace, pod) = match &a.command {
-        RemoteCommand::Trace(t) => (t.filter.namespace.clone(), t.filter.pod.clone()),
-        RemoteCommand::Profile(p) => (p.namespace.clone(), p.pod.clone()),
-        RemoteCommand::Gadgets | RemoteCommand::Logs(_) => (None, None),
-    };
-    let sel = plumb_agent::k8s::Selection {
-        namespace,
-        all_namespaces: a.all_namespaces,
-        labels: a.selector.clone(),
-        pod,
-        node: a.node.clone(),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API: {e}"))?;
-        let found = plumb_agent::k8s::resolve(&client, &sel)
-            .await
-            .map_err(|e| anyhow::anyhow!("listing pods: {e}"))?;
-        for n in &found.without_agent {
-            eprintln!("plumb: node {n} hosts selected pods but runs no plumb agent");
-        }
-        if found.targets.is_empty() {
-            anyhow::bail!("no node to ask: no running pod matches the selection");
-        }
-        let mut addrs = Vec::new();
-        for t in &found.targets {
-            let addr = plumb_agent::k8s::forward(client.clone(), t.agent_pod.clone(), a.agent_port)
-                .await?;
-            if verbose {
-                eprintln!(
-                    "plumb: node {} via {}/{} ({addr})",
-                    t.node,
-                    plumb_agent::k8s::AGENT_NAMESPACE,
-                    t.agent_pod
-                );
-            }
-            addrs.push(addr);
-        }
-        // With a label selector, events are kept for the selected pods only.
-        let keep = sel.labels.as_ref().map(|_| {
-            found
-                .targets
-                .iter()
-                .flat_map(|t| t.pods.iter().cloned())
-                .collect()
-        });
-        dispatch(&addrs, &auth, a.connect_timeout, a.command, verbose, keep).await
-    })
 }
