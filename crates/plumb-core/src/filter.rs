@@ -156,7 +156,9 @@ impl Filter {
         }
         let names_needed = self.pod.is_some() || self.namespace.is_some();
         let mut found = Vec::new();
-        let mut newest = 0u64;
+        // The root's own id counts: on a host with no sub-cgroups yet, every
+        // cgroup made later is newer than it.
+        let mut newest = std::fs::metadata(fs.root()).map_or(0, |m| m.ino());
         let mut stack = vec![fs.root().to_path_buf()];
         while let Some(dir) = stack.pop() {
             let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -540,6 +542,29 @@ mod tests {
         .unwrap();
         none.narrow_to_containers(&CgroupFs::at(root.clone()));
         assert_eq!(none.kernel().n_cgroups, 0);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_empty_hierarchy_still_narrows_to_cgroups_made_later() {
+        let root = std::env::temp_dir().join(format!("plumb-narrow-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let mut f = Filter::parse(
+            &FilterArgs {
+                namespace: Some("batch".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap();
+        f.narrow_in_kernel(&CgroupFs::at(root.clone()), &[]);
+        let k = f.kernel();
+        assert_eq!(k.n_cgroups, 0);
+        assert_eq!(
+            k.cgroups_newer_than,
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&root).unwrap())
+        );
+        assert!(f.describe_kernel().contains("no cgroup that exists now"));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
