@@ -500,11 +500,16 @@ class TcpStorm(Scenario):
         ]
 
     def bpftrace_prog(self):
-        # The same three transitions plumb reports; no comm filter in either.
-        # plumb keeps the socket's owner from connect()/accept(); a one-liner
-        # prints the interrupted task, as bpftrace users usually do.
+        # The same three transitions plumb reports, filtered in the kernel
+        # to the load's sockets as plumb's --cgroup filters them: this
+        # tracepoint names no cgroup, so the filter is on the load's two
+        # ports. plumb keeps the socket's owner from connect()/accept(); a
+        # one-liner prints the interrupted task, as bpftrace users usually do.
+        ports = " || ".join(
+            f"args->sport == {p} || args->dport == {p}" for p in (self.port, self.ping_port)
+        )
         return (
-            "tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->family == 2/ { "
+            f"tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->family == 2 && ({ports})/ {{ "
             "$o = args->oldstate; $n = args->newstate; "
             'if ($o == 2 && $n == 1) { printf("pid=%d comm=%s event=connect saddr=%s sport=%d daddr=%s dport=%d\\n", '
             "pid, comm, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport); } "
@@ -1436,9 +1441,10 @@ rule's packet counter). Delivered counts only the load's marker events in
 the tool's output (its comm, paths, ports). Lost is what the tool reported:
 plumb's `N lost` summary and `type: lost` records, bpftrace's `Lost N
 events`. Both tools print the same fields per event on the same hook, and
-for exec, open and TCP both filter on the load's cgroup v2 in the kernel
-(plumb `--cgroup`, bpftrace `cgroup == cgroupid(...)`); drops are not
-filtered by either. CPU is the tool's utime+stime from /proc/PID/stat while
+both filter in the kernel to the load's events: for exec and open on the
+load's cgroup v2 (plumb `--cgroup`, bpftrace `cgroup == cgroupid(...)`),
+for TCP plumb on the cgroup and bpftrace on the load's ports (its
+tracepoint names no cgroup); drops are not filtered by either. CPU is the tool's utime+stime from /proc/PID/stat while
 the load ran (start-up excluded), per million generated events. BPF time is
 the kernel's run_time_ns for the tool's programs (kernel.bpf_stats_enabled)
 over the same window, per generated event. The tool is pinned to CPU 0 and
