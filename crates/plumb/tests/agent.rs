@@ -2,235 +2,27 @@
 //! running gadgets through it (one agent, and a fan-out over three), and
 //! the cleanup promises: a client that vanishes mid-stream and an agent
 //! told to stop leave no BPF program behind. Root tests fail without root.
+//!
+//! The root tests run one at a time (`support::serial`): the Prometheus
+//! test compares node-wide reset counters with what it generated, and the
+//! others kill processes (which can make the kernel send resets).
+
+mod support;
 
 use plumb_core::testing::{assert_no_programs_left, marker, require_root};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
+use support::fake_pod;
+use support::http::{sample, scrape, try_get};
+use support::*;
 
-/// The root tests run one at a time: the Prometheus test compares node-wide
-/// reset counters with what it generated, and the others kill processes
-/// (which can make the kernel send resets).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn plumb() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_plumb"))
-}
-
-/// A child process killed (SIGKILL) and reaped when the test ends, however
-/// it ends; its stdout and stderr lines arrive on channels.
-struct Proc {
-    child: Child,
-    out: mpsc::Receiver<String>,
-    err: mpsc::Receiver<String>,
-}
-
-fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plumb");
-        let out = lines(child.stdout.take().expect("stdout"));
-        let err = lines(child.stderr.take().expect("stderr"));
-        Proc { child, out, err }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: a signal to our own child, which has not been reaped yet.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-
-    /// Wait for the exit status (after a signal, or at the natural end).
-    fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The first line from `rx` satisfying `pred`, within `timeout`; lines
-/// seen are appended to `seen` for failure messages.
-fn wait_line(
-    rx: &mpsc::Receiver<String>,
-    timeout: Duration,
-    seen: &mut Vec<String>,
-    pred: impl Fn(&str) -> bool,
-) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        let l = rx.recv_timeout(left).ok()?;
-        seen.push(l.clone());
-        if pred(&l) {
-            return Some(l);
-        }
-    }
-}
-
-/// A file removed when the test ends.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str, content: &str) -> TempFile {
-        let p = std::env::temp_dir().join(marker(tag));
-        std::fs::write(&p, content).expect("write temp file");
-        TempFile(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A running agent and where it listens.
-struct Agent {
-    proc: Proc,
-    api: String,
-    metrics: String,
-    node: String,
-    counter_progs: Vec<u32>,
-}
-
-fn start_agent(node: &str, token: &Path) -> Agent {
-    let mut cmd = plumb();
-    cmd.args([
-        "agent",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--token-file")
-    .arg(token)
-    .args(["--node-name", node]);
-    let proc = Proc::spawn(cmd);
-    let mut seen = Vec::new();
-    let ready = wait_line(&proc.err, Duration::from_secs(60), &mut seen, |l| {
-        l.starts_with("plumb agent: node ")
-    })
-    .unwrap_or_else(|| panic!("agent {node} did not start: {seen:?}"));
-    // plumb agent: node N api A metrics http://M/metrics counter programs 1,2
-    let word_after = |w: &str| {
-        let mut it = ready.split_whitespace();
-        it.find(|x| *x == w);
-        it.next().unwrap_or_default().to_string()
-    };
-    let metrics = word_after("metrics")
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics")
-        .to_string();
-    let counter_progs = ready
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.parse().ok())
-        .collect::<Vec<u32>>();
-    assert!(!counter_progs.is_empty(), "{ready}");
-    Agent {
-        api: word_after("api"),
-        metrics,
-        node: node.to_string(),
-        counter_progs,
-        proc,
-    }
-}
-
-/// GET http://addr/path with a plain HTTP/1.1 request; the body.
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect to metrics");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read metrics");
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    resp.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-/// The value of the sample `name` whose labels include `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        let all = labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-        (n == name && all).then(|| value.parse().ok())?
-    })
-}
-
-fn remote(agents: &[&Agent], token: Option<&Path>, args: &[&str]) -> Command {
-    let mut cmd = plumb();
-    let addrs: Vec<&str> = agents.iter().map(|a| a.api.as_str()).collect();
-    cmd.args(["-v", "remote", "--agents", &addrs.join(",")]);
-    if let Some(t) = token {
-        cmd.arg("--token-file").arg(t);
-    }
-    cmd.args(args);
-    cmd
-}
-
-/// Run a program whose argv holds `mark`; its pid.
-fn exec_marker(mark: &str) -> u32 {
-    let mut c = Command::new("/bin/true")
-        .arg(mark)
-        .spawn()
-        .expect("run /bin/true");
-    let pid = c.id();
-    c.wait().expect("wait /bin/true");
-    pid
+/// `plumb agent` on loopback with a token and a metrics listener.
+fn start_with_metrics(node: &str, token: &TempFile) -> Agent {
+    let metrics = ["--metrics-listen", "127.0.0.1:0"];
+    start_agent(node, "127.0.0.1:0", Some(token.path()), &metrics)
 }
 
 /// Exec events (JSON lines) of `mark` on stdout until `nodes` of them have
@@ -241,38 +33,9 @@ fn wait_marker(
     nodes: usize,
     seen: &mut Vec<String>,
 ) -> Vec<(String, u64, Vec<String>)> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while got.len() < nodes {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(l) = wait_line(&p.out, left, seen, |l| l.contains(mark)) else {
-            break;
-        };
-        let v: serde_json::Value = serde_json::from_str(&l).expect("a JSON event");
-        let args = v["args"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|x| x.as_str().unwrap_or_default().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        got.push((
-            v["node"].as_str().unwrap_or_default().to_string(),
-            v["pid"].as_u64().unwrap_or_default(),
-            args,
-        ));
-    }
-    got
-}
-
-/// BPF program ids from the client's `-v` "attached" lines.
-fn attached_ids(line: &str) -> Vec<u32> {
-    line.rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.parse().ok())
+    execs(&p.out, mark, nodes, Duration::from_secs(20), seen)
+        .into_iter()
+        .map(|(node, pid, args, _)| (node, pid, args))
         .collect()
 }
 
@@ -305,9 +68,9 @@ fn tcp_listen_without_auth_is_refused_in_one_line() {
 fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
     require_root();
     let _serial = serial();
-    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let token = token();
     let wrong = TempFile::new("wrong", "not-the-token\n");
-    let mut agent = start_agent("node-solo", token.path());
+    let agent = start_with_metrics("node-solo", &token);
 
     // Wrong and missing tokens: refused, in one clear line, and counted.
     for (tok, msg) in [
@@ -328,7 +91,7 @@ fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
         assert!(err.contains("1 of 1 agents failed"), "{err}");
         assert_eq!(out.stdout.iter().filter(|&&b| b == b'\n').count(), 1);
     }
-    let text = http_get(&agent.metrics, "/metrics");
+    let text = scrape(agent.metrics());
     assert_eq!(
         sample(
             &text,
@@ -363,10 +126,10 @@ fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
         attached.starts_with("plumb: node node-solo ("),
         "{attached}"
     );
-    let session_progs = attached_ids(&attached);
+    let session_progs = ids(&attached);
     assert!(!session_progs.is_empty(), "{attached}");
     let mark = marker("remote-exec");
-    let pid = exec_marker(&mark);
+    let pid = exec_true(&mark);
     let mut out_seen = Vec::new();
     let got = wait_marker(&client, &mark, 1, &mut out_seen);
     assert_eq!(
@@ -387,7 +150,7 @@ fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut text = String::new();
     while Instant::now() < deadline {
-        text = http_get(&agent.metrics, "/metrics");
+        text = scrape(agent.metrics());
         if sample(&text, "plumb_api_sessions", &[("node", "node-solo")]) == Some(0.0) {
             break;
         }
@@ -414,18 +177,19 @@ fn remote_trace_needs_the_token_and_a_vanished_client_leaves_nothing_loaded() {
     }
 
     // SIGTERM: the agent exits 0 and its always-on programs are gone.
-    agent.proc.signal(libc::SIGTERM);
-    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
-    assert_no_programs_left(&agent.counter_progs);
+    agent.stop();
 }
 
 #[test]
 fn fan_out_merges_three_nodes_and_survives_one_dying() {
     require_root();
     let _serial = serial();
-    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let token = token();
     let names = ["node-a", "node-b", "node-c"];
-    let mut agents: Vec<Agent> = names.iter().map(|n| start_agent(n, token.path())).collect();
+    let mut agents: Vec<Agent> = names
+        .iter()
+        .map(|n| start_with_metrics(n, &token))
+        .collect();
     let ports: BTreeSet<&str> = agents.iter().map(|a| a.api.as_str()).collect();
     assert_eq!(ports.len(), 3);
 
@@ -442,12 +206,12 @@ fn fan_out_merges_three_nodes_and_survives_one_dying() {
             l.contains("exec attached")
         })
         .unwrap_or_else(|| panic!("not every agent attached: {seen:?}"));
-        session_progs.extend(attached_ids(&l));
+        session_progs.extend(ids(&l));
     }
 
     // Every agent sees this host's execs: the marker arrives once per node.
     let mark = marker("fan-out");
-    let pid = exec_marker(&mark);
+    let pid = exec_true(&mark);
     let mut out_seen = Vec::new();
     let got = wait_marker(&client, &mark, 3, &mut out_seen);
     let nodes: BTreeSet<String> = got.iter().map(|g| g.0.clone()).collect();
@@ -469,7 +233,7 @@ fn fan_out_merges_three_nodes_and_survives_one_dying() {
     assert!(l.contains("[node node-b]"), "{l}");
     assert!(l.ends_with("; the others go on"), "{l}");
     let mark2 = marker("fan-out-after");
-    let pid2 = exec_marker(&mark2);
+    let pid2 = exec_true(&mark2);
     let got = wait_marker(&client, &mark2, 2, &mut out_seen);
     let nodes: BTreeSet<String> = got.iter().map(|g| g.0.clone()).collect();
     assert_eq!(
@@ -494,20 +258,8 @@ fn fan_out_merges_three_nodes_and_survives_one_dying() {
         "{rest:?}"
     );
     assert_no_programs_left(&session_progs);
-    for a in &mut agents {
-        a.proc.signal(libc::SIGTERM);
-        assert_eq!(a.proc.wait(Duration::from_secs(20)), Some(0), "{}", a.node);
-        assert_no_programs_left(&a.counter_progs);
-    }
-}
-
-/// A busy shell loop, killed when the test ends.
-struct Busy(Child);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    for a in agents {
+        a.stop();
     }
 }
 
@@ -515,15 +267,10 @@ impl Drop for Busy {
 fn remote_profile_returns_the_nodes_folded_stacks() {
     require_root();
     let _serial = serial();
-    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
-    let mut agent = start_agent("node-prof", token.path());
-    let busy = Busy(
-        Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .expect("start a busy loop"),
-    );
-    let pid = busy.0.id().to_string();
+    let token = token();
+    let agent = start_with_metrics("node-prof", &token);
+    let busy = Busy::start();
+    let pid = busy.pid();
     let out = remote(
         &[&agent],
         Some(token.path()),
@@ -568,9 +315,7 @@ fn remote_profile_returns_the_nodes_folded_stacks() {
         total += n.parse::<u64>().expect("a count");
     }
     assert_eq!(total, samples, "{stdout}");
-    agent.proc.signal(libc::SIGTERM);
-    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
-    assert_no_programs_left(&agent.counter_progs);
+    agent.stop();
 }
 
 /// A Prometheus server on loopback with its own config and data directory,
@@ -594,23 +339,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
-}
-
-/// GET, returning None unless the answer is 200.
-fn try_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    if !resp.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }
 
 fn start_prometheus(target: &str) -> Prometheus {
@@ -672,7 +400,11 @@ fn query(p: &Prometheus, q: &str, time: Option<f64>) -> Option<f64> {
     if let Some(t) = time {
         path.push_str(&format!("&time={t:.3}"));
     }
-    let body = try_get(&p.addr, &path)?;
+    // Not up yet, or not answering 200: no value.
+    let (code, _, body) = try_get(&p.addr, &path).ok()?;
+    if code != 200 {
+        return None;
+    }
     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     assert_eq!(v["status"], "success", "{body}");
     let r = v["data"]["result"].as_array()?;
@@ -703,7 +435,7 @@ fn wait_increase(p: &Prometheus, q: &str, baseline: f64, want: f64) -> f64 {
 fn prometheus_sees_the_drops_and_resets_made_in_the_lab() {
     require_root();
     let _serial = serial();
-    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let token = token();
     let mut lab = plumb_netlab::Lab::new("prom").expect("lab");
     let client = lab.add_pod("cli").expect("client pod");
     let server = lab.add_pod("srv").expect("server pod");
@@ -719,8 +451,8 @@ fn prometheus_sees_the_drops_and_resets_made_in_the_lab() {
     // uids, whatever else the host does meanwhile.
     let client_pod = fake_pod::FakePod::new(Some(&client.ns.path()));
     let server_pod = fake_pod::FakePod::new(Some(&server.ns.path()));
-    let mut agent = start_agent("node-prom", token.path());
-    let prom = start_prometheus(&agent.metrics);
+    let agent = start_with_metrics("node-prom", &token);
+    let prom = start_prometheus(agent.metrics());
 
     let drops_q = format!(
         "sum(plumb_packet_drops_total{{reason=\"NETFILTER_DROP\",pod_uid=\"{}\"}})",
@@ -794,10 +526,5 @@ fn prometheus_sees_the_drops_and_resets_made_in_the_lab() {
     assert_eq!(query(&prom, "plumb_build_info", None), Some(1.0));
 
     drop(prom);
-    agent.proc.signal(libc::SIGTERM);
-    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
-    assert_no_programs_left(&agent.counter_progs);
+    agent.stop();
 }
-
-#[path = "support/fake_pod.rs"]
-mod fake_pod;

@@ -13,173 +13,21 @@
 //!   refused; the ring buffer's fill is read from the kernel's positions;
 //!   `/healthz` sees a removed API socket.
 //!
-//! Root tests fail without root.
+//! The root tests run one at a time (`support::serial`): the slow-client
+//! test runs a busy load, which would slow the others' timing-sensitive
+//! steps. Root tests fail without root.
 
-#[path = "support/fake_pod.rs"]
-mod fake_pod;
+mod support;
 
-use fake_pod::FakePod;
 use plumb_core::testing::{assert_no_programs_left, marker, require_root};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// One at a time: the slow-client test runs a busy load, which would slow
-/// the others' timing-sensitive steps.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn plumb() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_plumb"))
-}
-
-/// A child process killed (SIGKILL) and reaped when the test ends, however
-/// it ends; its stdout and stderr lines arrive on channels.
-struct Proc {
-    child: Child,
-    out: mpsc::Receiver<String>,
-    err: mpsc::Receiver<String>,
-}
-
-fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plumb");
-        let out = lines(child.stdout.take().expect("stdout"));
-        let err = lines(child.stderr.take().expect("stderr"));
-        Proc { child, out, err }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: a signal to our own child, which has not been reaped yet.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_line(
-    rx: &mpsc::Receiver<String>,
-    timeout: Duration,
-    seen: &mut Vec<String>,
-    pred: impl Fn(&str) -> bool,
-) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        let l = rx.recv_timeout(left).ok()?;
-        seen.push(l.clone());
-        if pred(&l) {
-            return Some(l);
-        }
-    }
-}
-
-/// A file removed when the test ends.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(tag: &str, content: &str) -> TempFile {
-        let p = std::env::temp_dir().join(marker(tag));
-        std::fs::write(&p, content).expect("write temp file");
-        TempFile(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A plain HTTP/1.1 GET: (status code, Content-Type, body).
-fn get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the metrics listener");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read the answer");
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (code, ctype, body.to_string())
-}
-
-fn scrape(addr: &str) -> String {
-    let (code, _, body) = get(addr, "/metrics");
-    assert_eq!(code, 200, "{body}");
-    body
-}
-
-/// The value of the sample `name` whose labels include `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        let all = labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-        (n == name && all).then(|| value.parse().ok())?
-    })
-}
+use support::fake_pod::FakePod;
+use support::http::{get, sample, scrape};
+use support::*;
 
 /// Scrape until `name{labels}` equals `want` (or time runs out); the last
 /// value seen.
@@ -194,73 +42,11 @@ fn wait_sample(addr: &str, name: &str, labels: &[(&str, &str)], want: f64) -> Op
     }
 }
 
-/// A running agent binary and where it listens.
-struct Agent {
-    proc: Proc,
-    api: String,
-    metrics: String,
-    counter_progs: Vec<u32>,
-}
-
-fn start_agent(args: &[&str]) -> Agent {
-    let mut cmd = plumb();
-    cmd.args(["agent", "--metrics-listen", "127.0.0.1:0"])
-        .args(args);
-    let proc = Proc::spawn(cmd);
-    let mut seen = Vec::new();
-    let ready = wait_line(&proc.err, Duration::from_secs(60), &mut seen, |l| {
-        l.starts_with("plumb agent: node ")
-    })
-    .unwrap_or_else(|| panic!("the agent did not start: {seen:?}"));
-    let word_after = |w: &str| {
-        let mut it = ready.split_whitespace();
-        it.find(|x| *x == w);
-        it.next().unwrap_or_default().to_string()
-    };
-    let metrics = word_after("metrics")
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics")
-        .to_string();
-    let counter_progs: Vec<u32> = ready
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    assert!(!counter_progs.is_empty(), "{ready}");
-    Agent {
-        api: word_after("api"),
-        metrics,
-        counter_progs,
-        proc,
-    }
-}
-
-fn start_agent_with_token(token: &Path, extra: &[&str]) -> Agent {
-    let t = token.display().to_string();
-    let mut args = vec!["--listen", "127.0.0.1:0", "--token-file", t.as_str()];
+/// `plumb agent` on loopback with a token, a metrics listener and `extra`.
+fn start_with_metrics(node: &str, token: &Path, extra: &[&str]) -> Agent {
+    let mut args = vec!["--metrics-listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    start_agent(&args)
-}
-
-fn remote(api: &str, token: &Path, args: &[&str]) -> Command {
-    let mut cmd = plumb();
-    cmd.args(["-v", "remote", "--agents", api])
-        .arg("--token-file")
-        .arg(token)
-        .args(args);
-    cmd
-}
-
-/// BPF program ids from the client's `-v` "attached" line.
-fn attached_ids(line: &str) -> Vec<u32> {
-    line.rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.parse().ok())
-        .collect()
+    start_agent(node, "127.0.0.1:0", Some(token), &args)
 }
 
 fn pod_uid(p: &FakePod) -> [(&str, &str); 3] {
@@ -271,7 +57,7 @@ fn pod_uid(p: &FakePod) -> [(&str, &str); 3] {
 fn series_carry_the_pod_uid_with_the_kernels_own_counts() {
     require_root();
     let _serial = serial();
-    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let token = token();
     let mut lab = plumb_netlab::Lab::new("metr").expect("lab");
     let cli = lab.add_pod("cli").expect("client pod");
     let srv = lab.add_pod("srv").expect("server pod");
@@ -285,8 +71,8 @@ fn series_carry_the_pod_uid_with_the_kernels_own_counts() {
             "iptables -w -A INPUT -p tcp --dport {drop_port} -j DROP"
         ))
         .expect("DROP rule");
-    let mut agent = start_agent_with_token(token.path(), &["--node-name", "node-metrics"]);
-    let m = agent.metrics.clone();
+    let agent = start_with_metrics("node-metrics", token.path(), &[]);
+    let m = agent.metrics().to_string();
 
     // Execs in the client pod: counted under its uid, nothing else.
     let execs = 4;
@@ -442,9 +228,7 @@ fn series_carry_the_pod_uid_with_the_kernels_own_counts() {
         (200, "text/plain; charset=utf-8".into(), "ok\n".into())
     );
 
-    agent.proc.signal(libc::SIGTERM);
-    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
-    assert_no_programs_left(&agent.counter_progs);
+    agent.stop();
 }
 
 /// Names for pod uids, as the agent's pod watcher gives them.
@@ -697,13 +481,13 @@ fn settled(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 fn a_client_that_stops_reading_loses_its_own_events_and_cannot_hold_up_sigterm() {
     require_root();
     let _serial = serial();
-    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
+    let token = token();
     let load_pod = FakePod::new(None);
-    let mut agent = start_agent_with_token(token.path(), &["--node-name", "node-slow"]);
-    let m = agent.metrics.clone();
+    let mut agent = start_with_metrics("node-slow", token.path(), &[]);
+    let m = agent.metrics().to_string();
     let client = Proc::spawn(remote(
-        &agent.api,
-        token.path(),
+        &[&agent],
+        Some(token.path()),
         &[
             "trace",
             "open",
@@ -718,7 +502,7 @@ fn a_client_that_stops_reading_loses_its_own_events_and_cannot_hold_up_sigterm()
         l.contains("open attached, BPF program ids")
     })
     .unwrap_or_else(|| panic!("the remote run did not attach: {seen:?}"));
-    let session_progs = attached_ids(&attached);
+    let session_progs = ids(&attached);
     assert!(!session_progs.is_empty(), "{attached}");
     let load = open_loop(&load_pod);
     wait_line(&client.out, Duration::from_secs(20), &mut seen, |l| {
@@ -792,20 +576,17 @@ fn a_client_that_stops_reading_loses_its_own_events_and_cannot_hold_up_sigterm()
 fn a_session_over_the_limit_is_refused_in_one_line_and_counted() {
     require_root();
     let _serial = serial();
-    let token = TempFile::new("token", &format!("{}\n", marker("secret")));
-    let mut agent = start_agent_with_token(
-        token.path(),
-        &["--node-name", "node-limit", "--max-sessions", "1"],
-    );
-    let mut first = Proc::spawn(remote(&agent.api, token.path(), &["trace", "exec"]));
+    let token = token();
+    let agent = start_with_metrics("node-limit", token.path(), &["--max-sessions", "1"]);
+    let mut first = Proc::spawn(remote(&[&agent], Some(token.path()), &["trace", "exec"]));
     let mut seen = Vec::new();
     wait_line(&first.err, Duration::from_secs(30), &mut seen, |l| {
         l.contains("exec attached")
     })
     .unwrap_or_else(|| panic!("the first run did not attach: {seen:?}"));
     let out = remote(
-        &agent.api,
-        token.path(),
+        &[&agent],
+        Some(token.path()),
         &["trace", "exec", "--duration", "1s"],
     )
     .output()
@@ -821,7 +602,7 @@ fn a_session_over_the_limit_is_refused_in_one_line_and_counted() {
         ),
         "{err}"
     );
-    let text = scrape(&agent.metrics);
+    let text = scrape(agent.metrics());
     assert_eq!(
         sample(&text, "plumb_api_sessions_refused_total", &[]),
         Some(1.0)
@@ -829,36 +610,35 @@ fn a_session_over_the_limit_is_refused_in_one_line_and_counted() {
     assert_eq!(sample(&text, "plumb_api_sessions", &[]), Some(1.0));
     first.signal(libc::SIGINT);
     assert_eq!(first.wait(Duration::from_secs(20)), Some(0));
-    agent.proc.signal(libc::SIGTERM);
-    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
-    assert_no_programs_left(&agent.counter_progs);
+    agent.stop();
 }
 
 #[test]
 fn healthz_sees_the_api_socket_go() {
     require_root();
     let _serial = serial();
-    let dir = std::env::temp_dir().join(marker("sock"));
-    std::fs::create_dir_all(&dir).expect("socket dir");
-    let sock = dir.join("agent.sock");
+    let dir = TempDir::new("sock");
+    let sock = dir.path().join("agent.sock");
     let listen = format!("unix:{}", sock.display());
-    let mut agent = start_agent(&["--listen", &listen, "--node-name", "node-health"]);
-    assert_eq!(get(&agent.metrics, "/healthz").2, "ok\n");
-    assert_eq!(get(&agent.metrics, "/readyz").2, "ok\n");
+    let agent = start_agent(
+        "node-health",
+        &listen,
+        None,
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    assert_eq!(get(agent.metrics(), "/healthz").2, "ok\n");
+    assert_eq!(get(agent.metrics(), "/readyz").2, "ok\n");
     std::fs::remove_file(&sock).expect("remove the socket");
     let want = format!(
         "the API socket {} was removed or replaced\n",
         sock.display()
     );
     assert_eq!(
-        get(&agent.metrics, "/healthz"),
+        get(agent.metrics(), "/healthz"),
         (503, "text/plain; charset=utf-8".into(), want.clone())
     );
-    assert_eq!(get(&agent.metrics, "/readyz").2, want);
-    agent.proc.signal(libc::SIGTERM);
-    assert_eq!(agent.proc.wait(Duration::from_secs(20)), Some(0));
-    assert_no_programs_left(&agent.counter_progs);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(get(agent.metrics(), "/readyz").2, want);
+    agent.stop();
 }
 
 /// A sink that holds the pipeline in its first event until told to go on.

@@ -3,23 +3,14 @@
 //! code, and `--all-netns` naming the pod that owns a namespace from the
 //! kubepods-style cgroup of a process inside it.
 
+mod support;
+
 use plumb_core::testing::require_root;
 use plumb_netlab::{Lab, Netns};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-
-fn plumb(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
-        .args(args)
-        .output()
-        .expect("run plumb");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::run;
 
 fn restore_ebtables(ns: &Netns, text: &str) {
     let path = std::env::temp_dir().join(format!("plumb-audit-cli-{}.rules", ns.name));
@@ -49,7 +40,7 @@ fn json_and_table_hold_the_lab_duplicate_chain() {
     let path = pod.ns.path();
     let path = path.to_str().unwrap();
 
-    let (code, out, err) = plumb(&[
+    let (code, out, err) = run(&[
         "audit",
         "--netns",
         path,
@@ -81,7 +72,7 @@ fn json_and_table_hold_the_lab_duplicate_chain() {
     };
     assert_eq!((chain("FORWARD"), chain("OUTPUT")), (Some(50), Some(20)));
 
-    let (code, table, err) = plumb(&["audit", "--netns", path, "--only", "netfilter"]);
+    let (code, table, err) = run(&["audit", "--netns", path, "--only", "netfilter"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         table.contains(&format!("[CRITICAL] netfilter: {title}\n"))
@@ -107,7 +98,7 @@ fn json_and_table_hold_the_lab_duplicate_chain() {
 
 #[test]
 fn a_bad_only_value_is_one_line_and_exit_2() {
-    let (code, out, err) = plumb(&["audit", "--only", "netfilter,bogus"]);
+    let (code, out, err) = run(&["audit", "--only", "netfilter,bogus"]);
     assert_eq!(code, 2, "{err}");
     assert!(out.is_empty());
     assert_eq!(
@@ -119,14 +110,14 @@ fn a_bad_only_value_is_one_line_and_exit_2() {
 #[test]
 fn a_missing_netns_path_is_one_line_and_fails() {
     let missing = format!("/run/netns/plumb-no-such-{}", std::process::id());
-    let (code, out, err) = plumb(&["audit", "--netns", &missing]);
+    let (code, out, err) = run(&["audit", "--netns", &missing]);
     assert_ne!(code, 0);
     assert!(out.is_empty());
     assert_eq!(
         err,
         format!("plumb: cannot open network namespace {missing}: No such file or directory (os error 2)\n")
     );
-    let (code, _, err) = plumb(&["audit", "--netns", "/proc/self/ns/mnt"]);
+    let (code, _, err) = run(&["audit", "--netns", "/proc/self/ns/mnt"]);
     assert_ne!(code, 0);
     assert_eq!(err, "plumb: /proc/self/ns/mnt is not a network namespace\n");
 }
@@ -208,7 +199,7 @@ fn all_netns_finds_the_lab_namespaces_and_names_the_pod() {
     let id = format!("{:064x}", 0xc0ffee_u64 + u64::from(std::process::id()));
     let _container = FakeContainer::start(&owned.ns, &uid, &id);
 
-    let (code, out, err) = plumb(&["audit", "--all-netns", "--only", "interfaces", "-o", "json"]);
+    let (code, out, err) = run(&["audit", "--all-netns", "--only", "interfaces", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("audit JSON");
     let scope = |name: &str| {
@@ -234,7 +225,7 @@ fn all_netns_finds_the_lab_namespaces_and_names_the_pod() {
     let text = format!("pod uid {uid}, container {}", &id[..12]);
     assert_eq!(o["owner"]["text"], text.as_str());
 
-    let (code, table, err) = plumb(&["audit", "--all-netns", "--only", "interfaces"]);
+    let (code, table, err) = run(&["audit", "--all-netns", "--only", "interfaces"]);
     assert_eq!(code, 0, "{err}");
     let row = table
         .lines()

@@ -2,24 +2,14 @@
 //! output, and clean exits (closed pipe, SIGTERM) that leave nothing loaded.
 //! Tests that load BPF programs need root and fail without it.
 
+mod support;
+
 use plumb_core::testing::{assert_no_programs_left, marker, require_root};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn plumb() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_plumb"))
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = plumb().args(args).output().expect("run plumb");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::{plumb, run};
 
 #[test]
 fn unknown_gadget_is_one_line_listing_the_known_ones() {

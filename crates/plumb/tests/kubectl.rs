@@ -5,8 +5,8 @@
 //! play the cluster's nodes: they watch "their" pods through the stand-in,
 //! and `kubectl plumb` (the binary run as `kubectl-plumb`) reaches them
 //! through its pods/portforward. Execs run in cgroups named after the
-//! fixture pods' UIDs, as the kubelet names them. Root tests fail without
-//! root.
+//! fixture pods' UIDs, as the kubelet names them. The root tests run one
+//! at a time (`support::serial`). Root tests fail without root.
 
 mod support;
 
@@ -17,12 +17,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::*;
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plumb-agent/tests/fixtures");
 
 fn cluster() -> Cluster {
@@ -30,32 +24,6 @@ fn cluster() -> Cluster {
     Cluster {
         pods: serde_json::from_str(&text).expect("fixture JSON"),
         ..Cluster::default()
-    }
-}
-
-/// A busy shell loop inside a cgroup, killed when the test ends.
-struct BusyIn(std::process::Child);
-
-impl BusyIn {
-    fn start(cgroup: &Path) -> BusyIn {
-        let script = format!(
-            "echo $$ > {} && while :; do :; done",
-            cgroup.join("cgroup.procs").display()
-        );
-        BusyIn(
-            std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(script)
-                .spawn()
-                .expect("start a busy loop"),
-        )
-    }
-}
-
-impl Drop for BusyIn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -75,8 +43,9 @@ fn in_cluster(kubeconfig: &Path) -> Vec<(&'static str, String)> {
 }
 
 fn start_in_cluster(node: &str, token: &Path, env: &[(&'static str, String)]) -> Agent {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    start_agent(node, "127.0.0.1:0", Some(token), &env)
+    let mut cmd = agent_cmd(node, "127.0.0.1:0", Some(token), &[]);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    spawn_agent(node, cmd)
 }
 
 /// Wait until the stand-in has seen a watch of `node`'s pods: the
@@ -271,7 +240,7 @@ fn kubectl_plumb_selects_pods_on_each_node_through_port_forwards() {
     // A profile of the selection: only marker-a's samples (a busy loop in
     // its cgroup) come back, from node-1; node-2's selected pod ran
     // nothing, so everything it sampled was left out there.
-    let busy = BusyIn::start(&cgroups.pods[0]);
+    let busy = Busy::start_in(&cgroups.pods[0]);
     let mut cmd = std::process::Command::new(&plugin);
     cmd.env("KUBECONFIG", kubeconfig.path())
         .arg("--token-file")

@@ -3,30 +3,19 @@
 //! runtime on a unix socket, since no cluster can run here), and `--pod` /
 //! `-n` select them, narrowed in the kernel, including a pod that starts
 //! after plumb did.
+//!
+//! The tests run one at a time (`support::serial`): they create pod
+//! cgroups that the others' filters must not see.
+
+mod support;
 
 use plumb_core::testing::{marker, require_root, TestCgroup};
 use plumb_cri::fake::{FakePod, FakeRuntime};
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// Tests here create pod cgroups that the others' filters must not see.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on a hybrid host such as this one).
-fn cgroup2_root() -> PathBuf {
-    plumb_core::enrich::cgroupfs::CgroupFs::discover()
-        .expect("a cgroup v2 hierarchy")
-        .root()
-        .to_path_buf()
-}
+use support::{cgroup2_root, serial};
 
 /// A pod's container cgroup laid out as the kubelet's systemd driver and
 /// containerd do, below a slice of this test's own.

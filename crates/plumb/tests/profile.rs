@@ -4,6 +4,12 @@
 //! loaded with dlopen() while it is profiled, a stack deeper than the
 //! kernel records, and the pid, comm and cgroup filters. Root: these load
 //! BPF programs.
+//!
+//! The tests run one at a time (`support::serial`): each measures CPU
+//! shares, and several spinning workloads at once on a small machine would
+//! starve each other.
+
+mod support;
 
 use plumb_core::testing::{assert_no_programs_left, require_root};
 use serde_json::Value;
@@ -11,6 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::{cgroup2_root, run, serial, TempDir};
 
 const HOT_C: &str = r#"
 #include <stdlib.h>
@@ -32,33 +39,6 @@ int main(int argc, char **argv)
 	return (int)(s & 1);
 }
 "#;
-
-/// The profiling tests run one at a time: each measures CPU shares, and
-/// several spinning workloads at once on a small machine would starve each
-/// other.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("plumb-prof-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process killed and reaped on drop.
 struct Proc(Child);
@@ -91,18 +71,6 @@ fn spawn(cmd: &mut Command) -> Proc {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn workload"),
-    )
-}
-
-fn plumb(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
-        .args(args)
-        .output()
-        .expect("run plumb");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 
@@ -143,7 +111,7 @@ fn hot_function_carries_the_samples_with_main_below_it() {
     let other = spawn(Command::new(&bin).arg("5"));
     let pid = hot.0.id();
     std::thread::sleep(Duration::from_millis(200));
-    let (code, out, err) = plumb(&[
+    let (code, out, err) = run(&[
         "-v",
         "profile",
         "cpu",
@@ -212,7 +180,7 @@ fn syscall_workload_shows_the_kernel_functions() {
         spawn(Command::new("dd").args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=20000000"]));
     let pid = dd.0.id().to_string();
     std::thread::sleep(Duration::from_millis(100));
-    let (code, out, err) = plumb(&[
+    let (code, out, err) = run(&[
         "profile",
         "cpu",
         "--pid",
@@ -307,19 +275,6 @@ impl Drop for Cgroup {
     }
 }
 
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on hybrid hosts).
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup2 mount")
-}
-
 #[test]
 fn cgroup_filter_yields_only_that_cgroups_samples() {
     require_root();
@@ -331,7 +286,7 @@ fn cgroup_filter_yields_only_that_cgroups_samples() {
     let inside = spawn(Command::new(&bin).arg("5"));
     let outside = spawn(Command::new(&bin).arg("5"));
     std::fs::write(cg.0.join("cgroup.procs"), inside.0.id().to_string()).expect("move into cgroup");
-    let (code, out, err) = plumb(&[
+    let (code, out, err) = run(&[
         "profile",
         "cpu",
         "--cgroup",
@@ -386,7 +341,7 @@ fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
     );
     // pprof by extension, folded explicitly; diff of the two agrees (same program).
     let pb = dir.0.join("a.pb.gz");
-    let (code, _, err) = plumb(&[
+    let (code, _, err) = run(&[
         "profile",
         "cpu",
         "--pid",
@@ -399,7 +354,7 @@ fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(&std::fs::read(&pb).unwrap()[..2], &[0x1f, 0x8b]);
     let folded = dir.0.join("b.folded");
-    let (code, _, err) = plumb(&[
+    let (code, _, err) = run(&[
         "profile",
         "cpu",
         "--pid",
@@ -412,7 +367,7 @@ fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
         folded.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let (code, table, err) = plumb(&[
+    let (code, table, err) = run(&[
         "profile",
         "diff",
         pb.to_str().unwrap(),
@@ -435,7 +390,7 @@ fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
     assert!(cols[0].abs() < 15.0, "self share change: {row}");
     // The differential flame graph in BEFORE's shape, to a file.
     let dsvg = dir.0.join("d.svg");
-    let (code, printed, err) = plumb(&[
+    let (code, printed, err) = run(&[
         "profile",
         "diff",
         pb.to_str().unwrap(),
@@ -483,7 +438,7 @@ fn bad_input_is_one_line_and_a_usage_exit_code() {
     let dir = TempDir::new("bad");
     let garbage = dir.0.join("garbage");
     std::fs::write(&garbage, "garbage\n").unwrap();
-    let (code, _, err) = plumb(&[
+    let (code, _, err) = run(&[
         "profile",
         "diff",
         garbage.to_str().unwrap(),
@@ -497,9 +452,9 @@ fn bad_input_is_one_line_and_a_usage_exit_code() {
             garbage.display()
         )
     );
-    let (code, _, err) = plumb(&["profile", "cpu", "--frequency", "0"]);
+    let (code, _, err) = run(&["profile", "cpu", "--frequency", "0"]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = plumb(&["profile", "cpu", "--pid", "x1"]);
+    let (code, _, err) = run(&["profile", "cpu", "--pid", "x1"]);
     assert_eq!(
         (code, err.trim()),
         (2, "plumb: bad value for --pid: 'x1' is not a process id")
@@ -544,7 +499,7 @@ fn comm_filter_captures_only_the_wanted_process() {
     let wanted = spawn(Command::new(&want).arg("5"));
     let _other = spawn(Command::new(&other).arg("5"));
     std::thread::sleep(Duration::from_millis(200));
-    let (code, out, err) = plumb(&[
+    let (code, out, err) = run(&[
         "-v",
         "profile",
         "cpu",
@@ -640,7 +595,7 @@ fn assert_no_unnamed_library_frames(by_leaf: &HashMap<String, u64>) {
 
 /// Run plumb in the background, started before the workload.
 fn plumb_background(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_plumb"))
+    support::plumb()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -750,7 +705,7 @@ fn stacks_deeper_than_the_kernel_records_are_counted_as_truncated() {
     let deep = spawn(Command::new(&bin).arg("5"));
     std::thread::sleep(Duration::from_millis(200));
     let pid = deep.0.id().to_string();
-    let (code, out, err) = plumb(&["profile", "cpu", "--pid", &pid, "-d", "2s", "-o", "json"]);
+    let (code, out, err) = run(&["profile", "cpu", "--pid", &pid, "-d", "2s", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let p: Value = serde_json::from_str(&out).unwrap();
     let mut cut = 0;

@@ -4,47 +4,18 @@
 //! --duration, --max-events, --summary) over the fan-out; two clients on
 //! one agent; a cancelled profile; every profile format with its node;
 //! the TLS server name. Root tests fail without root.
+//!
+//! One root test at a time (`support::serial`): they start several agents
+//! each and measure deadlines, on a machine with two CPUs.
 
 mod support;
 
 use plumb_core::testing::{assert_no_programs_left, marker, require_root};
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
+use support::certs::{make_ca, make_leaf};
 use support::*;
-
-/// One root test at a time: they start several agents each and measure
-/// deadlines, on a machine with two CPUs.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A busy shell loop, killed when the test ends.
-struct Busy(std::process::Child);
-
-impl Busy {
-    fn start() -> Busy {
-        Busy(
-            Command::new("sh")
-                .args(["-c", "while :; do :; done"])
-                .spawn()
-                .expect("start a busy loop"),
-        )
-    }
-    fn pid(&self) -> String {
-        self.0.id().to_string()
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Wait for `n` "attached" lines; the BPF program ids, by node.
 fn attached(p: &Proc, n: usize, seen: &mut Vec<String>) -> Vec<(String, Vec<u32>)> {
@@ -673,135 +644,31 @@ fn every_profile_format_carries_the_node() {
     agent.stop();
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl (in .ci/apt-packages)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `name`.crt/.key: self-signed CA when `ca` is None, else signed by it.
-fn cert(dir: &Path, name: &str, ca: Option<&str>, exts: &[&str]) {
-    let (crt, key, subj) = (
-        format!("{name}.crt"),
-        format!("{name}.key"),
-        format!("/CN={name}"),
-    );
-    let mut args: Vec<String> = [
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if let Some(ca) = ca {
-        args.extend([
-            "-CA".into(),
-            format!("{ca}.crt"),
-            "-CAkey".into(),
-            format!("{ca}.key"),
-        ]);
-    }
-    args.extend([
-        "-subj".into(),
-        subj,
-        "-keyout".into(),
-        key,
-        "-out".into(),
-        crt,
-    ]);
-    for e in exts {
-        args.extend(["-addext".into(), e.to_string()]);
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    openssl(dir, &refs);
-}
-
 #[test]
 fn the_tls_server_name_can_be_given() {
     require_root();
     let _serial = serial();
     let dir = TempDir::new("tls-name");
     let d = dir.path();
-    cert(
-        d,
-        "ca",
+    make_ca(d, "ca");
+    // The agent's certificate names it, not the address it is dialled at.
+    make_leaf(d, "agent", "ca", "DNS:agent.plumb.test", "serverAuth");
+    make_leaf(d, "client", "ca", "DNS:plumb-client", "clientAuth");
+    let p = |f: &str| d.join(f).display().to_string();
+    let agent = start_agent(
+        "node-tls-name",
+        "127.0.0.1:0",
         None,
         &[
-            "basicConstraints=critical,CA:TRUE",
-            "keyUsage=critical,keyCertSign,cRLSign",
+            "--tls-cert",
+            &p("agent.crt"),
+            "--tls-key",
+            &p("agent.key"),
+            "--client-ca",
+            &p("ca.crt"),
         ],
     );
-    // The agent's certificate names it, not the address it is dialled at.
-    cert(
-        d,
-        "agent",
-        Some("ca"),
-        &[
-            "basicConstraints=critical,CA:FALSE",
-            "subjectAltName=DNS:agent.plumb.test",
-            "extendedKeyUsage=serverAuth",
-        ],
-    );
-    cert(
-        d,
-        "client",
-        Some("ca"),
-        &[
-            "basicConstraints=critical,CA:FALSE",
-            "subjectAltName=DNS:plumb-client",
-            "extendedKeyUsage=clientAuth",
-        ],
-    );
-    let p = |f: &str| d.join(f).display().to_string();
-    let mut cmd = plumb();
-    cmd.args([
-        "agent",
-        "--listen",
-        "127.0.0.1:0",
-        "--node-name",
-        "node-tls-name",
-    ])
-    .args([
-        "--tls-cert",
-        &p("agent.crt"),
-        "--tls-key",
-        &p("agent.key"),
-        "--client-ca",
-        &p("ca.crt"),
-    ]);
-    let proc = Proc::spawn(cmd);
-    let mut log = Vec::new();
-    let ready = wait_line(&proc.err, Duration::from_secs(60), &mut log, |l| {
-        l.starts_with("plumb agent: node ")
-    })
-    .unwrap_or_else(|| panic!("{log:?}"));
-    let api = ready
-        .split_whitespace()
-        .nth(5)
-        .unwrap_or_default()
-        .to_string();
-    let counters = ids(&ready);
-    let agent = Agent {
-        proc,
-        api: api.clone(),
-        node: "node-tls-name".into(),
-        counter_progs: counters,
-        log,
-    };
+    let api = agent.api.clone();
     let tls = [
         "--tls-ca",
         &p("ca.crt"),

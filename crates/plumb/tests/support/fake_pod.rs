@@ -5,10 +5,8 @@
 //! optionally with a process holding a lab network namespace, as a pod's
 //! sandbox does. Commands can be run inside it. Dropping it kills the
 //! holder and removes the cgroups, also when the test panics.
-//!
-//! Included (`#[path]`) by several test binaries, each using a part.
-#![allow(dead_code)]
 
+use super::cgroup2_root;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -16,15 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
-
-/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
-/// /sys/fs/cgroup/unified on hybrid hosts).
-fn cgroup_root() -> PathBuf {
-    plumb_core::enrich::cgroupfs::CgroupFs::discover()
-        .expect("a cgroup v2 hierarchy")
-        .root()
-        .to_path_buf()
-}
 
 pub struct FakePod {
     pub uid: String,
@@ -57,7 +46,7 @@ impl FakePod {
             (t >> 24) & 0xffff_ffff_ffff
         );
         let container = format!("{:032x}{:032x}", t, (u128::from(pid) << 32) | u128::from(n));
-        let slice = cgroup_root().join(format!("plumb-test-{pid}-{n}.slice"));
+        let slice = cgroup2_root().join(format!("plumb-test-{pid}-{n}.slice"));
         let pod = slice.join(format!(
             "kubepods-besteffort-pod{}.slice",
             uid.replace('-', "_")
@@ -86,7 +75,7 @@ impl FakePod {
     /// The container's cgroup relative to the hierarchy (for `--cgroup`).
     pub fn cgroup_path(&self) -> String {
         self.scope()
-            .strip_prefix(cgroup_root())
+            .strip_prefix(cgroup2_root())
             .map(|p| format!("/{}", p.display()))
             .unwrap_or_default()
     }

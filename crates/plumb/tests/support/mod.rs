@@ -1,9 +1,18 @@
-//! What the fan-out tests (remote.rs, kubectl.rs) share: child processes
-//! that are always reaped (and woken first, for tests that SIGSTOP them),
-//! agents started from the binary, markers run as chosen commands or in
-//! chosen cgroups, and the BPF programs a process holds.
+//! What the binary's integration tests share: the `plumb` binary run or
+//! spawned, child processes that are always reaped (and woken first, for
+//! tests that SIGSTOP them), temporary files, agents started from the
+//! binary and the `plumb remote` commands that reach them, markers run as
+//! chosen commands or in chosen cgroups, and the BPF programs a process
+//! holds. HTTP scrapes live in `http`, test certificates in `certs`, fake
+//! kubelet-style pods in `fake_pod`.
 
-#![allow(dead_code)] // each test file uses its own part
+// Every test binary compiles this module whole but calls only its own part
+// of it; what one binary leaves unused is not dead code in another.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod fake_pod;
+pub mod http;
 
 use plumb_core::testing::marker;
 use std::collections::BTreeSet;
@@ -15,6 +24,25 @@ use std::time::{Duration, Instant};
 
 pub fn plumb() -> Command {
     Command::new(env!("CARGO_BIN_EXE_plumb"))
+}
+
+/// Run `plumb ARGS` to its end: exit code (-1 for a signal), stdout, stderr.
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = plumb().args(args).output().expect("run plumb");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Hold this while a test must run alone among the tests of its binary
+/// that take it too (each binary has its own lock; its file says why its
+/// tests need it). A test that panicked while holding it does not poison
+/// it for the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A child process, woken (SIGCONT) and killed (SIGKILL) and reaped when
@@ -153,6 +181,8 @@ pub fn token() -> TempFile {
 pub struct Agent {
     pub proc: Proc,
     pub api: String,
+    /// host:port of its metrics listener, if it was given one.
+    pub metrics_addr: Option<String>,
     pub node: String,
     pub counter_progs: Vec<u32>,
     /// Its stderr lines read so far (the ready line included).
@@ -160,6 +190,13 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// host:port of its metrics listener (`--metrics-listen` is needed).
+    pub fn metrics(&self) -> &str {
+        self.metrics_addr
+            .as_deref()
+            .unwrap_or_else(|| panic!("agent {} has no metrics listener", self.node))
+    }
+
     /// Read what the agent has logged since the last call.
     pub fn read_log(&mut self) -> &[String] {
         self.log.extend(self.proc.err.try_iter());
@@ -179,33 +216,47 @@ impl Agent {
     }
 }
 
-/// Start `plumb agent --node-name NODE --listen LISTEN`, with a token
-/// unless `token` is None, and `env` set.
-pub fn start_agent(node: &str, listen: &str, token: Option<&Path>, env: &[(&str, &str)]) -> Agent {
+/// `plumb agent --listen LISTEN --node-name NODE`, with a token unless
+/// `token` is None, then `args` (`--metrics-listen`, TLS files, limits).
+pub fn agent_cmd(node: &str, listen: &str, token: Option<&Path>, args: &[&str]) -> Command {
     let mut cmd = plumb();
     cmd.args(["agent", "--listen", listen, "--node-name", node]);
     if let Some(t) = token {
         cmd.arg("--token-file").arg(t);
     }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    cmd.args(args);
+    cmd
+}
+
+/// Start the agent of [`agent_cmd`] and wait until it is ready.
+pub fn start_agent(node: &str, listen: &str, token: Option<&Path>, args: &[&str]) -> Agent {
+    spawn_agent(node, agent_cmd(node, listen, token, args))
+}
+
+/// Spawn `cmd`, an agent for `node`, and wait for its ready line.
+pub fn spawn_agent(node: &str, cmd: Command) -> Agent {
     let proc = Proc::spawn(cmd);
     let mut log = Vec::new();
     let ready = wait_line(&proc.err, Duration::from_secs(60), &mut log, |l| {
         l.starts_with("plumb agent: node ")
     })
     .unwrap_or_else(|| panic!("agent {node} did not start: {log:?}"));
-    // plumb agent: node N api A metrics M counter programs 1,2
+    // plumb agent: node N api A metrics http://M/metrics counter programs 1,2
+    // ("metrics off" without a metrics listener)
     let word_after = |w: &str| {
         let mut it = ready.split_whitespace();
         it.find(|x| *x == w);
         it.next().unwrap_or_default().to_string()
     };
+    let metrics_addr = word_after("metrics")
+        .strip_prefix("http://")
+        .and_then(|m| m.strip_suffix("/metrics"))
+        .map(str::to_string);
     let counter_progs = ids(&ready);
     assert!(!counter_progs.is_empty(), "{ready}");
     Agent {
         api: word_after("api"),
+        metrics_addr,
         node: node.to_string(),
         counter_progs,
         proc,
@@ -242,6 +293,52 @@ pub fn exec_as(program: &Path, mark: &str) -> u32 {
     let pid = c.id();
     c.wait().expect("wait marker");
     pid
+}
+
+/// Run `/bin/true MARK`; its pid.
+pub fn exec_true(mark: &str) -> u32 {
+    exec_as(Path::new("/bin/true"), mark)
+}
+
+/// A busy shell loop, killed when the test ends.
+pub struct Busy(pub Child);
+
+impl Busy {
+    pub fn start() -> Busy {
+        Busy(
+            Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .expect("start a busy loop"),
+        )
+    }
+
+    /// The loop inside the cgroup `dir` (the shell moves itself there
+    /// first).
+    pub fn start_in(dir: &Path) -> Busy {
+        let script = format!(
+            "echo $$ > {} && while :; do :; done",
+            dir.join("cgroup.procs").display()
+        );
+        Busy(
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(script)
+                .spawn()
+                .expect("start a busy loop"),
+        )
+    }
+
+    pub fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Run `/bin/true MARK` inside the cgroup `dir`; its pid.
