@@ -4,6 +4,7 @@
 //! IPv6 address) is never cut: it pushes the next column right, and the
 //! columns after that return to their places as soon as there is room.
 
+use super::pick::Picker;
 use super::{cell, Sink};
 use crate::event::Event;
 use crate::gadgets::Column;
@@ -12,6 +13,8 @@ use std::io::{self, Write};
 pub struct ColumnsSink<W: Write> {
     out: W,
     columns: Vec<Column>,
+    /// Takes the columns' keys from each event while it is serialised.
+    picker: Picker,
     max_width: Option<usize>,
     header_done: bool,
 }
@@ -19,8 +22,10 @@ pub struct ColumnsSink<W: Write> {
 impl<W: Write> ColumnsSink<W> {
     /// `max_width`: cut rows to this many characters (a terminal's width).
     pub fn new(out: W, columns: Vec<Column>, max_width: Option<usize>) -> Self {
+        let keys: Vec<String> = columns.iter().map(|c| c.key.to_string()).collect();
         ColumnsSink {
             out,
+            picker: Picker::new(&keys),
             columns,
             max_width,
             header_done: false,
@@ -77,6 +82,16 @@ fn layout(columns: &[Column], cells: Vec<String>) -> String {
     line
 }
 
+/// A value given as JSON text, as a table cell (what [`cell`] makes of it).
+fn raw_cell(json: Option<&[u8]>) -> String {
+    match json {
+        None | Some(b"null") => "-".to_string(),
+        Some(j) if j.first() == Some(&b'"') => serde_json::from_slice(j).unwrap_or_default(),
+        Some(j) if j.first() == Some(&b'[') => cell(serde_json::from_slice(j).ok().as_ref()),
+        Some(j) => String::from_utf8_lossy(j).into_owned(),
+    }
+}
+
 /// Time of day with microseconds from an RFC 3339 timestamp.
 fn time_of_day(ts: &str) -> String {
     ts.get(11..26).unwrap_or(ts).to_string()
@@ -85,16 +100,17 @@ fn time_of_day(ts: &str) -> String {
 impl<W: Write> Sink for ColumnsSink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.header()?;
-        let v = serde_json::to_value(ev)?;
+        self.picker.pick(ev)?;
         let cells = self
             .columns
             .iter()
-            .map(|c| {
-                let x = v.get(&*c.key);
+            .enumerate()
+            .map(|(i, c)| {
+                let x = raw_cell(self.picker.value(i));
                 if c.key == "timestamp" {
-                    time_of_day(&cell(x))
+                    time_of_day(&x)
                 } else {
-                    cell(x)
+                    x
                 }
             })
             .collect();
@@ -114,6 +130,24 @@ impl<W: Write> Sink for ColumnsSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_from_json_text_equal_cells_from_the_tree() {
+        for j in [
+            r#"null"#,
+            r#""O_RDONLY|O_CLOEXEC""#,
+            r#""a \"quoted\" path""#,
+            r#"42"#,
+            r#"-2"#,
+            r#"true"#,
+            r#"["ls","-l","/tmp"]"#,
+            r#"{"a":1}"#,
+        ] {
+            let tree: serde_json::Value = serde_json::from_str(j).unwrap();
+            assert_eq!(raw_cell(Some(j.as_bytes())), cell(Some(&tree)), "{j}");
+        }
+        assert_eq!(raw_cell(None), "-");
+    }
 
     #[test]
     fn a_wide_value_pushes_only_until_there_is_room() {

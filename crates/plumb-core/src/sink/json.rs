@@ -1,6 +1,7 @@
 //! JSON lines: one object per event, plus `{"type":"lost",...}` records.
 
-use super::{select, Sink};
+use super::pick::Picker;
+use super::Sink;
 use crate::event::Event;
 use serde::Serialize;
 use std::io::{self, Write};
@@ -8,7 +9,8 @@ use std::time::SystemTime;
 
 pub struct JsonSink<W: Write> {
     out: W,
-    fields: Vec<String>,
+    /// With `--fields`: picks them while serialising.
+    picker: Option<Picker>,
     node: String,
 }
 
@@ -24,7 +26,8 @@ struct Lost<'a> {
 
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W, fields: Vec<String>, node: String) -> Self {
-        JsonSink { out, fields, node }
+        let picker = (!fields.is_empty()).then(|| Picker::new(&fields));
+        JsonSink { out, picker, node }
     }
 
     pub fn into_inner(self) -> W {
@@ -34,11 +37,9 @@ impl<W: Write> JsonSink<W> {
 
 impl<W: Write> Sink for JsonSink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        if self.fields.is_empty() {
-            serde_json::to_writer(&mut self.out, ev)?;
-        } else {
-            let v = select(serde_json::to_value(ev)?, &self.fields);
-            serde_json::to_writer(&mut self.out, &v)?;
+        match &mut self.picker {
+            None => serde_json::to_writer(&mut self.out, ev)?,
+            Some(p) => p.write(ev, &mut self.out)?,
         }
         self.out.write_all(b"\n")
     }

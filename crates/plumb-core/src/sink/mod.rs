@@ -3,6 +3,7 @@
 
 mod columns;
 mod json;
+mod pick;
 mod summary;
 
 pub use columns::ColumnsSink;
@@ -171,6 +172,32 @@ mod tests {
             String::from_utf8(s.into_inner()).unwrap(),
             "{\"pid\":10,\"nope\":null}\n"
         );
+    }
+
+    #[test]
+    fn picked_fields_equal_the_selected_json_tree() {
+        let fields: Vec<String> = [
+            "args",
+            "namespace",
+            "timestamp",
+            "pid",
+            "comm",
+            "ppid",
+            "type",
+            "cgroup",
+            "pod",
+            "filename",
+            "missing",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let e = ev(10, "sh", "/bin/sh");
+        let mut s = JsonSink::new(Vec::new(), fields.clone(), "n".into());
+        s.event(&e).unwrap();
+        let line = String::from_utf8(s.into_inner()).unwrap();
+        let tree = select(serde_json::to_value(&e).unwrap(), &fields);
+        assert_eq!(line, format!("{}\n", serde_json::to_string(&tree).unwrap()));
     }
 
     #[test]
