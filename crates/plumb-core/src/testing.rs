@@ -277,3 +277,69 @@ impl Drop for TestCgroup {
         }
     }
 }
+
+/// A TCP socket bound to a port of `ip` and never put in listen: a connect
+/// to it is refused (RST), and while it lives no other socket of the test
+/// process can take the port, so parallel tests cannot race for it.
+pub struct BoundPort {
+    fd: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl BoundPort {
+    /// Bind to an ephemeral port of `ip` in the calling thread's network
+    /// namespace.
+    pub fn new(ip: std::net::Ipv4Addr) -> std::io::Result<BoundPort> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: socket(2) returns a new descriptor that OwnedFd closes.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let port = bind_v4(fd.as_raw_fd(), ip, 0)?;
+        Ok(BoundPort { fd, port })
+    }
+
+    /// Connect this socket to `target` (so the local port is known even when
+    /// the connect fails); returns the errno of a failed connect.
+    pub fn connect(&self, target: std::net::SocketAddrV4) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        let d = sockaddr_v4(*target.ip(), target.port());
+        // SAFETY: connect(2) on our descriptor with a sockaddr_in we own.
+        let rc = unsafe {
+            libc::connect(
+                self.fd.as_raw_fd(),
+                &d as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        (rc != 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+fn sockaddr_v4(ip: std::net::Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+    let mut a: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    a.sin_family = libc::AF_INET as u16;
+    a.sin_port = port.to_be();
+    a.sin_addr.s_addr = u32::from(ip).to_be();
+    a
+}
+
+/// bind(2) `fd` to `ip:port` and return the port the kernel gave it.
+fn bind_v4(fd: i32, ip: std::net::Ipv4Addr, port: u16) -> std::io::Result<u16> {
+    let mut a = sockaddr_v4(ip, port);
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: bind/getsockname on a descriptor the caller owns, with a
+    // sockaddr_in of the right size.
+    unsafe {
+        if libc::bind(fd, &a as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getsockname(fd, &mut a as *mut _ as *mut libc::sockaddr, &mut len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(u16::from_be(a.sin_port))
+}

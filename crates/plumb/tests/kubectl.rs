@@ -307,9 +307,11 @@ fn without_api_access_the_agent_says_so_once_and_attributes_by_cgroup() {
     .expect("stand-in API server");
     let forbidden = TempFile::new("kubeconfig", &api.kubeconfig("plumb"));
     // And an API server that is not there at all.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
+    // Its port is held by a socket that never listens, so no stand-in
+    // started in parallel can take it.
+    let held =
+        plumb_core::testing::BoundPort::new(std::net::Ipv4Addr::LOCALHOST).expect("a free port");
+    let closed = format!("127.0.0.1:{}", held.port);
     let nowhere = TempFile::new(
         "kubeconfig",
         &api.kubeconfig("plumb")

@@ -22,15 +22,23 @@ fn closed_port_reset_is_sent_by_server_and_received_by_client() {
     let (res, local) = client
         .ns
         .run(move || {
-            let s = socket2_connect(target);
-            (s.0, s.1)
+            // Bound first, so the local port is known although the
+            // connect fails.
+            let s = testing::BoundPort::new(std::net::Ipv4Addr::UNSPECIFIED).expect("bind");
+            let SocketAddr::V4(t) = target else {
+                unreachable!("the lab's pods have IPv4 addresses")
+            };
+            (s.connect(t), s.port)
         })
         .expect("run in client");
     assert_eq!(res, Some(libc::ECONNREFUSED));
     let wait = Duration::from_secs(10);
     let is = |e: &crate::event::Event, dir: Direction| match &e.body {
         Body::Reset(r) => {
-            r.direction == dir && r.flow.sport == Some(9) && r.flow.daddr == Some(client.ip.into())
+            r.direction == dir
+                && r.flow.sport == Some(9)
+                && r.flow.daddr == Some(client.ip.into())
+                && r.flow.dport == Some(local)
         }
         _ => false,
     };
@@ -63,46 +71,4 @@ fn closed_port_reset_is_sent_by_server_and_received_by_client() {
     );
     assert_eq!(r.state.as_deref(), Some("SYN_SENT"));
     t.finish();
-}
-
-/// Connect from a bound socket so the local port is known even on failure.
-fn socket2_connect(target: SocketAddr) -> (Option<i32>, u16) {
-    let l = std::net::TcpListener::bind("0.0.0.0:0").expect("pick a port");
-    let port = l.local_addr().expect("addr").port();
-    drop(l);
-    // SAFETY: plain socket calls on a descriptor we own and close.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one as *const _ as *const _,
-            4,
-        );
-        let mut a: libc::sockaddr_in = std::mem::zeroed();
-        a.sin_family = libc::AF_INET as u16;
-        a.sin_port = port.to_be();
-        libc::bind(
-            fd,
-            &a as *const _ as *const _,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        let SocketAddr::V4(t) = target else {
-            panic!("v4 only")
-        };
-        let mut d: libc::sockaddr_in = std::mem::zeroed();
-        d.sin_family = libc::AF_INET as u16;
-        d.sin_port = t.port().to_be();
-        d.sin_addr.s_addr = u32::from(*t.ip()).to_be();
-        let rc = libc::connect(
-            fd,
-            &d as *const _ as *const _,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        );
-        let err = (rc != 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-        libc::close(fd);
-        (err, port)
-    }
 }

@@ -95,12 +95,10 @@ fn connect_accept_close_ipv6() {
 fn connect_to_a_closed_port_is_connect_failed() {
     require_root();
     let t = testing::start(&super::DESC, RunOptions::default());
-    // A port that was just free: bind, note it, close it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    // A port held by a socket that never listens: no parallel test can
+    // take it while the connect runs.
+    let closed = testing::BoundPort::new(std::net::Ipv4Addr::LOCALHOST).expect("bind");
+    let port = closed.port;
     let err = TcpStream::connect(("127.0.0.1", port)).expect_err("nobody listens");
     assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
     let ev = t
