@@ -112,10 +112,20 @@ pub fn parse(path: &str) -> Workload {
 /// The v1 hierarchies' paths from `/proc/PID/cgroup`, for hosts where the
 /// task's cgroup v2 path says nothing (v1-only or hybrid hosts). The first
 /// path that names a container wins.
+///
+/// The unified line (`0::`) is left out: the event's own cgroup id already
+/// said where the task was in cgroup v2 when it happened, and the file says
+/// where it is now, which for a task that moved since is another cgroup.
 pub fn parse_proc_cgroup(contents: &str) -> Option<Workload> {
     contents
         .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let hierarchy = f.next()?;
+            f.next()?;
+            let path = f.next()?;
+            (hierarchy != "0").then_some(path)
+        })
         .map(parse)
         .find(|w| w.container_id.is_some() || w.pod_uid.is_some())
 }
@@ -287,6 +297,9 @@ mod tests {
         assert_eq!(w.container_id.as_deref(), Some(ID));
         assert_eq!(w.pod_uid.as_deref(), Some(UID));
         assert!(parse_proc_cgroup("0::/\n4:memory:/process_api/abc\n").is_none());
+        // A task now in a pod's v2 cgroup, but not when the event's cgroup id
+        // was taken: only the v1 lines are read.
+        assert!(parse_proc_cgroup(&format!("4:memory:/\n0::/kubepods/pod{UID}\n")).is_none());
     }
 
     #[test]
