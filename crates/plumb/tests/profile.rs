@@ -50,6 +50,35 @@ impl Drop for Proc {
     }
 }
 
+/// Wait until the plumb profiler `pid` samples: it holds a perf event and
+/// a BPF link per CPU (there is no ready line to wait for). A profile's
+/// --duration counts from then, so a workload started after this is
+/// sampled from its start however slowly plumb came up.
+fn wait_sampling(pid: u32) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mut perf, mut links) = (0, 0);
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for e in rd.flatten() {
+                match std::fs::read_link(e.path()).ok().as_deref().and_then(Path::to_str) {
+                    Some("anon_inode:[perf_event]") => perf += 1,
+                    Some("anon_inode:bpf_link") => links += 1,
+                    _ => {}
+                }
+            }
+        }
+        if perf >= cpus && links >= cpus {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plumb {pid} not sampling after 60 s ({perf} perf events, {links} links)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Build the hot program as `dir/name` with frame pointers and symbols.
 fn build_hot(dir: &Path, name: &str) -> PathBuf {
     let src = dir.join("hot.c");
@@ -106,9 +135,9 @@ fn hot_function_carries_the_samples_with_main_below_it() {
     let _serial = serial();
     let dir = TempDir::new("hot");
     let bin = build_hot(&dir.0, "plumbhot");
-    let hot = spawn(Command::new(&bin).arg("5"));
+    let hot = spawn(Command::new(&bin).arg("600"));
     // The same program, running beside it: --pid leaves it out in the kernel.
-    let other = spawn(Command::new(&bin).arg("5"));
+    let other = spawn(Command::new(&bin).arg("600"));
     let pid = hot.0.id();
     std::thread::sleep(Duration::from_millis(200));
     let (code, out, err) = run(&[
@@ -237,7 +266,7 @@ fn a_process_that_exits_before_the_end_is_still_symbolized() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start plumb");
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_sampling(prof.id());
     let st = Command::new(&bin)
         .arg("1.5")
         .status()
@@ -283,8 +312,8 @@ fn cgroup_filter_yields_only_that_cgroups_samples() {
     let bin = build_hot(&dir.0, "plumbcg");
     let cg = Cgroup(cgroup2_root().join(format!("plumb-test-prof-{}", std::process::id())));
     std::fs::create_dir(&cg.0).expect("create cgroup");
-    let inside = spawn(Command::new(&bin).arg("5"));
-    let outside = spawn(Command::new(&bin).arg("5"));
+    let inside = spawn(Command::new(&bin).arg("600"));
+    let outside = spawn(Command::new(&bin).arg("600"));
     std::fs::write(cg.0.join("cgroup.procs"), inside.0.id().to_string()).expect("move into cgroup");
     let (code, out, err) = run(&[
         "profile",
@@ -324,7 +353,8 @@ fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
     let _serial = serial();
     let dir = TempDir::new("out");
     let bin = build_hot(&dir.0, "plumbout");
-    let hot = spawn(Command::new(&bin).arg("6"));
+    // Runs until the test ends and drops it, however slow the profiles are.
+    let hot = spawn(Command::new(&bin).arg("600"));
     let pid = hot.0.id().to_string();
     // SVG without --output: a file in the working directory, its path printed.
     let out = Command::new(env!("CARGO_BIN_EXE_plumb"))
@@ -419,7 +449,8 @@ fn outputs_svg_pprof_and_a_diff_and_sigterm_still_writes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_sampling(child.id());
+    std::thread::sleep(Duration::from_millis(500));
     // SAFETY: signalling the child we started, by its pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
@@ -496,8 +527,8 @@ fn comm_filter_captures_only_the_wanted_process() {
     let dir = TempDir::new("comm");
     let want = build_hot(&dir.0, "plumbwant");
     let other = build_hot(&dir.0, "plumbother");
-    let wanted = spawn(Command::new(&want).arg("5"));
-    let _other = spawn(Command::new(&other).arg("5"));
+    let wanted = spawn(Command::new(&want).arg("600"));
+    let _other = spawn(Command::new(&other).arg("600"));
     std::thread::sleep(Duration::from_millis(200));
     let (code, out, err) = run(&[
         "-v",
@@ -619,7 +650,7 @@ fn a_library_dlopened_by_a_running_process_is_symbolized() {
     let prof = plumb_background(&[
         "profile", "cpu", "--comm", "plumbdl", "-d", "4s", "-o", "json",
     ]);
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_sampling(prof.id());
     // Still running when the profile ends.
     let _w = spawn(Command::new(&bin).arg(&lib).args(["1.0", "8"]));
     let p = finish(prof);
@@ -652,7 +683,7 @@ fn a_library_dlopened_by_a_process_that_exits_before_the_end_is_symbolized() {
     let prof = plumb_background(&[
         "profile", "cpu", "--comm", "plumbdlx", "-d", "5s", "-o", "json",
     ]);
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_sampling(prof.id());
     let st = Command::new(&bin)
         .arg(&lib)
         .args(["1.0", "2.5"])
@@ -702,7 +733,7 @@ fn stacks_deeper_than_the_kernel_records_are_counted_as_truncated() {
     let _serial = serial();
     let dir = TempDir::new("deep");
     let bin = build_c(&dir.0, "plumbdeep", DEEP_C, &["-O0"]);
-    let deep = spawn(Command::new(&bin).arg("5"));
+    let deep = spawn(Command::new(&bin).arg("600"));
     std::thread::sleep(Duration::from_millis(200));
     let pid = deep.0.id().to_string();
     let (code, out, err) = run(&["profile", "cpu", "--pid", &pid, "-d", "2s", "-o", "json"]);
