@@ -247,7 +247,7 @@ fn fan_out_merges_three_nodes_and_survives_one_dying() {
     // exit code says one node failed.
     client.signal(libc::SIGINT);
     assert_eq!(client.wait(Duration::from_secs(20)), Some(1));
-    let rest: Vec<String> = client.err.try_iter().collect();
+    let rest = drain(&client.err);
     assert!(
         rest.iter()
             .any(|l| l.contains("events from 2 of 3 agents") && l.ends_with("(interrupted)")),

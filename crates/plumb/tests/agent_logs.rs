@@ -90,12 +90,12 @@ fn two_followers_get_the_agents_log_until_it_stops() {
     .unwrap_or_else(|| panic!("remote exec did not attach: {run_err:?}"));
     exec_true(&mark);
     assert_eq!(run.wait(Duration::from_secs(30)), Some(0), "{run_err:?}");
-    let events: Vec<String> = run.out.try_iter().collect();
+    let events = drain(&run.out);
     assert!(
         events.iter().any(|l| l.contains(&mark)),
         "the marker exec is among the events: {events:?}"
     );
-    let summary: Vec<String> = run.err.try_iter().collect();
+    let summary = drain(&run.err);
     assert!(
         summary
             .iter()
@@ -142,7 +142,7 @@ fn two_followers_get_the_agents_log_until_it_stops() {
     agent.stop();
     for f in &mut followers {
         assert_eq!(f.wait(Duration::from_secs(20)), Some(0));
-        let err: Vec<String> = f.err.try_iter().collect();
+        let err = drain(&f.err);
         assert!(
             err.contains(&format!(
                 "plumb: node node-logs ({api}): the agent ended its log stream"

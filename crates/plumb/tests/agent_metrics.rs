@@ -564,7 +564,7 @@ fn a_client_that_stops_reading_loses_its_own_events_and_cannot_hold_up_sigterm()
     let took = t.elapsed();
     stop(load);
     client.signal(libc::SIGCONT);
-    let err: Vec<String> = agent.proc.err.try_iter().collect();
+    let err = drain(&agent.proc.err);
     assert_eq!(code, Some(0), "exit within 10 s of SIGTERM: {err:?}");
     assert!(took < Duration::from_secs(8), "{took:?}");
     let mut all = agent.counter_progs.clone();

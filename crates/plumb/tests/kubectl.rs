@@ -200,7 +200,7 @@ fn kubectl_plumb_selects_pods_on_each_node_through_port_forwards() {
     // pod's exec (the host runs others all the time): the selection was
     // applied on the node, not only here.
     assert_eq!(client.wait(Duration::from_secs(60)), Some(1), "{err:?}");
-    err.extend(client.err.try_iter());
+    err.extend(drain(&client.err));
     for (node, pod) in [
         ("node-1", "plumb-agent-x7k2p"),
         ("node-2", "plumb-agent-q9m4d"),

@@ -89,18 +89,32 @@ fn finish(mut p: Plumb) -> Vec<Value> {
         .collect()
 }
 
-/// The same gadget twice: per event and `--summary 1s`, both JSON.
-fn both(gadget_args: &[&str], secs: u32) -> (Plumb, Plumb) {
-    let duration = format!("{secs}s");
+/// The same gadget twice: per event and `--summary 1s`, both JSON. They
+/// run until [`end_both`]: a fixed --duration would start counting at
+/// each one's own attach, and a slow second start-up would cut the first
+/// one's window short of the traffic.
+fn both(gadget_args: &[&str]) -> (Plumb, Plumb) {
     let common: Vec<&str> = ["trace"]
         .iter()
         .copied()
         .chain(gadget_args.iter().copied())
-        .chain(["-o", "json", "--duration", &duration])
+        .chain(["-o", "json", "--duration", "10m"])
         .collect();
     let summary = start(&[&common[..], &["--summary", "1s"]].concat());
     let events = start(&common);
     (summary, events)
+}
+
+/// Once the traffic is over, let the last events reach the ring buffers
+/// and interrupt both runs (an interrupted run prints its last interval
+/// and exits 0); then their JSON lines (events, summary).
+fn end_both(summary: Plumb, events: Plumb) -> (Vec<Value>, Vec<Value>) {
+    std::thread::sleep(Duration::from_millis(1500));
+    for p in [&summary, &events] {
+        // SAFETY: a signal to our own child, which has not been reaped yet.
+        unsafe { libc::kill(p.child.id() as i32, libc::SIGINT) };
+    }
+    (finish(events), finish(summary))
 }
 
 fn who(p: &Pod) -> String {
@@ -142,7 +156,7 @@ fn drop_summary_counts_equal_event_counts_and_the_rule_counter() {
             "iptables -w -A INPUT -p tcp --dport {port} -j DROP"
         ))
         .expect("rule");
-    let (summary, events) = both(&["drop", "--reason", "NETFILTER_DROP", "--stack"], 6);
+    let (summary, events) = both(&["drop", "--reason", "NETFILTER_DROP", "--stack"]);
     let target = SocketAddr::from((server.ip, port));
     let r = client
         .ns
@@ -153,14 +167,15 @@ fn drop_summary_counts_equal_event_counts_and_the_rule_counter() {
     let rule =
         plumb_core::testing::iptables_packets(&listing, &format!("dpt:{port}")).expect("counter");
 
-    let per_event: Vec<_> = finish(events)
+    let (events, summary) = end_both(summary, events);
+    let per_event: Vec<_> = events
         .into_iter()
         .filter(|v| v["netns"] == server.ns.inode && v["type"] == "drop")
         .collect();
     assert!(rule >= 3, "SYN and retransmits over 3.5 s: {listing}");
     assert_eq!(per_event.len() as u64, rule, "events == rule counter");
     let node = per_event[0]["node"].clone();
-    let rows = summary_rows(&finish(summary), &node, |v| v["netns"] == server.ns.inode);
+    let rows = summary_rows(&summary, &node, |v| v["netns"] == server.ns.inode);
     let summed: u64 = rows.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum();
     assert_eq!(summed, rule, "--summary == rule counter: {rows:?}");
     assert!(
@@ -231,7 +246,7 @@ fn retrans_summary_by_full_tuple_equals_event_counts() {
             "iptables -w -A INPUT -p tcp --dport {port} -m statistic --mode nth --every 6 --packet 5 -j DROP"
         ))
         .expect("lossy rule");
-    let (summary, events) = both(&["retrans"], 8);
+    let (summary, events) = both(&["retrans"]);
     let target = SocketAddr::from((server.ip, port));
     // About three seconds of traffic, so retransmits fall in several
     // one-second intervals.
@@ -253,13 +268,14 @@ fn retrans_summary_by_full_tuple_equals_event_counts() {
     sink.join().expect("sink");
 
     let mine = |v: &Value| v["saddr"] == client.ip.to_string() && v["dport"] == port;
-    let per_event: Vec<_> = finish(events)
+    let (events, summary) = end_both(summary, events);
+    let per_event: Vec<_> = events
         .into_iter()
         .filter(|v| v["type"] == "retrans" && mine(v))
         .collect();
     assert!(!per_event.is_empty(), "the lossy rule causes retransmits");
     let node = per_event[0]["node"].clone();
-    let rows = summary_rows(&finish(summary), &node, mine);
+    let rows = summary_rows(&summary, &node, mine);
     let summed: u64 = rows.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum();
     assert_eq!(
         summed,
@@ -295,14 +311,14 @@ fn reset_summary_by_tuple_and_pod_equals_event_counts() {
     let client = lab.add_k8s_pod("cli").expect("client");
     let server = lab.add_k8s_pod("srv").expect("server");
     let closed = 9;
-    let (summary, events) = both(&["reset"], 6);
+    let (summary, events) = both(&["reset"]);
     let target = SocketAddr::from((server.ip, closed));
     let sports = client
         .ns
         .run(move || {
             (0..6)
                 .map(|_| {
-                    let s = socket2_port(target);
+                    let s = refused_from(target);
                     std::thread::sleep(Duration::from_millis(450));
                     s
                 })
@@ -311,7 +327,8 @@ fn reset_summary_by_tuple_and_pod_equals_event_counts() {
         .expect("run in client");
 
     let mine = |v: &Value| v["saddr"] == server.ip.to_string() && v["sport"] == closed;
-    let per_event: Vec<_> = finish(events)
+    let (events, summary) = end_both(summary, events);
+    let per_event: Vec<_> = events
         .into_iter()
         .filter(|v| v["type"] == "reset" && mine(v))
         .collect();
@@ -321,7 +338,7 @@ fn reset_summary_by_tuple_and_pod_equals_event_counts() {
         "each refused connect: sent and received"
     );
     let node = per_event[0]["node"].clone();
-    let rows = summary_rows(&finish(summary), &node, mine);
+    let rows = summary_rows(&summary, &node, mine);
     let summed: u64 = rows.iter().map(|v| v["count"].as_u64().unwrap_or(0)).sum();
     assert_eq!(summed, 12, "--summary == events: {rows:?}");
     assert!(
@@ -355,34 +372,13 @@ fn reset_summary_by_tuple_and_pod_equals_event_counts() {
 
 /// Connect to a closed port from a socket bound first (so its local port
 /// is known after the connect fails); returns that port.
-fn socket2_port(target: SocketAddr) -> u16 {
+fn refused_from(target: SocketAddr) -> u16 {
     let SocketAddr::V4(t) = target else {
         panic!("IPv4 only")
     };
-    // SAFETY: plain socket calls on a descriptor we own and close.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        let mut a: libc::sockaddr_in = std::mem::zeroed();
-        a.sin_family = libc::AF_INET as u16;
-        assert_eq!(libc::bind(fd, &a as *const _ as *const _, len), 0, "bind");
-        let mut got = len;
-        assert_eq!(
-            libc::getsockname(fd, &mut a as *mut _ as *mut _, &mut got),
-            0,
-            "getsockname"
-        );
-        let mut d: libc::sockaddr_in = std::mem::zeroed();
-        d.sin_family = libc::AF_INET as u16;
-        d.sin_port = t.port().to_be();
-        d.sin_addr.s_addr = u32::from(*t.ip()).to_be();
-        let rc = libc::connect(fd, &d as *const _ as *const _, len);
-        let err = std::io::Error::last_os_error().raw_os_error();
-        libc::close(fd);
-        assert_eq!((rc, err), (-1, Some(libc::ECONNREFUSED)), "refused");
-        u16::from_be(a.sin_port)
-    }
+    let s = plumb_core::testing::BoundPort::new(std::net::Ipv4Addr::UNSPECIFIED).expect("bind");
+    assert_eq!(s.connect(t), Some(libc::ECONNREFUSED), "refused");
+    s.port
 }
 
 #[test]

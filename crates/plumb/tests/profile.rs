@@ -61,7 +61,11 @@ fn wait_sampling(pid: u32) {
         let (mut perf, mut links) = (0, 0);
         if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
             for e in rd.flatten() {
-                match std::fs::read_link(e.path()).ok().as_deref().and_then(Path::to_str) {
+                match std::fs::read_link(e.path())
+                    .ok()
+                    .as_deref()
+                    .and_then(Path::to_str)
+                {
                     Some("anon_inode:[perf_event]") => perf += 1,
                     Some("anon_inode:bpf_link") => links += 1,
                     _ => {}

@@ -86,7 +86,7 @@ fn a_stalled_or_stopped_node_is_reported_and_the_others_deliver() {
     assert!(got.iter().all(|g| g.1 == pid as u64), "{got:?}");
     client.signal(libc::SIGINT);
     assert_eq!(client.wait(Duration::from_secs(20)), Some(1));
-    let rest: Vec<String> = client.err.try_iter().collect();
+    let rest = drain(&client.err);
     assert!(
         rest.iter().any(|l| l == "plumb: 1 of 3 agents failed"),
         "{rest:?}"
@@ -273,8 +273,8 @@ fn run_with_markers(
     attached(&p, 1, &mut err);
     let pids = markers.iter().map(|m| exec_as(program, m)).collect();
     let code = p.wait(Duration::from_secs(30));
-    let out: Vec<String> = p.out.try_iter().collect();
-    err.extend(p.err.try_iter());
+    let out = drain(&p.out);
+    err.extend(drain(&p.err));
     (code, out, err, pids)
 }
 
@@ -502,7 +502,7 @@ fn a_cancelled_remote_profile_leaves_no_program_loaded() {
     std::thread::sleep(Duration::from_millis(500));
     client.signal(libc::SIGINT);
     assert_eq!(client.wait(Duration::from_secs(20)), Some(1));
-    let err: Vec<String> = client.err.try_iter().collect();
+    let err = drain(&client.err);
     assert_eq!(
         err.last().map(String::as_str),
         Some("plumb: interrupted: the profile was cancelled on every agent"),

@@ -66,6 +66,22 @@ fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Every line still to come from an exited process's stream: read until its
+/// reader thread reaches the end (bounded by 10 s, in case a grandchild
+/// holds the pipe). Unlike `try_iter`, it does not miss the last lines the
+/// reader has not forwarded yet when the exit is noticed.
+pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => got.push(l),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
 impl Proc {
     pub fn spawn(mut cmd: Command) -> Proc {
         let mut child = cmd
