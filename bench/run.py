@@ -700,10 +700,11 @@ class IdleAgent(Scenario):
     def tool_cmd(self):
         # The API on a private unix socket, metrics on a free loopback port:
         # nothing reachable from outside, no clash with a running agent.
-        self.metrics = f"127.0.0.1:{free_port()}"
+        # The port is read from the agent's ready line (see agent_ready).
+        self.metrics = None
         return [
             self.h.plumb, "agent", "--listen", f"unix:{os.path.join(self.h.work, 'agent.sock')}",
-            "--metrics-listen", self.metrics, "--node-name", "bench",
+            "--metrics-listen", "127.0.0.1:0", "--node-name", "bench",
         ]
 
     def scrape(self):
@@ -791,10 +792,10 @@ class LoadedAgent(Scenario):
         self.execs = FakePod(root, "exec")
 
     def tool_cmd(self):
-        self.metrics = f"127.0.0.1:{free_port()}"
+        self.metrics = None
         return [
             self.h.plumb, "agent", "--listen", f"unix:{os.path.join(self.h.work, 'agent-load.sock')}",
-            "--metrics-listen", self.metrics, "--node-name", "bench",
+            "--metrics-listen", "127.0.0.1:0", "--node-name", "bench",
         ]
 
     def scrape(self):
@@ -843,12 +844,22 @@ class LoadedAgent(Scenario):
         }
 
 
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def agent_ready(p, err, timeout=60.0):
+    """Wait for the agent's ready line on stderr (written once its counter
+    programs are attached and its listeners bound): "plumb agent: node N api
+    A metrics http://M/metrics counter programs ..."; returns M."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise Fatal(f"plumb agent exited with {p.returncode}: {tail(err)}")
+        with open(err, errors="replace") as f:
+            for line in f:
+                if line.startswith("plumb agent: node "):
+                    words = line.split()
+                    url = words[words.index("metrics") + 1]
+                    return url.removeprefix("http://").removesuffix("/metrics")
+        time.sleep(0.05)
+    raise Fatal(f"plumb agent not ready after {timeout:.0f} s: {tail(err)}")
 
 
 # ---------------------------------------------------------------- the harness
@@ -1071,9 +1082,8 @@ class Harness:
         try:
             with open(err, "wb") as fe:
                 p = spawn(sc.tool_cmd(), subprocess.DEVNULL, fe, cpu=self.tool_cpu)
-            time.sleep(2.0)
-            if p.poll() is not None:
-                raise Fatal(f"plumb agent exited with {p.returncode}: {tail(err)}")
+            sc.metrics = agent_ready(p, err)
+            time.sleep(1.0)  # what follows start-up settles: not counted
             cpu0 = cpu_seconds(p.pid)
             time.sleep(seconds)
             if p.poll() is not None:
@@ -1103,9 +1113,7 @@ class Harness:
         try:
             with open(err, "wb") as fe:
                 p = spawn(sc.tool_cmd(), subprocess.DEVNULL, fe, cpu=self.tool_cpu)
-            time.sleep(2.0)
-            if p.poll() is not None:
-                raise Fatal(f"plumb agent exited with {p.returncode}: {tail(err)}")
+            sc.metrics = agent_ready(p, err)
             self.lab.zero_counters()
             server = spawn(
                 [
@@ -1389,7 +1397,7 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
     agent = table.get(IdleAgent.name, {}).get("plumb")
     if agent:
         lines.append(
-            f"\nIdle agent (`plumb agent`, no load, {agent['seconds']:g} s after a 2 s warm-up): "
+            f"\nIdle agent (`plumb agent`, no load, {agent['seconds']:g} s from 1 s after the agent said it was ready): "
             + (
                 f"{agent['cpu_pct']:.2f}% of one CPU"
                 if agent["cpu_pct"]

@@ -463,14 +463,17 @@ fn stop(mut c: Child) {
     let _ = c.wait();
 }
 
-/// Scrape until `name{labels}` stops changing for a second; its value.
+/// Scrape until `name{labels}` has not changed for three scrapes a second
+/// apart (one quiet second can be a stalled reader); its value.
 fn settled(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut last = sample(&scrape(addr), name, labels).unwrap_or(0.0);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut same = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         std::thread::sleep(Duration::from_secs(1));
         let v = sample(&scrape(addr), name, labels).unwrap_or(0.0);
-        if v == last || Instant::now() >= deadline {
+        same = if v == last { same + 1 } else { 0 };
+        if same >= 3 || Instant::now() >= deadline {
             return v;
         }
         last = v;
@@ -560,13 +563,13 @@ fn a_client_that_stops_reading_loses_its_own_events_and_cannot_hold_up_sigterm()
     }
     let t = Instant::now();
     agent.proc.signal(libc::SIGTERM);
-    let code = agent.proc.wait(Duration::from_secs(10));
+    let code = agent.proc.wait(Duration::from_secs(20));
     let took = t.elapsed();
     stop(load);
     client.signal(libc::SIGCONT);
     let err = drain(&agent.proc.err);
-    assert_eq!(code, Some(0), "exit within 10 s of SIGTERM: {err:?}");
-    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(code, Some(0), "exit within 20 s of SIGTERM: {err:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
     let mut all = agent.counter_progs.clone();
     all.extend(session_progs);
     assert_no_programs_left(&all);

@@ -127,7 +127,7 @@ fn doctor_reports_duplicates_and_the_drop_reason_with_the_pod() {
     let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("doctor JSON");
     let duration = v["duration_s"].as_f64().unwrap();
     assert!(
-        duration < DURATION.as_secs_f64() + 2.0 && run.elapsed < DURATION + Duration::from_secs(3),
+        duration < DURATION.as_secs_f64() + 4.0 && run.elapsed < DURATION + Duration::from_secs(10),
         "doctor took {duration:.1}s ({:?} wall) for --duration {DURATION:?}",
         run.elapsed
     );

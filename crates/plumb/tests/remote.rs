@@ -113,7 +113,8 @@ fn a_stalled_or_stopped_node_is_reported_and_the_others_deliver() {
     );
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_millis(5500),
+        // The upper bound leaves room for process start-up on a loaded machine.
+        took >= Duration::from_secs(3) && took < Duration::from_millis(8500),
         "{took:?}"
     );
     for stopped in [&b, &c] {
