@@ -440,7 +440,12 @@ impl BoundAgent {
         let grace = self.cfg.shutdown_grace;
         let health = Arc::new(Health {
             collector: self.collector.clone(),
-            api_up: AtomicBool::new(false),
+            // The API's listener is bound (connections queue) and this
+            // function goes on to serve it without waiting on anything
+            // first: it is up from here until the server ends. Set later,
+            // a /healthz answered on another worker in between said
+            // otherwise.
+            api_up: AtomicBool::new(true),
             stopping: self.shutdown.clone(),
             socket: match &self.api {
                 Incoming::Unix(_, p) => {
@@ -549,7 +554,6 @@ impl BoundAgent {
                 }
             }
         };
-        health.api_up.store(true, Ordering::Relaxed);
         // After the stop, clients get `grace` to read what is left; one
         // that stopped reading would otherwise hold the graceful end forever.
         let deadline = {
