@@ -122,6 +122,35 @@ pub fn interceptor(
     }
 }
 
+/// A TLS configuration error about `what`.
+pub(crate) fn tls_bad(what: &str, e: &dyn std::fmt::Display) -> AgentError {
+    AgentError::TlsConfig(format!("{what}: {e}"))
+}
+
+/// The certificates of a PEM file (at least one), `what` naming it in errors.
+pub(crate) fn pem_certs(
+    pem: &[u8],
+    what: &str,
+) -> Result<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let v = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| tls_bad(what, &e))?;
+    if v.is_empty() {
+        return Err(tls_bad(what, &"no PEM certificate in it"));
+    }
+    Ok(v)
+}
+
+/// The private key of a PEM file, `what` naming it in errors.
+pub(crate) fn pem_key(
+    pem: &[u8],
+    what: &str,
+) -> Result<tokio_rustls::rustls::pki_types::PrivateKeyDer<'static>> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| tls_bad(what, &e))
+}
+
 /// Mutual TLS: the agent's identity and the CA its clients' certificates
 /// must chain to. The handshake runs here, not inside tonic, because tonic
 /// drops failed handshakes without a trace and a refused certificate must
@@ -131,19 +160,8 @@ pub fn tls_acceptor(
     key_pem: &[u8],
     client_ca_pem: &[u8],
 ) -> Result<tokio_rustls::TlsAcceptor> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls::{server::WebPkiClientVerifier, RootCertStore, ServerConfig};
-    let bad = |what: &str, e: &dyn std::fmt::Display| AgentError::TlsConfig(format!("{what}: {e}"));
-    let certs = |pem: &[u8], what: &str| -> Result<Vec<CertificateDer<'static>>> {
-        let v = CertificateDer::pem_slice_iter(pem)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| bad(what, &e))?;
-        if v.is_empty() {
-            return Err(bad(what, &"no PEM certificate in it"));
-        }
-        Ok(v)
-    };
+    let (bad, certs) = (tls_bad, pem_certs);
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for c in certs(client_ca_pem, "client CA")? {
@@ -152,7 +170,7 @@ pub fn tls_acceptor(
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| bad("client CA", &e))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("TLS key", &e))?;
+    let key = pem_key(key_pem, "TLS key")?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("TLS versions", &e))?

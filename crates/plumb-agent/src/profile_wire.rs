@@ -10,6 +10,32 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+/// The counts of a profile's completeness are the same fields in the
+/// profile and on the wire: copied by one list, so the two directions
+/// cannot drift apart.
+macro_rules! copy_completeness {
+    ($c:expr => $to:path) => {{
+        let c = $c;
+        $to {
+            samples: c.samples,
+            lost: c.lost,
+            missed: c.missed,
+            idle: c.idle,
+            filtered_in_kernel: c.filtered_in_kernel,
+            filtered_in_user_space: c.filtered_in_user_space,
+            kernel_stacks_lost: c.kernel_stacks_lost,
+            user_stacks_lost: c.user_stacks_lost,
+            process_notes_lost: c.process_notes_lost,
+            frames_unsymbolized: c.frames_unsymbolized,
+            frames_total: c.frames_total,
+            stacks_truncated: c.stacks_truncated,
+            processes_captured: c.processes_captured,
+            processes_not_captured: c.processes_not_captured,
+            addresses_unsymbolized: c.addresses_unsymbolized,
+        }
+    }};
+}
+
 /// The agent's side: the profile as a `ProfileResponse`.
 pub fn to_response(p: &Profile) -> proto::ProfileResponse {
     let mut frames: Vec<proto::Frame> = Vec::new();
@@ -58,23 +84,7 @@ pub fn to_response(p: &Profile) -> proto::ProfileResponse {
         duration_ns: p.duration_ns,
         symbolize_ns: p.symbolize_ns,
         cpus: p.cpus,
-        completeness: Some(proto::Completeness {
-            samples: c.samples,
-            lost: c.lost,
-            missed: c.missed,
-            idle: c.idle,
-            filtered_in_kernel: c.filtered_in_kernel,
-            filtered_in_user_space: c.filtered_in_user_space,
-            kernel_stacks_lost: c.kernel_stacks_lost,
-            user_stacks_lost: c.user_stacks_lost,
-            process_notes_lost: c.process_notes_lost,
-            frames_unsymbolized: c.frames_unsymbolized,
-            frames_total: c.frames_total,
-            stacks_truncated: c.stacks_truncated,
-            processes_captured: c.processes_captured,
-            processes_not_captured: c.processes_not_captured,
-            addresses_unsymbolized: c.addresses_unsymbolized,
-        }),
+        completeness: Some(copy_completeness!(c => proto::Completeness)),
         frames,
         stacks,
         prog_ids: p.prog_ids.clone(),
@@ -160,23 +170,7 @@ pub fn from_response(r: &proto::ProfileResponse) -> Result<Profile, BadFrame> {
         symbolize_cpu_ns: r.symbolize_cpu_ns,
         cpus: r.cpus,
         max_stack_depth: r.max_stack_depth,
-        completeness: Completeness {
-            samples: c.samples,
-            lost: c.lost,
-            missed: c.missed,
-            idle: c.idle,
-            filtered_in_kernel: c.filtered_in_kernel,
-            filtered_in_user_space: c.filtered_in_user_space,
-            kernel_stacks_lost: c.kernel_stacks_lost,
-            user_stacks_lost: c.user_stacks_lost,
-            process_notes_lost: c.process_notes_lost,
-            frames_unsymbolized: c.frames_unsymbolized,
-            frames_total: c.frames_total,
-            stacks_truncated: c.stacks_truncated,
-            processes_captured: c.processes_captured,
-            processes_not_captured: c.processes_not_captured,
-            addresses_unsymbolized: c.addresses_unsymbolized,
-        },
+        completeness: copy_completeness!(c => Completeness),
         stacks,
         prog_ids: r.prog_ids.clone(),
     })

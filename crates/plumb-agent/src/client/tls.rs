@@ -19,24 +19,13 @@ pub(super) fn client_tls(
     t: &Target,
     tls: &ClientTls,
 ) -> Result<(Arc<ClientConfig>, ServerName<'static>)> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use crate::auth::{pem_certs as certs, pem_key, tls_bad as bad};
     let read = |what: &'static str, p: &PathBuf| {
         std::fs::read(p).map_err(|source| AgentError::ReadFile {
             what,
             path: p.clone(),
             source,
         })
-    };
-    let bad = |what: &str, e: &dyn std::fmt::Display| AgentError::TlsConfig(format!("{what}: {e}"));
-    let certs = |pem: &[u8], what: &str| -> Result<Vec<CertificateDer<'static>>> {
-        let v = CertificateDer::pem_slice_iter(pem)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| bad(what, &e))?;
-        if v.is_empty() {
-            return Err(bad(what, &"no PEM certificate in it"));
-        }
-        Ok(v)
     };
     let host = match (&tls.server_name, &t.dial) {
         (Some(n), _) => n.clone(),
@@ -62,8 +51,7 @@ pub(super) fn client_tls(
     let mut cfg = match &tls.identity {
         Some((cert, key)) => {
             let chain = certs(&read("client certificate", cert)?, "client certificate")?;
-            let key = PrivateKeyDer::from_pem_slice(&read("client key", key)?)
-                .map_err(|e| bad("client key", &e))?;
+            let key = pem_key(&read("client key", key)?, "client key")?;
             b.with_client_auth_cert(chain, key)
                 .map_err(|e| bad("client certificate and key", &e))?
         }
