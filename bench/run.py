@@ -686,33 +686,44 @@ class ProfileCpu(Scenario):
         return total, bpftrace_lost(out, err)
 
 
-class IdleAgent(Scenario):
+class AgentScenario(Scenario):
+    """A `plumb agent` run: the API on a private unix socket, metrics on a
+    loopback port the agent picks (read from its ready line by agent_ready
+    into `self.metrics`): nothing reachable from outside, no clash with a
+    running agent."""
+
+    tools = ("plumb",)  # bpftrace has no always-on agent to compare with
+    socket = "agent.sock"
+
+    def tool_cmd(self):
+        self.metrics = None
+        return [
+            self.h.plumb, "agent", "--listen", f"unix:{os.path.join(self.h.work, self.socket)}",
+            "--metrics-listen", "127.0.0.1:0", "--node-name", "bench",
+        ]
+
+    def get_metrics(self):
+        """The agent's /metrics page: (HTTP status, body)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as resp:
+            return resp.status, resp.read()
+
+
+class IdleAgent(AgentScenario):
     """plumb agent on an idle host: CPU and memory over a minute."""
 
     name = "agent-idle"
     title = "idle agent"
-    tools = ("plumb",)  # bpftrace has no always-on agent to compare with
 
     def __init__(self, h, usage):
         super().__init__(h)
         self.usage = usage
 
-    def tool_cmd(self):
-        # The API on a private unix socket, metrics on a free loopback port:
-        # nothing reachable from outside, no clash with a running agent.
-        # The port is read from the agent's ready line (see agent_ready).
-        self.metrics = None
-        return [
-            self.h.plumb, "agent", "--listen", f"unix:{os.path.join(self.h.work, 'agent.sock')}",
-            "--metrics-listen", "127.0.0.1:0", "--node-name", "bench",
-        ]
-
     def scrape(self):
-        """The agent's /metrics page: it must answer at the end of the idle run."""
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as resp:
-            return resp.status, len(resp.read())
+        """It must answer at the end of the idle run: status and size."""
+        status, body = self.get_metrics()
+        return status, len(body)
 
 
 class FakePod:
@@ -768,14 +779,14 @@ class FakePod:
                     time.sleep(0.05)
 
 
-class LoadedAgent(Scenario):
+class LoadedAgent(AgentScenario):
     """plumb agent while a steady load runs: execs in one fake pod, UDP into a
     DROP rule and TCP connections between two others (lab namespaces). The
     counters in /metrics must equal the load's own counts."""
 
     name = "agent-load"
     title = "agent under steady load"
-    tools = ("plumb",)
+    socket = "agent-load.sock"
     exec_rate, drop_rate, tcp_rate = 1000, 10000, 500
     drop_port, tcp_port = 9000, 7100
 
@@ -791,18 +802,8 @@ class LoadedAgent(Scenario):
         self.server = FakePod(root, "server", Lab.path(lab.b))
         self.execs = FakePod(root, "exec")
 
-    def tool_cmd(self):
-        self.metrics = None
-        return [
-            self.h.plumb, "agent", "--listen", f"unix:{os.path.join(self.h.work, 'agent-load.sock')}",
-            "--metrics-listen", "127.0.0.1:0", "--node-name", "bench",
-        ]
-
     def scrape(self):
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as resp:
-            return resp.read().decode()
+        return self.get_metrics()[1].decode()
 
     @staticmethod
     def value(text, name, **labels):
