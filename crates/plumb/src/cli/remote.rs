@@ -411,6 +411,8 @@ pub fn selected(ev: &serde_json::Value, keep: &BTreeSet<(String, String)>) -> bo
 struct Printer {
     out: BufWriter<io::Stdout>,
     json: bool,
+    /// `--fields` with `node` in front when not given (merged lines must
+    /// say their node); empty: every key.
     fields: Vec<String>,
     columns: Vec<Column>,
     width: Option<usize>,
@@ -434,7 +436,13 @@ impl Printer {
         Printer {
             out: BufWriter::with_capacity(64 << 10, io::stdout()),
             json: o.json,
-            fields: o.fields.clone(),
+            fields: {
+                let mut f = o.fields.clone();
+                if !f.is_empty() && !f.iter().any(|k| k == "node") {
+                    f.insert(0, "node".into());
+                }
+                f
+            },
             columns,
             width: common::terminal_width(),
             header_done: false,
@@ -477,15 +485,7 @@ impl Printer {
             return Ok(());
         }
         if self.json {
-            let v = if self.fields.is_empty() {
-                ev
-            } else {
-                let mut f = self.fields.clone();
-                if !f.iter().any(|k| k == "node") {
-                    f.insert(0, "node".into());
-                }
-                select(ev, &f)
-            };
+            let v = select(ev, &self.fields);
             serde_json::to_writer(&mut self.out, &v)?;
             return self.out.write_all(b"\n");
         }
