@@ -15,10 +15,11 @@ use crate::progs;
 use crate::proto::{trace_message::Kind, Done, Lost, Ready, TraceMessage, TraceRequest};
 use crate::ringbuf::RingFill;
 use crate::selection::PodSelection;
-use plumb_core::enrich::{cgroupfs::CgroupFs, Enricher, MetadataSource};
+use plumb_core::enrich::{Enricher, MetadataSource};
 use plumb_core::event::Event;
-use plumb_core::filter::{Filter, FilterArgs};
+use plumb_core::filter::FilterArgs;
 use plumb_core::gadgets::{self, Params};
+use plumb_core::prepare::{prepare, Limits};
 use plumb_core::runner::{self, Control, RunOptions, StopReason};
 use plumb_core::sink::Sink;
 use std::io;
@@ -285,27 +286,26 @@ pub fn start(req: TraceRequest, shared: Shared) -> Result<Stream, Status> {
         )));
     }
     let params: Params = json("params", &req.params_json)?;
-    params
-        .check(desc)
-        .map_err(|e| Status::invalid_argument(chain(&e)))?;
     let args: FilterArgs = json("filter", &req.filter_json)?;
-    let fs = CgroupFs::discover();
-    let mut filter = Filter::parse(&args, fs.as_ref().map(|f| f.root()))
-        .map_err(|e| Status::invalid_argument(chain(&e)))?;
-    if let Some(fs) = &fs {
-        filter.narrow_in_kernel(fs, &shared.sources);
-    }
+    let prepared = prepare(&args, Some((desc, &params)), &shared.sources).map_err(|e| match e {
+        plumb_core::Error::BadFilter { .. } | plumb_core::Error::BadParam { .. } => {
+            Status::invalid_argument(chain(&e))
+        }
+        _ => Status::failed_precondition(chain(&e)),
+    })?;
     let pods = PodSelection::from_request(&req.pods);
     let max = (req.max_events > 0).then_some(req.max_events);
     let sink_max = max.filter(|_| pods.is_some());
-    let opts = RunOptions {
-        filter,
+    let opts = prepared.run_options(
         params,
-        duration: (req.duration_ms > 0).then(|| Duration::from_millis(req.duration_ms)),
-        max_events: max.filter(|_| pods.is_none()),
-        node: shared.node.clone(),
-        ..RunOptions::default()
-    };
+        Limits {
+            duration: (req.duration_ms > 0).then(|| Duration::from_millis(req.duration_ms)),
+            // With a pod selection the sink counts (see `Forward::max`).
+            max_events: max.filter(|_| pods.is_none()),
+            ring_bytes: None,
+        },
+        shared.node.clone(),
+    );
     let Some(slot) = Slot::take(&shared.stats, shared.max_sessions) else {
         shared
             .stats
@@ -324,7 +324,7 @@ pub fn start(req: TraceRequest, shared: Shared) -> Result<Stream, Status> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
         .name(format!("plumb-{}", desc.name))
-        .spawn(move || run(desc, opts, (pods, sink_max), tx, shared, slot))
+        .spawn(move || run(desc, opts, prepared.fs, (pods, sink_max), tx, shared, slot))
         .map_err(|e| Status::resource_exhausted(format!("cannot start a thread: {e}")))?;
     Ok(rx)
 }
@@ -332,6 +332,7 @@ pub fn start(req: TraceRequest, shared: Shared) -> Result<Stream, Status> {
 fn run(
     desc: &'static gadgets::GadgetDesc,
     opts: RunOptions,
+    fs: Option<plumb_core::enrich::cgroupfs::CgroupFs>,
     (pods, max): (Option<PodSelection>, Option<u64>),
     tx: Tx,
     shared: Shared,
@@ -343,7 +344,7 @@ fn run(
     let stats = shared.stats.clone();
     let session = stats.session_id();
     let rings: RingSlot = Arc::default();
-    let mut enricher = Enricher::new(shared.sources.clone());
+    let mut enricher = Enricher::with_fs(fs, shared.sources.clone(), Enricher::DEFAULT_CAPACITY);
     let mut sink = Forward {
         tx: tx.clone(),
         gadget: desc.name,

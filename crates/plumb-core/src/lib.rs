@@ -4,7 +4,8 @@
 //! `decode`) → typed [`event::Event`] → enrichment (`enrich`: cgroup →
 //! container → pod, cached) → residual user-space [`filter::Filter`] →
 //! [`sink::Sink`]. Local commands and the agent use the same pipeline with
-//! different sinks.
+//! different sinks, get it ready the same way ([`prepare`]), and print
+//! through the same [`sink::Output`]s, local or remote.
 
 pub mod enrich;
 pub mod error;
@@ -17,6 +18,7 @@ pub use error::{Error, Result};
 pub mod kernel;
 pub mod loader;
 pub mod preflight;
+pub mod prepare;
 pub mod runner;
 pub mod sink;
 #[doc(hidden)]

@@ -12,7 +12,7 @@ use crate::symbols::{Image, ProcKey, Symbols};
 use crate::{perf, Completeness, Error, Profile, ProfileOptions, Result};
 use bytemuck::{Pod, Zeroable};
 use libbpf_rs::{MapCore, MapFlags};
-use plumb_core::enrich::{cgroupfs::CgroupFs, Enricher};
+use plumb_core::enrich::Enricher;
 use plumb_core::event::Header;
 use plumb_core::filter::Filter;
 use plumb_core::loader::{self, Loaded};
@@ -319,12 +319,8 @@ pub fn run(
             "nothing to sample: kernel and user stacks are both off".into(),
         ));
     }
-    plumb_core::preflight::check_all()?;
-    let fs = CgroupFs::discover();
-    let mut filter = Filter::parse(&opts.filter, fs.as_ref().map(|f| f.root()))?;
-    if let Some(fs) = &fs {
-        filter.narrow_in_kernel(fs, &opts.sources);
-    }
+    let plumb_core::prepare::Prepared { filter, fs } =
+        plumb_core::prepare::prepare(&opts.filter, None, &opts.sources)?;
     let running = Running::start(opts, &filter)?;
     let started_wall = SystemTime::now();
     let started = Instant::now();

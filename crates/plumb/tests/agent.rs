@@ -250,7 +250,7 @@ fn fan_out_merges_three_nodes_and_survives_one_dying() {
     let rest = drain(&client.err);
     assert!(
         rest.iter()
-            .any(|l| l.contains("events from 2 of 3 agents") && l.ends_with("(interrupted)")),
+            .any(|l| l.contains(", from 2 of 3 agents") && l.ends_with("(interrupted)")),
         "{rest:?}"
     );
     assert!(

@@ -99,7 +99,7 @@ fn two_followers_get_the_agents_log_until_it_stops() {
     assert!(
         summary
             .iter()
-            .any(|l| l == &format!("plumb: {} events from 1 of 1 agents, 0 lost", events.len())),
+            .any(|l| l == &format!("plumb: {} events, 0 lost, from 1 of 1 agents", events.len())),
         "{summary:?}"
     );
 

@@ -211,7 +211,7 @@ fn kubectl_plumb_selects_pods_on_each_node_through_port_forwards() {
     }
     assert!(
         err.iter()
-            .any(|l| l == "plumb: 2 events from 2 of 3 agents, 0 lost"),
+            .any(|l| l == "plumb: 2 events, 0 lost, from 2 of 3 agents"),
         "{err:?}"
     );
     assert!(

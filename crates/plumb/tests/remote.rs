@@ -326,7 +326,7 @@ fn the_local_output_options_work_remotely() {
     );
     assert!(
         err.iter()
-            .any(|l| l == "plumb: 2 events from 1 of 1 agents, 0 lost"),
+            .any(|l| l == "plumb: 2 events, 0 lost, from 1 of 1 agents"),
         "{err:?}"
     );
 
@@ -725,4 +725,151 @@ fn the_tls_server_name_can_be_given() {
          certificate against: give --tls-server-name"
     );
     agent.stop();
+}
+
+/// The same events, traced by this host and by an agent at once: what
+/// `plumb remote` prints is what `plumb trace` prints, byte for byte, with
+/// the node in front. The two runs load their own programs, so each event
+/// gets two timestamps a few microseconds apart: those (and the summary's
+/// interval stamp) are blanked before the comparison, nothing else.
+#[test]
+fn remote_output_is_local_output_with_the_node_in_front() {
+    require_root();
+    let _serial = serial();
+    let token = token();
+    // A node name of the NODE column's width, so the rest of each row
+    // starts where a local row starts.
+    let agent = start_agent("node-same", "127.0.0.1:0", Some(token.path()), &[]);
+    let dir = TempDir::new("bin");
+    let (prog, comm) = named_true(dir.path(), "same");
+    let m: Vec<String> = (0..3).map(|i| marker(&format!("same{i}"))).collect();
+    let both = |args: &[&str]| -> (Vec<String>, Vec<String>) {
+        let mut local_args = vec!["-v", "trace", "exec", "--comm", comm.as_str()];
+        local_args.extend_from_slice(args);
+        let mut local = Proc::spawn({
+            let mut c = plumb();
+            c.args(&local_args);
+            c
+        });
+        let mut remote_args = vec!["trace", "exec", "--comm", comm.as_str()];
+        remote_args.extend_from_slice(args);
+        let mut rem = Proc::spawn(remote(&[&agent], Some(token.path()), &remote_args));
+        let (mut le, mut re) = (Vec::new(), Vec::new());
+        wait_line(&local.err, Duration::from_secs(30), &mut le, |l| {
+            l.contains(" attached, BPF program ids ")
+        })
+        .unwrap_or_else(|| panic!("local run did not attach: {le:?}"));
+        attached(&rem, 1, &mut re);
+        for mark in &m {
+            exec_as(&prog, mark);
+        }
+        assert_eq!(local.wait(Duration::from_secs(30)), Some(0), "{le:?}");
+        assert_eq!(rem.wait(Duration::from_secs(30)), Some(0), "{re:?}");
+        le.extend(drain(&local.err));
+        re.extend(drain(&rem.err));
+        assert!(
+            le.iter().any(|l| l.starts_with("plumb: 3 events, 0 lost")),
+            "{le:?}"
+        );
+        assert!(
+            re.iter()
+                .any(|l| l == "plumb: 3 events, 0 lost, from 1 of 1 agents"),
+            "{re:?}"
+        );
+        (drain(&local.out), drain(&rem.out))
+    };
+    let node_col = format!("{:<12} ", "node-same");
+    let strip_col = |l: &str| -> String {
+        if let Some(rest) = l.strip_prefix(&node_col) {
+            return rest.to_string();
+        }
+        l.strip_prefix(&format!("{:<12} ", "NODE"))
+            .unwrap_or_else(|| panic!("no node column: {l}"))
+            .to_string()
+    };
+    let blank_time = |l: &str| -> String {
+        if l.starts_with("TIME") {
+            l.to_string()
+        } else {
+            format!("{}{}", "T".repeat(15), &l[15..])
+        }
+    };
+
+    // The gadget's own table.
+    let (local, rem) = both(&["--max-events", "3"]);
+    assert_eq!(local.len(), 4, "{local:?}");
+    let rem: Vec<String> = rem.iter().map(|l| blank_time(&strip_col(l))).collect();
+    let local: Vec<String> = local.iter().map(|l| blank_time(l)).collect();
+    assert_eq!(local, rem);
+    for (l, mark) in local[1..].iter().zip(&m) {
+        assert!(l.ends_with(&format!("{} {mark}", prog.display())), "{l}");
+    }
+
+    // Columns of --fields, no timestamp: nothing to blank.
+    let (local, rem) = both(&["--max-events", "3", "--fields", "pid,comm,filename,args"]);
+    assert_eq!(local.len(), 4, "{local:?}");
+    assert_eq!(local, rem.iter().map(|l| strip_col(l)).collect::<Vec<_>>());
+
+    // JSON lines, every key: the node is already in every event.
+    let ts = |l: &str| -> String {
+        let i = l.find("\"timestamp\":\"").expect("a timestamp") + 13;
+        let j = i + l[i..].find('"').expect("its end");
+        format!("{}T{}", &l[..i], &l[j..])
+    };
+    let (local, rem) = both(&["--max-events", "3", "-o", "json"]);
+    assert_eq!(local.len(), 3, "{local:?}");
+    let local: Vec<String> = local
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            let node = v["node"].as_str().expect("node").to_string();
+            ts(&l.replacen(&format!("\"node\":\"{node}\""), "\"node\":\"node-same\"", 1))
+        })
+        .collect();
+    assert_eq!(local, rem.iter().map(|l| ts(l)).collect::<Vec<_>>());
+
+    // JSON with --fields: the node key in front, the rest the same.
+    let (local, rem) = both(&[
+        "--max-events",
+        "3",
+        "-o",
+        "json",
+        "--fields",
+        "pid,args,retval",
+    ]);
+    assert_eq!(local.len(), 3, "{local:?}");
+    let rem: Vec<String> = rem
+        .iter()
+        .map(|l| {
+            l.strip_prefix("{\"node\":\"node-same\",")
+                .map(|r| format!("{{{r}"))
+                .unwrap_or_else(|| panic!("no node key in front: {l}"))
+        })
+        .collect();
+    assert_eq!(local, rem);
+
+    // --summary: the node is the first key.
+    let (local, rem) = both(&["--max-events", "3", "--summary", "1h"]);
+    assert_eq!(local.len(), 3, "{local:?}");
+    let cut = |l: &str| -> String {
+        if l.starts_with("---") {
+            "---".to_string()
+        } else {
+            // COUNT, then the NODE column (its width is the node's name).
+            format!("{}{}", &l[..10], &l[10 + "node-same".len() + 2..])
+        }
+    };
+    assert_eq!(
+        local.iter().map(|l| cut_local(l)).collect::<Vec<_>>(),
+        rem.iter().map(|l| cut(l)).collect::<Vec<_>>()
+    );
+    assert!(rem[2].starts_with("       3  node-same  "), "{rem:?}");
+}
+
+fn cut_local(l: &str) -> String {
+    if l.starts_with("---") {
+        "---".to_string()
+    } else {
+        l.to_string()
+    }
 }

@@ -5,8 +5,7 @@
 //! columns after that return to their places as soon as there is room.
 
 use super::pick::Picker;
-use super::{cell, Sink};
-use crate::event::Event;
+use super::{cell, Output, Record};
 use crate::gadgets::Column;
 use std::io::{self, Write};
 
@@ -97,10 +96,10 @@ fn time_of_day(ts: &str) -> String {
     ts.get(11..26).unwrap_or(ts).to_string()
 }
 
-impl<W: Write> Sink for ColumnsSink<W> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
+impl<W: Write> Output for ColumnsSink<W> {
+    fn record(&mut self, r: &dyn Record) -> io::Result<()> {
         self.header()?;
-        self.picker.pick(ev)?;
+        r.pick_into(&mut self.picker)?;
         let cells = self
             .columns
             .iter()

@@ -1,18 +1,27 @@
-//! Where events go. Every output format is a [`Sink`]; the pipeline does
-//! not know which one it feeds.
+//! Where events go. The pipeline feeds a [`Sink`] (typed events); what
+//! the user reads is written by an [`Output`]: the columns table, JSON
+//! lines or `--summary`. An output takes any [`Record`], a typed event of
+//! this host or an event received from an agent, so local and remote
+//! output are the same code and differ only by the node column in front
+//! ([`OutputSpec::node_column`]).
 
 mod columns;
 mod json;
 mod pick;
+mod record;
 mod summary;
 
 pub use columns::ColumnsSink;
-pub use json::JsonSink;
+pub use json::{write_lost, JsonSink};
+pub use pick::Picker;
+pub use record::Record;
 pub use summary::SummarySink;
 
 use crate::event::Event;
-use std::io;
-use std::time::SystemTime;
+use crate::gadgets::{Column, GadgetDesc};
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 /// A consumer of events.
 pub trait Sink {
@@ -35,22 +44,141 @@ pub trait Sink {
     }
 }
 
-/// Keep only `fields` of a serialised event (the `--fields` option).
-pub fn select(v: serde_json::Value, fields: &[String]) -> serde_json::Value {
-    match v {
-        serde_json::Value::Object(mut m) if !fields.is_empty() => {
-            let mut out = serde_json::Map::new();
-            for f in fields {
-                if let Some(x) = m.remove(f) {
-                    out.insert(f.clone(), x);
-                } else {
-                    out.insert(f.clone(), serde_json::Value::Null);
-                }
-            }
-            serde_json::Value::Object(out)
-        }
-        v => v,
+/// What the user reads: records rendered in one format.
+pub trait Output {
+    fn record(&mut self, r: &dyn Record) -> io::Result<()>;
+    /// `count` records of `gadget` were lost on `node` (in its kernel, or
+    /// on the way from its agent).
+    fn lost(&mut self, _node: &str, _gadget: &str, _count: u64, _at: SystemTime) -> io::Result<()> {
+        Ok(())
     }
+    /// A batch is over: show what was written.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Called about every poll interval, for outputs that report
+    /// periodically.
+    fn tick(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// The run is over.
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+/// How to print a gadget's events (`-o`, `--fields`, `--summary`).
+#[derive(Debug, Clone, Default)]
+pub struct OutputSpec {
+    pub json: bool,
+    /// Only these keys; empty: the gadget's columns, or every key in JSON.
+    pub fields: Vec<String>,
+    /// Counts per key every interval instead of a line per event.
+    pub summary: Option<Duration>,
+    /// Records come from several nodes: the node is the first column, the
+    /// first `--fields` key and the first summary key.
+    pub node_column: bool,
+    /// Cut table rows to this many characters (a terminal's width).
+    pub width: Option<usize>,
+}
+
+impl OutputSpec {
+    /// `--fields`, with `node` in front when records come from several
+    /// nodes and the user did not place it.
+    fn keys(&self, default: impl Iterator<Item = String>) -> Vec<String> {
+        let mut keys: Vec<String> = if self.fields.is_empty() {
+            default.collect()
+        } else {
+            self.fields.clone()
+        };
+        if self.node_column && !keys.iter().any(|k| k == "node") {
+            keys.insert(0, "node".into());
+        }
+        keys
+    }
+}
+
+/// The output `spec` asks for, for `g`'s events, written to `out`.
+/// `node` names this host in summaries before an event has named it.
+pub fn output<W: Write + 'static>(
+    g: &GadgetDesc,
+    spec: &OutputSpec,
+    node: &str,
+    out: W,
+) -> Box<dyn Output> {
+    if let Some(interval) = spec.summary {
+        let keys = spec.keys(g.summary_keys.iter().map(|s| s.to_string()));
+        return Box::new(
+            SummarySink::new(out, keys, interval, spec.json)
+                .with_node(node.to_string())
+                .with_node_column(spec.node_column),
+        );
+    }
+    if spec.json {
+        let fields = if spec.fields.is_empty() {
+            // The whole event; it names its node already.
+            Vec::new()
+        } else {
+            spec.keys(std::iter::empty())
+        };
+        return Box::new(JsonSink::new(out, fields));
+    }
+    let mut columns = Vec::new();
+    if spec.node_column {
+        columns.push(Column::new("node", "NODE", 12));
+    }
+    if spec.fields.is_empty() {
+        columns.extend(g.columns.iter().filter(|c| c.key != "node").cloned());
+    } else {
+        columns.extend(
+            spec.fields
+                .iter()
+                .filter(|f| !spec.node_column || f.as_str() != "node")
+                .map(|f| Column::for_key(f)),
+        );
+    }
+    Box::new(ColumnsSink::new(out, columns, spec.width))
+}
+
+/// This host's pipeline printing through an [`Output`].
+pub struct OutputSink {
+    out: Box<dyn Output>,
+    node: Arc<str>,
+}
+
+impl OutputSink {
+    pub fn new(out: Box<dyn Output>, node: Arc<str>) -> OutputSink {
+        OutputSink { out, node }
+    }
+}
+
+impl Sink for OutputSink {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.out.record(ev)
+    }
+    fn lost(&mut self, gadget: &str, count: u64, at: SystemTime) -> io::Result<()> {
+        self.out.lost(&self.node, gadget, count, at)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+    fn tick(&mut self) -> io::Result<()> {
+        self.out.tick()
+    }
+    fn finish(&mut self) -> io::Result<()> {
+        self.out.finish()
+    }
+}
+
+/// The line every run ends with on stderr: `plumb: N events, M lost`, and
+/// what else the run has to say (`, 3 filtered in user space`, ...).
+pub fn end_line(seen: u64, lost: u64, more: &[String]) -> String {
+    let mut line = format!("plumb: {seen} events, {lost} lost");
+    for m in more {
+        line.push_str(", ");
+        line.push_str(m);
+    }
+    line
 }
 
 /// A JSON value as a table cell.
@@ -110,6 +238,25 @@ impl<F: FnMut(&Event) -> bool> Sink for FnSink<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keep only `fields` of a serialised event (the `--fields` option).
+    fn select(v: serde_json::Value, fields: &[String]) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(mut m) if !fields.is_empty() => {
+                let mut out = serde_json::Map::new();
+                for f in fields {
+                    if let Some(x) = m.remove(f) {
+                        out.insert(f.clone(), x);
+                    } else {
+                        out.insert(f.clone(), serde_json::Value::Null);
+                    }
+                }
+                serde_json::Value::Object(out)
+            }
+            v => v,
+        }
+    }
+
     use crate::event::{Header, Workload};
     use crate::gadgets::{exec::Exec, Body, Column};
     use std::sync::Arc;
@@ -143,11 +290,107 @@ mod tests {
         }
     }
 
+    /// A writer whose bytes the test reads after the output is done.
+    #[derive(Clone, Default)]
+    struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn render(spec: &OutputSpec, records: &[&dyn Record]) -> String {
+        let g = crate::gadgets::find("exec").unwrap();
+        let buf = Shared::default();
+        let mut out = output(g, spec, "node-a", buf.clone());
+        for r in records {
+            out.record(*r).unwrap();
+        }
+        out.lost("node-a", "exec", 2, UNIX_EPOCH).unwrap();
+        out.finish().unwrap();
+        drop(out);
+        let b = buf.0.borrow();
+        String::from_utf8(b.clone()).unwrap()
+    }
+
+    /// What an agent sends for each event and its client decodes.
+    fn over_the_wire(e: &Event) -> serde_json::Value {
+        serde_json::from_slice(&serde_json::to_vec(e).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn remote_output_is_local_output_with_the_node_in_front() {
+        let events = [ev(10, "sh", "/bin/sh"), ev(123456, "bash", "/bin/bash")];
+        let wire: Vec<serde_json::Value> = events.iter().map(over_the_wire).collect();
+        let local_recs: Vec<&dyn Record> = events.iter().map(|e| e as &dyn Record).collect();
+        let remote_recs: Vec<&dyn Record> = wire.iter().map(|e| e as &dyn Record).collect();
+        let fields = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let summary = Some(Duration::from_secs(3600));
+        // (json, --fields, --summary, how the node is taken out of a remote line)
+        type Strip = fn(&str) -> String;
+        let cases: [(bool, Vec<String>, Option<Duration>, Strip); 6] = [
+            (false, vec![], None, |l| l[13..].to_string()),
+            (false, fields(&["pid", "comm", "args"]), None, |l| {
+                l[13..].to_string()
+            }),
+            (true, vec![], None, |l| l.to_string()),
+            (true, fields(&["pid", "comm"]), None, |l| {
+                match l.strip_prefix("{\"node\":\"node-a\",") {
+                    Some(rest) => format!("{{{rest}"),
+                    None => l.to_string(),
+                }
+            }),
+            (false, vec![], summary, |l| {
+                if l.starts_with("---") {
+                    l.to_string()
+                } else {
+                    format!("{}{}", &l[..10], &l[18..])
+                }
+            }),
+            (true, vec![], summary, |l| l.to_string()),
+        ];
+        for (json, fields, summary, strip) in cases {
+            let spec = OutputSpec {
+                json,
+                fields,
+                summary,
+                ..OutputSpec::default()
+            };
+            let local = render(&spec, &local_recs);
+            let remote = render(
+                &OutputSpec {
+                    node_column: true,
+                    ..spec.clone()
+                },
+                &remote_recs,
+            );
+            // A summary stamps its rows when it reports, a moment apart in
+            // the two renders.
+            let stamp = |l: String| match (spec.summary, l.find("\"timestamp\":\"")) {
+                (Some(_), Some(i)) => {
+                    let j = i + 13 + l[i + 13..].find('"').unwrap();
+                    format!("{}{}", &l[..i + 13], &l[j..])
+                }
+                _ if spec.summary.is_some() && l.starts_with("---") => "---".into(),
+                _ => l,
+            };
+            let stripped: Vec<String> = remote.lines().map(strip).map(stamp).collect();
+            let local_lines: Vec<String> = local.lines().map(|l| stamp(l.to_string())).collect();
+            assert_eq!(local_lines, stripped, "{spec:?}\n{remote}");
+            assert!(!local.is_empty());
+        }
+    }
+
     #[test]
     fn json_lines_carry_type_timestamp_and_pod() {
-        let mut s = JsonSink::new(Vec::new(), vec![], "node-a".into());
-        s.event(&ev(10, "sh", "/bin/sh")).unwrap();
-        s.lost("exec", 3, UNIX_EPOCH).unwrap();
+        let mut s = JsonSink::new(Vec::new(), vec![]);
+        s.record(&ev(10, "sh", "/bin/sh")).unwrap();
+        s.lost("node-a", "exec", 3, UNIX_EPOCH).unwrap();
         let out = String::from_utf8(s.into_inner()).unwrap();
         let lines: Vec<serde_json::Value> = out
             .lines()
@@ -166,8 +409,8 @@ mod tests {
 
     #[test]
     fn fields_select_keys_in_order() {
-        let mut s = JsonSink::new(Vec::new(), vec!["pid".into(), "nope".into()], "n".into());
-        s.event(&ev(10, "sh", "/bin/sh")).unwrap();
+        let mut s = JsonSink::new(Vec::new(), vec!["pid".into(), "nope".into()]);
+        s.record(&ev(10, "sh", "/bin/sh")).unwrap();
         assert_eq!(
             String::from_utf8(s.into_inner()).unwrap(),
             "{\"pid\":10,\"nope\":null}\n"
@@ -193,8 +436,8 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let e = ev(10, "sh", "/bin/sh");
-        let mut s = JsonSink::new(Vec::new(), fields.clone(), "n".into());
-        s.event(&e).unwrap();
+        let mut s = JsonSink::new(Vec::new(), fields.clone());
+        s.record(&e).unwrap();
         let line = String::from_utf8(s.into_inner()).unwrap();
         let tree = select(serde_json::to_value(&e).unwrap(), &fields);
         assert_eq!(line, format!("{}\n", serde_json::to_string(&tree).unwrap()));
@@ -208,8 +451,8 @@ mod tests {
             Column::new("args", "ARGS", 0),
         ];
         let mut s = ColumnsSink::new(Vec::new(), cols, None);
-        s.event(&ev(10, "sh", "/bin/sh")).unwrap();
-        s.event(&ev(123456, "bash", "/bin/bash")).unwrap();
+        s.record(&ev(10, "sh", "/bin/sh")).unwrap();
+        s.record(&ev(123456, "bash", "/bin/bash")).unwrap();
         let out = String::from_utf8(s.into_inner()).unwrap();
         assert_eq!(
             out,
@@ -220,7 +463,7 @@ mod tests {
     #[test]
     fn columns_are_cut_to_the_terminal() {
         let mut s = ColumnsSink::new(Vec::new(), vec![Column::new("args", "ARGS", 0)], Some(6));
-        s.event(&ev(1, "sh", "/bin/sh")).unwrap();
+        s.record(&ev(1, "sh", "/bin/sh")).unwrap();
         assert_eq!(String::from_utf8(s.into_inner()).unwrap(), "ARGS\n/bin/s\n");
     }
 
@@ -234,7 +477,7 @@ mod tests {
         );
         for (c, n) in [("a", 2), ("b", 5), ("c", 2)] {
             for _ in 0..n {
-                s.event(&ev(1, c, "/x")).unwrap();
+                s.record(&ev(1, c, "/x")).unwrap();
             }
         }
         assert_eq!(

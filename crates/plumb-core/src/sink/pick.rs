@@ -31,12 +31,17 @@ impl Picker {
 
     /// Write `value`'s chosen entries as one JSON object, in the order the
     /// keys were given; a key the value does not have is `null`.
-    pub fn write<T: Serialize + ?Sized, W: Write>(
+    pub fn write<T: Serialize + ?Sized, W: Write + ?Sized>(
         &mut self,
         value: &T,
         out: &mut W,
     ) -> io::Result<()> {
         self.pick(value)?;
+        self.write_picked(out)
+    }
+
+    /// Write what the last [`Picker::pick`] took, as [`Picker::write`] does.
+    pub fn write_picked<W: Write + ?Sized>(&self, out: &mut W) -> io::Result<()> {
         out.write_all(b"{")?;
         for (i, (k, v)) in self.quoted.iter().zip(&self.values).enumerate() {
             if i > 0 {

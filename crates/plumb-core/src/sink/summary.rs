@@ -5,8 +5,8 @@
 //! number), rows carry the node, and records lost in the kernel during the
 //! interval are reported with it, so nothing is lost silently here either.
 
-use super::{cell, Sink};
-use crate::event::Event;
+use super::pick::Picker;
+use super::{cell, write_lost, Output, Record};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -16,26 +16,37 @@ use std::time::{Duration, Instant, SystemTime};
 pub struct SummarySink<W: Write> {
     out: W,
     keys: Vec<String>,
+    /// Takes the keys' values from each record while it is serialised.
+    picker: Picker,
+    /// The current record's group: each key's JSON text, NUL-separated
+    /// (JSON text never holds a raw NUL). Reused for every record.
+    group: Vec<u8>,
     interval: Duration,
     last: Instant,
-    /// Group (each key's value as JSON text) → the values and the count.
-    counts: HashMap<Vec<String>, (Vec<Value>, u64)>,
+    /// Group → the values and the count.
+    counts: HashMap<Vec<u8>, (Vec<Value>, u64)>,
     json: bool,
     node: Option<Arc<str>>,
-    /// Records lost this interval, per gadget.
-    lost: BTreeMap<String, u64>,
+    /// Records come from several nodes: `node` is a key, and lost rows
+    /// name theirs.
+    node_column: bool,
+    /// Records lost this interval, per node and gadget.
+    lost: BTreeMap<(String, String), u64>,
 }
 
 impl<W: Write> SummarySink<W> {
     pub fn new(out: W, keys: Vec<String>, interval: Duration, json: bool) -> Self {
         SummarySink {
             out,
+            picker: Picker::new(&keys),
             keys,
+            group: Vec::new(),
             interval,
             last: Instant::now(),
             counts: HashMap::new(),
             json,
             node: None,
+            node_column: false,
             lost: BTreeMap::new(),
         }
     }
@@ -46,26 +57,61 @@ impl<W: Write> SummarySink<W> {
         self
     }
 
+    /// Records come from several nodes (see `OutputSpec::node_column`).
+    pub fn with_node_column(mut self, on: bool) -> Self {
+        self.node_column = on;
+        self
+    }
+
+    /// Count `n` records that look like `r` (a count kept in the kernel
+    /// arrives as one record and its number).
+    pub fn count(&mut self, r: &dyn Record, n: u64) -> io::Result<()> {
+        r.pick_into(&mut self.picker)?;
+        self.group.clear();
+        for i in 0..self.keys.len() {
+            self.group
+                .extend_from_slice(self.picker.value(i).unwrap_or(b"null"));
+            self.group.push(0);
+        }
+        match self.counts.get_mut(self.group.as_slice()) {
+            Some((_, c)) => *c += n,
+            None => {
+                let vals = (0..self.keys.len())
+                    .map(|i| {
+                        self.picker
+                            .value(i)
+                            .and_then(|j| serde_json::from_slice(j).ok())
+                            .unwrap_or(Value::Null)
+                    })
+                    .collect();
+                self.counts.insert(self.group.clone(), (vals, n));
+            }
+        }
+        if self.node.is_none() && !r.node().is_empty() {
+            self.node = Some(Arc::from(r.node()));
+        }
+        Ok(())
+    }
+
     fn rows(&self) -> Vec<(Vec<Value>, u64)> {
-        let mut v: Vec<(Vec<String>, Vec<Value>, u64)> = self
+        let mut v: Vec<(&Vec<u8>, &Vec<Value>, u64)> = self
             .counts
             .iter()
-            .map(|(k, (vals, n))| (k.clone(), vals.clone(), *n))
+            .map(|(k, (vals, n))| (k, vals, *n))
             .collect();
-        v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
-        v.into_iter().map(|(_, vals, n)| (vals, n)).collect()
+        v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
+        v.into_iter()
+            .map(|(_, vals, n)| (vals.clone(), n))
+            .collect()
     }
 
     /// The current interval's counts as table cells, busiest first (ties
     /// by key).
     pub fn sorted(&self) -> Vec<(Vec<String>, u64)> {
-        let mut v: Vec<(Vec<String>, u64)> = self
-            .counts
-            .values()
-            .map(|(vals, n)| (vals.iter().map(|x| cell(Some(x))).collect(), *n))
-            .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        v
+        self.rows()
+            .into_iter()
+            .map(|(vals, n)| (vals.iter().map(|x| cell(Some(x))).collect(), n))
+            .collect()
     }
 
     fn report(&mut self) -> io::Result<()> {
@@ -84,6 +130,7 @@ impl<W: Write> SummarySink<W> {
                 let mut m = serde_json::Map::new();
                 m.insert("type".into(), "summary".into());
                 m.insert("timestamp".into(), ts.clone().into());
+                // A `node` key takes this place with its own value.
                 m.insert("node".into(), node.into());
                 for (name, val) in self.keys.iter().zip(vals) {
                     m.insert(name.clone(), val);
@@ -92,16 +139,8 @@ impl<W: Write> SummarySink<W> {
                 serde_json::to_writer(&mut self.out, &m)?;
                 self.out.write_all(b"\n")?;
             }
-            for (gadget, count) in lost {
-                let rec = serde_json::json!({
-                    "type": "lost",
-                    "timestamp": humantime::format_rfc3339_nanos(now).to_string(),
-                    "node": node,
-                    "gadget": gadget,
-                    "count": count,
-                });
-                serde_json::to_writer(&mut self.out, &rec)?;
-                self.out.write_all(b"\n")?;
+            for ((node, gadget), count) in lost {
+                write_lost(&mut self.out, &node, &gadget, count, now)?;
             }
         } else {
             writeln!(
@@ -131,10 +170,19 @@ impl<W: Write> SummarySink<W> {
                 }
                 writeln!(self.out, "{}", line.trim_end())?;
             }
-            for (gadget, count) in lost {
+            let node_at = self.keys.iter().position(|k| k == "node");
+            for ((node, gadget), count) in lost {
+                let mut line = format!("{count:>8}  ");
+                if let (true, Some(i)) = (self.node_column, node_at) {
+                    // In the node's column, after the keys before it.
+                    for w in &widths[..i] {
+                        line.push_str(&format!("{:<w$}  ", ""));
+                    }
+                    line.push_str(&format!("{node:<w$}  ", w = widths[i]));
+                }
                 writeln!(
                     self.out,
-                    "{count:>8}  records of {gadget} lost in the kernel (not counted above)"
+                    "{line}records of {gadget} lost in the kernel (not counted above)"
                 )?;
             }
         }
@@ -146,24 +194,16 @@ impl<W: Write> SummarySink<W> {
     }
 }
 
-impl<W: Write> Sink for SummarySink<W> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
-        let v = serde_json::to_value(ev)?;
-        let vals: Vec<Value> = self
-            .keys
-            .iter()
-            .map(|k| v.get(k).cloned().unwrap_or(Value::Null))
-            .collect();
-        let key = vals.iter().map(Value::to_string).collect();
-        self.counts.entry(key).or_insert((vals, 0)).1 += 1;
-        if self.node.is_none() {
-            self.node = Some(ev.header.node.clone());
-        }
-        Ok(())
+impl<W: Write> Output for SummarySink<W> {
+    fn record(&mut self, r: &dyn Record) -> io::Result<()> {
+        self.count(r, 1)
     }
 
-    fn lost(&mut self, gadget: &str, count: u64, _at: SystemTime) -> io::Result<()> {
-        *self.lost.entry(gadget.to_string()).or_default() += count;
+    fn lost(&mut self, node: &str, gadget: &str, count: u64, _at: SystemTime) -> io::Result<()> {
+        *self
+            .lost
+            .entry((node.to_string(), gadget.to_string()))
+            .or_default() += count;
         Ok(())
     }
 
@@ -185,7 +225,7 @@ impl<W: Write> Sink for SummarySink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Header, Workload};
+    use crate::event::{Event, Header, Workload};
     use crate::gadgets::net::{Flow, RawFlow};
     use crate::gadgets::reset::{Direction, Reset};
     use crate::gadgets::Body;
@@ -235,9 +275,9 @@ mod tests {
         let keys = ["direction", "sport", "netns", "src_pod"].map(String::from);
         let mut s = SummarySink::new(Vec::new(), keys.to_vec(), Duration::from_secs(3600), true);
         for _ in 0..3 {
-            s.event(&reset(9, 4026532318)).unwrap();
+            s.record(&reset(9, 4026532318)).unwrap();
         }
-        s.event(&reset(10, 4026532318)).unwrap();
+        s.record(&reset(10, 4026532318)).unwrap();
         s.finish().unwrap();
         let v = lines(s);
         assert_eq!(v.len(), 2);
@@ -262,8 +302,8 @@ mod tests {
             true,
         )
         .with_node("node-b");
-        s.lost("reset", 5, UNIX_EPOCH).unwrap();
-        s.lost("reset", 2, UNIX_EPOCH).unwrap();
+        s.lost("node-b", "reset", 5, UNIX_EPOCH).unwrap();
+        s.lost("node-b", "reset", 2, UNIX_EPOCH).unwrap();
         s.finish().unwrap();
         let v = lines(s);
         assert_eq!(v.len(), 1);
@@ -282,8 +322,8 @@ mod tests {
             )
         );
         let mut t = SummarySink::new(Vec::new(), vec!["sport".into()], Duration::ZERO, false);
-        t.event(&reset(9, 1)).unwrap();
-        t.lost("reset", 4, UNIX_EPOCH).unwrap();
+        t.record(&reset(9, 1)).unwrap();
+        t.lost("n", "reset", 4, UNIX_EPOCH).unwrap();
         t.tick().unwrap();
         let out = String::from_utf8(t.into_inner()).unwrap();
         let body: Vec<&str> = out.lines().skip(1).collect();

@@ -4,6 +4,8 @@
 
 use clap::{Arg, ArgAction, ArgMatches};
 use plumb_core::filter::FilterArgs;
+use plumb_core::prepare::Limits;
+use plumb_core::sink::OutputSpec;
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -123,6 +125,28 @@ pub struct OutputOpts {
     pub summary: Option<Duration>,
     /// Ring buffer size in bytes (`--buffer`), when given.
     pub buffer: Option<u32>,
+}
+
+impl OutputOpts {
+    /// How the sinks print, for records of this host (`node_column`
+    /// false) or of many nodes.
+    pub fn spec(&self, node_column: bool) -> OutputSpec {
+        OutputSpec {
+            json: self.json,
+            fields: self.fields.clone(),
+            summary: self.summary,
+            node_column,
+            width: terminal_width(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            duration: self.duration,
+            max_events: self.max_events,
+            ring_bytes: self.buffer,
+        }
+    }
 }
 
 pub fn output_from(m: &ArgMatches) -> OutputOpts {

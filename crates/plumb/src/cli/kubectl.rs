@@ -106,7 +106,7 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
             );
         }
         // With a label selector, each agent is sent its node's selected
-        // pods, and the client keeps only their events too.
+        // pods and keeps only their events.
         let by_labels = sel.labels.is_some();
         let targets: Vec<_> = found
             .targets
@@ -119,21 +119,6 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
                 eprintln!("plumb: asking {}", t.who);
             }
         }
-        let keep = by_labels.then(|| {
-            found
-                .targets
-                .iter()
-                .flat_map(|t| t.pods.iter().cloned())
-                .collect()
-        });
-        remote::dispatch(
-            &targets,
-            &auth,
-            a.deadlines.deadlines(),
-            a.command,
-            verbose,
-            keep,
-        )
-        .await
+        remote::dispatch(&targets, &auth, a.deadlines.deadlines(), a.command, verbose).await
     })
 }

@@ -11,7 +11,6 @@ mod profile;
 mod profile_hook;
 mod remote;
 mod remote_profile;
-mod remote_summary;
 mod trace;
 
 use clap::{Parser, Subcommand};

@@ -5,20 +5,19 @@
 //! code says whether every node answered. `kubectl plumb` ([`super::kubectl`])
 //! ends here too, with the agents reached through port-forwards.
 
-use super::common::{self, OutputOpts};
+use super::common;
 use super::profile::CpuCmd;
-use super::remote_summary::Summary;
 use super::trace::TraceCmd;
 use clap::{Args, Subcommand};
 use plumb_agent::auth::Token;
 use plumb_agent::client::{self, ClientAuth, ClientTls, Deadlines, FanItem, Target};
 use plumb_agent::proto::TraceRequest;
-use plumb_core::gadgets::{self, Column, GadgetDesc};
-use plumb_core::sink::{cell, select};
-use std::collections::{BTreeSet, HashMap};
+use plumb_core::gadgets::{self, GadgetDesc};
+use plumb_core::sink::{end_line, output};
+use std::collections::HashMap;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
@@ -162,7 +161,6 @@ pub fn run(args: RemoteArgs, verbose: bool) -> anyhow::Result<()> {
         args.deadlines.deadlines(),
         args.command,
         verbose,
-        None,
     ))
 }
 
@@ -173,9 +171,6 @@ pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Pods whose events are kept (namespace, name); None keeps everything.
-pub type Keep = Option<BTreeSet<(String, String)>>;
-
 /// Run `command` on `targets`.
 pub async fn dispatch(
     targets: &[Target],
@@ -183,10 +178,9 @@ pub async fn dispatch(
     d: Deadlines,
     command: RemoteCommand,
     verbose: bool,
-    keep: Keep,
 ) -> anyhow::Result<()> {
     match command {
-        RemoteCommand::Trace(t) => trace(targets, auth, d, *t, verbose, keep).await,
+        RemoteCommand::Trace(t) => trace(targets, auth, d, *t, verbose).await,
         RemoteCommand::Gadgets => list(targets, auth, d).await,
         RemoteCommand::Profile(RemoteProfile::Cpu(c)) => {
             super::remote_profile::run(targets, auth, d, c, verbose).await
@@ -391,156 +385,6 @@ pub fn error_line(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Does an event concern a selected pod: its process's, or either side of
-/// a network flow?
-pub fn selected(ev: &serde_json::Value, keep: &BTreeSet<(String, String)>) -> bool {
-    [
-        ("namespace", "pod"),
-        ("src_namespace", "src_pod"),
-        ("dst_namespace", "dst_pod"),
-    ]
-    .iter()
-    .any(|(ns, pod)| match (ev[*ns].as_str(), ev[*pod].as_str()) {
-        (Some(ns), Some(pod)) => keep.contains(&(ns.to_string(), pod.to_string())),
-        _ => false,
-    })
-}
-
-/// Prints merged events: JSON lines, a table whose first column is the
-/// node, or (--summary) counts per key every interval.
-struct Printer {
-    out: BufWriter<io::Stdout>,
-    json: bool,
-    /// `--fields` with `node` in front when not given (merged lines must
-    /// say their node); empty: every key.
-    fields: Vec<String>,
-    columns: Vec<Column>,
-    width: Option<usize>,
-    header_done: bool,
-    summary: Option<Summary>,
-}
-
-impl Printer {
-    fn new(g: &GadgetDesc, o: &OutputOpts) -> Printer {
-        let mut columns = vec![Column::new("node", "NODE", 12)];
-        if o.fields.is_empty() {
-            columns.extend(g.columns.iter().filter(|c| c.key != "node").cloned());
-        } else {
-            columns.extend(
-                o.fields
-                    .iter()
-                    .filter(|f| f.as_str() != "node")
-                    .map(|f| Column::for_key(f)),
-            );
-        }
-        Printer {
-            out: BufWriter::with_capacity(64 << 10, io::stdout()),
-            json: o.json,
-            fields: {
-                let mut f = o.fields.clone();
-                if !f.is_empty() && !f.iter().any(|k| k == "node") {
-                    f.insert(0, "node".into());
-                }
-                f
-            },
-            columns,
-            width: common::terminal_width(),
-            header_done: false,
-            summary: o.summary.map(|every| Summary::new(g, o, every)),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) -> io::Result<()> {
-        let n = self.columns.len();
-        let mut line = String::new();
-        for (i, (c, text)) in self.columns.iter().zip(cells).enumerate() {
-            let w = c.width.max(c.header.len());
-            if i + 1 == n || c.width == 0 {
-                line.push_str(&text);
-            } else {
-                line.push_str(&format!("{text:<w$} "));
-            }
-        }
-        let line = line.trim_end();
-        match self.width {
-            Some(w) if line.chars().count() > w => {
-                writeln!(self.out, "{}", line.chars().take(w).collect::<String>())
-            }
-            _ => writeln!(self.out, "{line}"),
-        }
-    }
-
-    fn header(&mut self) -> io::Result<()> {
-        if self.json || self.header_done || self.summary.is_some() {
-            return Ok(());
-        }
-        self.header_done = true;
-        let h = self.columns.iter().map(|c| c.header.to_string()).collect();
-        self.row(h)
-    }
-
-    fn event(&mut self, ev: serde_json::Value) -> io::Result<()> {
-        if let Some(s) = &mut self.summary {
-            s.event(&ev);
-            return Ok(());
-        }
-        if self.json {
-            let v = select(ev, &self.fields);
-            serde_json::to_writer(&mut self.out, &v)?;
-            return self.out.write_all(b"\n");
-        }
-        self.header()?;
-        let cells = self
-            .columns
-            .iter()
-            .map(|c| {
-                let s = cell(ev.get(&*c.key));
-                if c.key == "timestamp" {
-                    s.get(11..26).map(str::to_string).unwrap_or(s)
-                } else {
-                    s
-                }
-            })
-            .collect();
-        self.row(cells)
-    }
-
-    /// A summary interval may be over.
-    fn tick(&mut self) -> io::Result<()> {
-        match &mut self.summary {
-            Some(s) if s.due() => s.report(&mut self.out),
-            _ => Ok(()),
-        }
-    }
-
-    /// The run is over: the last summary, the header if nothing came.
-    fn finish(&mut self) -> io::Result<()> {
-        match &mut self.summary {
-            Some(s) => s.finish(&mut self.out)?,
-            None => self.header()?,
-        }
-        self.out.flush()
-    }
-
-    fn lost(&mut self, node: &str, gadget: &str, count: u64) -> io::Result<()> {
-        if self.json && self.summary.is_none() {
-            let v = serde_json::json!({
-                "type": "lost",
-                "timestamp": humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
-                "node": node,
-                "gadget": gadget,
-                "count": count,
-            });
-            serde_json::to_writer(&mut self.out, &v)?;
-            self.out.write_all(b"\n")?;
-            return self.out.flush();
-        }
-        self.out.flush()?;
-        eprintln!("plumb: node {node}: {count} {gadget} events lost in the kernel");
-        Ok(())
-    }
-}
-
 fn request(cmd: &TraceCmd, g: &GadgetDesc) -> anyhow::Result<TraceRequest> {
     cmd.params.check(g)?;
     if cmd.output.buffer.is_some() {
@@ -566,7 +410,6 @@ async fn trace(
     d: Deadlines,
     cmd: TraceCmd,
     verbose: bool,
-    keep: Keep,
 ) -> anyhow::Result<()> {
     let g = match cmd.gadget {
         Ok(g) => g,
@@ -574,7 +417,10 @@ async fn trace(
     };
     let req = request(&cmd, g)?;
     let mut rx = client::fan_out(targets, auth, req, d);
-    let mut printer = Printer::new(g, &cmd.output);
+    // The sinks of a local run, with the node in front.
+    let here = plumb_core::runner::node_name();
+    let stdout = BufWriter::with_capacity(64 << 10, io::stdout());
+    let mut out = output(g, &cmd.output.spec(true), &here, stdout);
     let mut nodes: HashMap<usize, String> = HashMap::new();
     let (mut seen, mut lost, mut failed, mut done) = (0u64, 0u64, 0usize, 0usize);
     let max = cmd.output.max_events;
@@ -590,16 +436,16 @@ async fn trace(
             Err(e) => Err(e.into()),
         }
     };
-    // Summary intervals are checked as often as the local sinks are.
+    // Summary intervals are checked as often as a local run checks them.
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let summarising = printer.summary.is_some();
+    let summarising = cmd.output.summary.is_some();
     let mut interrupted = false;
     loop {
         let item = tokio::select! {
             i = rx.recv() => i,
             _ = ticker.tick(), if summarising => {
-                if !write(printer.tick())? {
+                if !write(out.tick())? {
                     break;
                 }
                 continue;
@@ -627,16 +473,13 @@ async fn trace(
                 nodes.insert(target, node);
             }
             FanItem::Event { event, .. } => {
-                if keep.as_ref().is_some_and(|k| !selected(&event, k)) {
-                    continue;
-                }
                 seen += 1;
-                if !write(printer.event(event))? {
+                if !write(out.record(&event))? {
                     break;
                 }
                 // Batch while events queue up; show them once the queue
-                // is drained, as the local sinks do.
-                if rx.is_empty() && !write(printer.out.flush())? {
+                // is drained, as a local run does.
+                if rx.is_empty() && !write(out.flush())? {
                     break;
                 }
                 if max.is_some_and(|m| seen >= m) {
@@ -653,7 +496,10 @@ async fn trace(
                     .get(&target)
                     .map_or(targets[target].node_or_via(), String::as_str)
                     .to_string();
-                if !write(printer.lost(&node, &gadget, count))? {
+                if verbose {
+                    eprintln!("plumb: node {node}: {count} {gadget} events lost");
+                }
+                if !write(out.lost(&node, &gadget, count, SystemTime::now()))? {
                     break;
                 }
             }
@@ -663,7 +509,7 @@ async fn trace(
                 lost: node_lost,
             } => {
                 done += 1;
-                let _ = printer.out.flush();
+                let _ = out.flush();
                 if verbose {
                     let t = &targets[target];
                     let node = nodes.get(&target).map_or(t.node_or_via(), String::as_str);
@@ -675,7 +521,7 @@ async fn trace(
             }
             FanItem::Failed { target, error } => {
                 failed += 1;
-                let _ = printer.out.flush();
+                let _ = out.flush();
                 eprintln!(
                     "plumb: {error}{}{}",
                     node_suffix(&targets[target], nodes.get(&target)),
@@ -687,43 +533,17 @@ async fn trace(
     // Dropping the receiver cancels the calls still running: each agent
     // stops its gadget and unloads it.
     drop(rx);
-    let _ = write(printer.finish());
-    let mut line = format!(
-        "plumb: {seen} events from {} of {} agents, {lost} lost",
+    let _ = write(out.finish());
+    let answered = format!(
+        "from {} of {} agents",
         targets.len() - failed,
         targets.len()
     );
+    let mut line = end_line(seen, lost, &[answered]);
     if interrupted {
         line.push_str(" (interrupted)");
     }
     eprintln!("{line}");
     tracing::debug!(done, "agents finished");
     SomeFailed::check(failed, targets.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_selection_keeps_events_of_either_side() {
-        let keep = BTreeSet::from([("shop".to_string(), "web-1".to_string())]);
-        let ev = |v: serde_json::Value| selected(&v, &keep);
-        assert!(ev(serde_json::json!({"namespace": "shop", "pod": "web-1"})));
-        // A drop towards the pod, seen in softirq (no process pod).
-        assert!(ev(serde_json::json!({
-            "namespace": null, "pod": null,
-            "src_namespace": "front", "src_pod": "api-0",
-            "dst_namespace": "shop", "dst_pod": "web-1",
-        })));
-        assert!(ev(
-            serde_json::json!({"src_namespace": "shop", "src_pod": "web-1"})
-        ));
-        // Same name in another namespace; a pod without a namespace.
-        assert!(!ev(
-            serde_json::json!({"namespace": "front", "pod": "web-1"})
-        ));
-        assert!(!ev(serde_json::json!({"dst_pod": "web-1"})));
-        assert!(!ev(serde_json::json!({})));
-    }
 }

@@ -6,10 +6,11 @@
 use super::common::{self, OutputOpts};
 use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use plumb_core::enrich::{runtime::DockerApi, Enricher, MetadataSource};
-use plumb_core::filter::{Filter, FilterArgs};
+use plumb_core::filter::FilterArgs;
 use plumb_core::gadgets::{self, GadgetDesc, Params, REGISTRY};
-use plumb_core::runner::{self, Control, RunOptions, StopReason};
-use plumb_core::sink::{ColumnsSink, JsonSink, Sink, SummarySink};
+use plumb_core::prepare::prepare;
+use plumb_core::runner::{self, Control, StopReason};
+use plumb_core::sink::{end_line, output, OutputSink};
 use std::io::{self, BufWriter};
 use std::sync::Arc;
 
@@ -134,67 +135,30 @@ pub fn local_sources() -> Vec<Arc<dyn MetadataSource>> {
         .clone()
 }
 
-/// Build the sink for these output options.
-pub fn make_sink(g: &GadgetDesc, o: &OutputOpts, node: &str) -> Box<dyn Sink> {
-    let out = BufWriter::with_capacity(64 << 10, io::stdout());
-    if let Some(interval) = o.summary {
-        let keys = if o.fields.is_empty() {
-            g.summary_keys.iter().map(|s| s.to_string()).collect()
-        } else {
-            o.fields.clone()
-        };
-        return Box::new(SummarySink::new(out, keys, interval, o.json).with_node(node.to_string()));
-    }
-    if o.json {
-        return Box::new(JsonSink::new(out, o.fields.clone(), node.to_string()));
-    }
-    let columns = if o.fields.is_empty() {
-        g.columns.to_vec()
-    } else {
-        o.fields
-            .iter()
-            .map(|f| gadgets::Column::for_key(f))
-            .collect()
-    };
-    Box::new(ColumnsSink::new(out, columns, common::terminal_width()))
-}
-
 pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
     let gadget = match cmd.gadget {
         Ok(g) => g,
         Err(name) => return Err(gadgets::find(&name).unwrap_err().into()),
     };
-    // What the user typed is checked first: a wrong flag is reported as
-    // such, whatever the privileges.
-    cmd.params.check(gadget)?;
-    let enricher_fs = plumb_core::enrich::cgroupfs::CgroupFs::discover();
-    let mut filter = Filter::parse(&cmd.filter, enricher_fs.as_ref().map(|f| f.root()))?;
-    gadgets::check_filter(gadget, &filter)?;
-    plumb_core::preflight::check_all()?;
     let sources = local_sources();
-    if let Some(fs) = &enricher_fs {
-        filter.narrow_in_kernel(fs, &sources);
-    }
+    let prepared = prepare(&cmd.filter, Some((gadget, &cmd.params)), &sources)?;
     if verbose {
-        eprintln!("plumb: in-kernel filter: {}", filter.describe_kernel());
+        eprintln!(
+            "plumb: in-kernel filter: {}",
+            prepared.filter.describe_kernel()
+        );
     }
-    let opts = RunOptions {
-        filter,
-        params: cmd.params.clone(),
-        duration: cmd.output.duration,
-        max_events: cmd.output.max_events,
-        ..RunOptions::default()
-    };
-    let opts = RunOptions {
-        ring_bytes: cmd.output.buffer.unwrap_or(opts.ring_bytes),
-        // Wake the reader before a small buffer fills.
-        wakeup_bytes: opts
-            .wakeup_bytes
-            .min(cmd.output.buffer.unwrap_or(u32::MAX) / 4),
-        ..opts
-    };
-    let mut enricher = Enricher::with_fs(enricher_fs, sources, Enricher::DEFAULT_CAPACITY);
-    let mut sink = make_sink(gadget, &cmd.output, &opts.node);
+    let opts = prepared.run_options(
+        cmd.params.clone(),
+        cmd.output.limits(),
+        Arc::from(plumb_core::runner::node_name()),
+    );
+    let mut enricher = Enricher::with_fs(prepared.fs, sources, Enricher::DEFAULT_CAPACITY);
+    let out = BufWriter::with_capacity(64 << 10, io::stdout());
+    let mut sink = OutputSink::new(
+        output(gadget, &cmd.output.spec(false), &opts.node, out),
+        opts.node.clone(),
+    );
     let name = gadget.name;
     let control = Control {
         stop: common::stop_on_signals()?,
@@ -205,7 +169,7 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
             }) as runner::OnReady
         }),
     };
-    let stats = runner::run(gadget, &opts, &mut enricher, sink.as_mut(), control)?;
+    let stats = runner::run(gadget, &opts, &mut enricher, &mut sink, control)?;
     drop(sink);
     if verbose && !stats.skipped.is_empty() {
         eprintln!(
@@ -213,16 +177,17 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
             stats.skipped.join(", ")
         );
     }
-    let mut line = format!("plumb: {} events, {} lost", stats.seen, stats.lost);
+    let mut more = Vec::new();
     if verbose {
-        line.push_str(&format!(", {} filtered in user space", stats.filtered));
+        more.push(format!("{} filtered in user space", stats.filtered));
     }
     if stats.malformed > 0 {
-        line.push_str(&format!(", {} malformed records skipped", stats.malformed));
+        more.push(format!("{} malformed records skipped", stats.malformed));
     }
     for (what, n) in stats.counters.iter().filter(|(_, n)| *n > 0) {
-        line.push_str(&format!(", {n} {what}"));
+        more.push(format!("{n} {what}"));
     }
+    let mut line = end_line(stats.seen, stats.lost, &more);
     if stats.reason == StopReason::SinkClosed {
         line.push_str(" (output closed)");
     }
