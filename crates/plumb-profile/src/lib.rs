@@ -125,6 +125,19 @@ pub struct Frame {
     pub symbolized: bool,
 }
 
+impl Frame {
+    /// The name folded stacks and flame graphs show: an unnamed frame's
+    /// without its address or offset (`libfoo.so.1+?`, `[unknown]`), so
+    /// that one stack stays one line and one tower.
+    pub fn folded_name(&self) -> std::borrow::Cow<'_, str> {
+        if self.symbolized {
+            std::borrow::Cow::Borrowed(&self.name)
+        } else {
+            symbols::without_address(&self.name)
+        }
+    }
+}
+
 /// One distinct stack of one thread, and how often it was sampled.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stack {
