@@ -97,6 +97,24 @@ pub struct ProfileOptions {
     pub user: bool,
     /// Container runtime metadata (names) for attribution.
     pub sources: Vec<Arc<dyn MetadataSource>>,
+    /// Keep the samples of this process's own threads (the profiler, the
+    /// rest of plumb, the agent). Left out by default, in the kernel, and
+    /// counted in `filtered_in_kernel`.
+    pub include_self: bool,
+}
+
+impl ProfileOptions {
+    /// The tgid the kernel side leaves out, 0 for none. plumb runs in the
+    /// host's pid namespace (the agent's DaemonSet has hostPID), where
+    /// the kernel's tgids are the ones `getpid` returns; `--pid` filters
+    /// rely on that too.
+    pub fn excluded_tgid(&self) -> u32 {
+        if self.include_self {
+            0
+        } else {
+            std::process::id()
+        }
+    }
 }
 
 impl Default for ProfileOptions {
@@ -108,6 +126,7 @@ impl Default for ProfileOptions {
             kernel: true,
             user: true,
             sources: Vec::new(),
+            include_self: false,
         }
     }
 }
@@ -167,7 +186,8 @@ pub struct Completeness {
     pub missed: u64,
     /// Samples of idle CPUs (not in any stack).
     pub idle: u64,
-    /// Samples of tasks the kernel-side filter left out.
+    /// Samples of tasks the kernel-side filter left out, plumb's own
+    /// threads among them unless [`ProfileOptions::include_self`].
     pub filtered_in_kernel: u64,
     /// Samples dropped by the user-space part of the filter (pod, comm...).
     pub filtered_in_user_space: u64,

@@ -214,6 +214,7 @@ pub async fn run(
             _ => StackKinds::KernelAndUser,
         } as i32,
         pods: Vec::new(),
+        include_self: c.include_self,
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, t) in targets.iter().enumerate() {
