@@ -213,6 +213,7 @@ impl Agent for Service {
             kernel,
             user,
             sources: self.shared.sources.clone(),
+            include_self: r.include_self,
         };
         // The sampling stops early when the client goes away (tonic drops
         // this future, and with it the guard) or the agent shuts down.

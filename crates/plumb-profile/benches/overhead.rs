@@ -85,6 +85,8 @@ fn main() {
                 frequency: *hz,
                 // A little longer than the workload, so it covers it all.
                 duration: d + Duration::from_millis(300),
+                // The workload is this process's own threads.
+                include_self: true,
                 ..ProfileOptions::default()
             };
             let (with, p) = std::thread::scope(|s| {

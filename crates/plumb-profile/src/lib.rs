@@ -97,6 +97,24 @@ pub struct ProfileOptions {
     pub user: bool,
     /// Container runtime metadata (names) for attribution.
     pub sources: Vec<Arc<dyn MetadataSource>>,
+    /// Keep the samples of this process's own threads (the profiler, the
+    /// rest of plumb, the agent). Left out by default, in the kernel, and
+    /// counted in `filtered_in_kernel`.
+    pub include_self: bool,
+}
+
+impl ProfileOptions {
+    /// The tgid the kernel side leaves out, 0 for none. plumb runs in the
+    /// host's pid namespace (the agent's DaemonSet has hostPID), where
+    /// the kernel's tgids are the ones `getpid` returns; `--pid` filters
+    /// rely on that too.
+    pub fn excluded_tgid(&self) -> u32 {
+        if self.include_self {
+            0
+        } else {
+            std::process::id()
+        }
+    }
 }
 
 impl Default for ProfileOptions {
@@ -108,6 +126,7 @@ impl Default for ProfileOptions {
             kernel: true,
             user: true,
             sources: Vec::new(),
+            include_self: false,
         }
     }
 }
@@ -123,6 +142,19 @@ pub struct Frame {
     pub kernel: bool,
     /// False when `name` is only a module and an offset.
     pub symbolized: bool,
+}
+
+impl Frame {
+    /// The name folded stacks and flame graphs show: an unnamed frame's
+    /// without its address or offset (`libfoo.so.1+?`, `[unknown]`), so
+    /// that one stack stays one line and one tower.
+    pub fn folded_name(&self) -> std::borrow::Cow<'_, str> {
+        if self.symbolized {
+            std::borrow::Cow::Borrowed(&self.name)
+        } else {
+            symbols::without_address(&self.name)
+        }
+    }
 }
 
 /// One distinct stack of one thread, and how often it was sampled.
@@ -154,7 +186,8 @@ pub struct Completeness {
     pub missed: u64,
     /// Samples of idle CPUs (not in any stack).
     pub idle: u64,
-    /// Samples of tasks the kernel-side filter left out.
+    /// Samples of tasks the kernel-side filter left out, plumb's own
+    /// threads among them unless [`ProfileOptions::include_self`].
     pub filtered_in_kernel: u64,
     /// Samples dropped by the user-space part of the filter (pod, comm...).
     pub filtered_in_user_space: u64,

@@ -6,15 +6,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 /// Folded stacks: `comm;root;...;leaf count`, identical lines merged,
-/// sorted by stack. Semicolons inside names would split frames; they are
-/// replaced by `:`.
+/// sorted by stack. Unnamed frames lose their addresses
+/// ([`Frame::folded_name`](crate::Frame::folded_name)), so stacks that
+/// differ only there are one line. Semicolons inside names would split
+/// frames; they are replaced by `:`.
 pub fn folded(p: &Profile) -> String {
     let mut lines: BTreeMap<String, u64> = BTreeMap::new();
     for s in &p.stacks {
         let mut line = clean(&s.comm);
         for f in &s.frames {
             line.push(';');
-            line.push_str(&clean(&f.name));
+            line.push_str(&clean(&f.folded_name()));
         }
         *lines.entry(line).or_default() += s.count;
     }
@@ -230,6 +232,102 @@ pub(crate) mod tests {
                 st("sh", 12, &["main"], 5),
             ],
         }
+    }
+
+    /// The README's `ping`: a stripped binary whose two outer frames are
+    /// unnamed, sampled at different addresses of the same code.
+    pub(crate) fn unnamed_profile() -> Profile {
+        let ping: Arc<str> = Arc::from("/usr/bin/ping");
+        let kernel: Arc<str> = Arc::from("kernel");
+        let in_ping = |off: u64| Frame {
+            name: Arc::from(format!("ping+{off:#x}")),
+            module: Some(ping.clone()),
+            kernel: false,
+            symbolized: false,
+        };
+        let st = |unknown: u64, off: u64, leaf: Frame, count| Stack {
+            comm: "ping".into(),
+            pid: 7,
+            tid: 7,
+            cgroup_id: 1,
+            workload: Arc::default(),
+            frames: vec![
+                crate::symbols::unknown_address("[unknown]", None, unknown),
+                in_ping(off),
+                leaf,
+            ],
+            count,
+        };
+        let sendto = || frame("__x64_sys_sendto", true);
+        let unnamed_kernel = |a| crate::symbols::unnamed_kernel(a, &kernel);
+        Profile {
+            stacks: vec![
+                st(0x6b0e8d92, 0x2a10, sendto(), 31),
+                st(0x6b0e8d93, 0x2a14, sendto(), 34),
+                st(0x6b0e8d94, 0x2a10, unnamed_kernel(0xffffffff81000010), 3),
+                st(0x6b0e8d95, 0x2a18, unnamed_kernel(0xffffffff81000020), 2),
+            ],
+            ..sample_profile()
+        }
+    }
+
+    #[test]
+    fn folded_and_svg_keep_stacks_that_differ_only_in_unnamed_addresses_together() {
+        let p = unnamed_profile();
+        assert_eq!(
+            folded(&p),
+            "ping;[unknown];ping+?;[kernel] 5\nping;[unknown];ping+?;__x64_sys_sendto 65\n"
+        );
+        let svg = String::from_utf8(svg(&p, "t").unwrap()).unwrap();
+        assert!(svg.contains("<title>[unknown] (70 samples, 100.00%)</title>"));
+        assert!(svg.contains("<title>ping+? (70 samples, 100.00%)</title>"));
+        assert!(!svg.contains("@0x") && !svg.contains("+0x"), "{svg}");
+        let top = top(&p);
+        let unknown = top.iter().find(|r| r.function == "[unknown]").unwrap();
+        assert_eq!(unknown.total_samples, 70);
+    }
+
+    #[test]
+    fn json_keeps_every_unnamed_address() {
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&unnamed_profile()).unwrap()).unwrap();
+        let names: Vec<Vec<&str>> = v["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                s["frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f["name"].as_str().unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ["[unknown]@0x6b0e8d92", "ping+0x2a10", "__x64_sys_sendto"],
+                ["[unknown]@0x6b0e8d93", "ping+0x2a14", "__x64_sys_sendto"],
+                [
+                    "[unknown]@0x6b0e8d94",
+                    "ping+0x2a10",
+                    "[kernel]@0xffffffff81000010"
+                ],
+                [
+                    "[unknown]@0x6b0e8d95",
+                    "ping+0x2a18",
+                    "[kernel]@0xffffffff81000020"
+                ],
+            ]
+        );
+        let counts: Vec<u64> = v["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["count"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, [31, 34, 3, 2]);
     }
 
     #[test]

@@ -335,14 +335,16 @@ pub fn to_folded(p: &Profile, path: &Path) -> Result<HashMap<String, u64>> {
         .iter()
         .map(|l| {
             // Lines are innermost (inlined) first. A location without lines
-            // (another tool's unsymbolized frame) is known by its address.
+            // is another tool's unsymbolized frame. As in plumb's own folded
+            // stacks, unnamed frames carry no address.
             let names = if l.line.is_empty() {
-                vec![Cow::Owned(format!("[unknown]@{:#x}", l.address))]
+                vec![Cow::Borrowed("[unknown]")]
             } else {
                 l.line
                     .iter()
                     .map(|ln| {
-                        Cow::Borrowed(funcs.get(&ln.function_id).copied().unwrap_or("[unknown]"))
+                        let name = funcs.get(&ln.function_id).copied().unwrap_or("[unknown]");
+                        crate::symbols::without_address(name)
                     })
                     .collect()
             };
@@ -447,6 +449,36 @@ mod tests {
         assert_eq!(tids, [1010, 1011, 1010, 1012]);
     }
 
+    #[test]
+    fn pprof_keeps_every_unnamed_address_as_its_own_function() {
+        let p = crate::output::tests::unnamed_profile();
+        let d = build(&p);
+        let st = |i: i64| d.string_table[i as usize].as_str();
+        let mut names: Vec<&str> = d.function.iter().map(|f| st(f.name)).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "[kernel]@0xffffffff81000010",
+                "[kernel]@0xffffffff81000020",
+                "[unknown]@0x6b0e8d92",
+                "[unknown]@0x6b0e8d93",
+                "[unknown]@0x6b0e8d94",
+                "[unknown]@0x6b0e8d95",
+                "__x64_sys_sendto",
+                "ping+0x2a10",
+                "ping+0x2a14",
+                "ping+0x2a18",
+            ]
+        );
+        let counts: Vec<i64> = d.sample.iter().map(|s| s.value[0]).collect();
+        assert_eq!(counts, [31, 34, 3, 2]);
+        // Read back for a diff, it folds as the folded output does.
+        let folded = to_folded(&d, Path::new("t")).unwrap();
+        assert_eq!(folded, crate::output::parse_folded(&p.folded()).unwrap());
+        assert_eq!(folded["ping;[unknown];ping+?;__x64_sys_sendto"], 65);
+    }
+
     /// A profile from another tool: no `comm` label, and a location that
     /// has only an address.
     #[test]
@@ -503,7 +535,7 @@ mod tests {
             folded,
             HashMap::from([
                 ("[no comm];main;work".to_string(), 6),
-                ("[no comm];main;[unknown]@0x4010".to_string(), 4)
+                ("[no comm];main;[unknown]".to_string(), 4)
             ])
         );
         let top = crate::output::top_from_folded(&folded);

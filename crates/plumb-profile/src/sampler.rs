@@ -118,6 +118,7 @@ impl Running {
                 loader::set_filter(&mut ro.plumb_filter, &raw);
                 ro.want_kernel = opts.kernel as u32;
                 ro.want_user = opts.user as u32;
+                ro.exclude_tgid = opts.excluded_tgid();
                 open.maps
                     .events
                     .set_max_entries(256 << 10)

@@ -12,13 +12,16 @@
 //! offset in that file), `[vdso]+0xOFFSET` (in that special mapping), or
 //! `[anon]@0xADDRESS`, `[unknown]@0xADDRESS`, `[kernel]@0xADDRESS` (an
 //! absolute address: anonymous memory such as JIT code, no known mapping,
-//! an unnamed kernel address as in /proc/kallsyms).
+//! an unnamed kernel address as in /proc/kallsyms). Folded stacks and flame
+//! graphs drop those addresses and offsets ([`without_address`]); JSON and
+//! pprof keep them.
 
 use crate::procfs;
 use crate::Frame;
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use blazesym::MaybeDefault;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -341,6 +344,27 @@ pub fn unknown_address(what: &str, module: Option<&Arc<str>>, addr: u64) -> Fram
     }
 }
 
+/// An unnamed frame's name without its address or offset:
+/// `libfoo.so.1+0x1a2b` becomes `libfoo.so.1+?`, `[anon]@0x7f3a2c001234`
+/// becomes `[anon]`; any other name is returned as it is. Folded stacks
+/// and flame graphs show this, so that samples of one stack that differ
+/// only in where an unnamed frame was stay one tower.
+pub fn without_address(name: &str) -> Cow<'_, str> {
+    let hex = |s: &str| {
+        s.strip_prefix("0x")
+            .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if let Some((what, addr)) = name.rsplit_once('@') {
+        if what.starts_with('[') && what.ends_with(']') && hex(addr) {
+            return Cow::Borrowed(what);
+        }
+    }
+    match name.rsplit_once('+') {
+        Some((file, off)) if !file.is_empty() && hex(off) => Cow::Owned(format!("{file}+?")),
+        _ => Cow::Borrowed(name),
+    }
+}
+
 /// Let the profiler keep many binaries open.
 fn raise_nofile_limit() {
     // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
@@ -375,6 +399,28 @@ mod tests {
     /// Our own process, captured: a function of this test binary is named,
     /// an address in no mapping says so, and a wrong start time (another
     /// process with our pid) captures nothing.
+    #[test]
+    fn unnamed_frames_lose_their_address_and_nothing_else_changes() {
+        assert_eq!(without_address("libfoo.so.1+0x1a2b"), "libfoo.so.1+?");
+        assert_eq!(without_address("[vdso]+0x9a0"), "[vdso]+?");
+        assert_eq!(without_address("[anon]@0x7f3a2c001234"), "[anon]");
+        assert_eq!(without_address("[unknown]@0x6b0e8d92"), "[unknown]");
+        assert_eq!(without_address("[kernel]@0xffffffff81234567"), "[kernel]");
+        for kept in [
+            "main",
+            "operator+",
+            "a+b",
+            "x+0x",
+            "+0x12",
+            "[unknown]@12",
+            "user@0x12",
+            "[truncated]",
+            "ping+0x12g",
+        ] {
+            assert_eq!(without_address(kept), kept);
+        }
+    }
+
     #[test]
     fn captures_a_live_process_and_refuses_a_reused_pid() {
         let pid = std::process::id();

@@ -318,6 +318,53 @@ fn remote_profile_returns_the_nodes_folded_stacks() {
     agent.stop();
 }
 
+#[test]
+fn remote_profile_leaves_the_agents_own_threads_out_unless_asked_for() {
+    require_root();
+    let _serial = serial();
+    let token = token();
+    let agent = start_with_metrics("node-self", &token);
+    let agent_pid = u64::try_from(agent.proc.pid()).expect("a pid");
+    let profile = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "profile",
+            "cpu",
+            "--duration",
+            "2s",
+            "-F",
+            "999",
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = remote(&[&agent], Some(token.path()), &args)
+            .output()
+            .expect("run plumb remote profile");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        serde_json::from_slice(&out.stdout).expect("JSON profile")
+    };
+    let of_agent = |p: &serde_json::Value| -> u64 {
+        p["stacks"]
+            .as_array()
+            .expect("stacks")
+            .iter()
+            .filter(|s| s["pid"].as_u64() == Some(agent_pid))
+            .map(|s| s["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    // No filter: the node's every process, but not the agent sampling it.
+    let p = profile(&[]);
+    assert!(p["samples"].as_u64().unwrap_or(0) > 0, "nothing sampled");
+    assert_eq!(of_agent(&p), 0, "the agent ({agent_pid}) is in its profile");
+    assert_eq!(p["filtered_in_user_space"], 0);
+    // --include-self travels to the agent: nothing is left out at all.
+    let p = profile(&["--include-self"]);
+    assert_eq!(p["filtered_in_kernel"], 0, "no filter, nothing left out");
+    assert!(p["samples"].as_u64().unwrap_or(0) > 0, "nothing sampled");
+    agent.stop();
+}
+
 /// A Prometheus server on loopback with its own config and data directory,
 /// killed (by pid) and removed when the test ends.
 struct Prometheus {

@@ -2,8 +2,9 @@
 //! once with JSON output and once with the table: each report lists the
 //! duplicated chain with its namespace, and the drop reason with the
 //! namespace it hit and exactly as many drops as the DROP rule's kernel
-//! counter grew, and the run takes about `--duration`. Only the lab's own
-//! facts are asserted, so other namespaces on the node do not matter.
+//! counter grew, and the run takes about `--duration`; its hottest
+//! functions are not doctor's own. Only the lab's own facts are asserted,
+//! so other namespaces on the node do not matter.
 
 use plumb_core::testing::{iptables_packets, require_root};
 use plumb_netlab::{Lab, Netns, Pod};
@@ -28,6 +29,8 @@ struct Run {
     elapsed: Duration,
     /// The DROP rule's counter growth while doctor ran.
     dropped: u64,
+    /// doctor's pid.
+    pid: u32,
 }
 
 /// Run doctor with `format`, send the datagrams once its tracers are
@@ -42,6 +45,7 @@ fn doctor(format: &str, client: &Pod, server: &Pod) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn doctor");
+    let pid = child.id();
     let (tx, rx) = mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -86,6 +90,24 @@ fn doctor(format: &str, client: &Pod, server: &Pod) -> Run {
         stdout,
         elapsed,
         dropped: drop_counter(&server.ns) - before,
+        pid,
+    }
+}
+
+/// Doctor's own threads (tracers, audit, profiler) are left out of its
+/// profile: no hot function is one doctor ran. A hit names the command
+/// (or the pod) that ran the function; doctor's threads are all `plumb`
+/// (it names none of them).
+fn assert_no_plumb_in_the_hottest_functions(v: &serde_json::Value, pid: u32) {
+    for list in ["hot_kernel_functions", "hot_user_functions"] {
+        for f in v[list].as_array().expect(list) {
+            for hit in f["hit"].as_array().expect("hit") {
+                assert_ne!(
+                    hit["who"], "plumb",
+                    "doctor (pid {pid}) profiled itself: {list}: {f}"
+                );
+            }
+        }
     }
 }
 
@@ -168,6 +190,7 @@ fn doctor_reports_duplicates_and_the_drop_reason_with_the_pod() {
         "plumb trace drop --reason NETFILTER_DROP --stack"
     );
     assert!(v["hot_kernel_functions"].is_array() && v["hot_user_functions"].is_array());
+    assert_no_plumb_in_the_hottest_functions(&v, run.pid);
 
     // Table: the same facts, from a second run.
     let run = doctor("table", &client, &server);

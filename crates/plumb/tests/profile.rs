@@ -2,8 +2,8 @@
 //! function with frame pointers, a system-call workload, a process that
 //! exits (and whose binary is deleted) before the profile ends, libraries
 //! loaded with dlopen() while it is profiled, a stack deeper than the
-//! kernel records, and the pid, comm and cgroup filters. Root: these load
-//! BPF programs.
+//! kernel records, the pid, comm and cgroup filters, and plumb's own
+//! threads left out unless `--include-self`. Root: these load BPF programs.
 //!
 //! The tests run one at a time (`support::serial`): each measures CPU
 //! shares, and several spinning workloads at once on a small machine would
@@ -643,6 +643,76 @@ fn finish(child: Child) -> Value {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     serde_json::from_str(&String::from_utf8_lossy(&out.stdout)).expect("JSON profile")
+}
+
+/// New process images, one after another, for 4 s: each is announced to
+/// the profiler, which captures its mappings, so plumb's own threads work
+/// while it samples.
+const NEW_IMAGES: &str = "end=$(($(date +%s) + 4)); while [ $(date +%s) -lt $end ]; do \
+     dd if=/dev/zero of=/dev/null bs=64k count=100 2>/dev/null; done";
+
+/// Samples of process `pid` in a JSON profile.
+fn samples_of(pid: u32, p: &Value) -> u64 {
+    p["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn plumbs_own_threads_are_left_out_in_the_kernel_unless_asked_for() {
+    require_root();
+    let _serial = serial();
+    let (code, help, err) = run(&["profile", "cpu", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        help.contains("plumb's own threads (the agent's, for a remote profile) are left")
+            && help.contains("--include-self"),
+        "{help}"
+    );
+    let profile = |extra: &[&str]| -> (u32, Value) {
+        let mut args = vec!["profile", "cpu", "-F", "999", "-d", "3s", "-o", "json"];
+        args.extend_from_slice(extra);
+        let prof = plumb_background(&args);
+        let pid = prof.id();
+        wait_sampling(pid);
+        let _w = spawn(Command::new("sh").args(["-c", NEW_IMAGES]));
+        (pid, finish(prof))
+    };
+    // No filter: everything is sampled, except plumb itself.
+    let (pid, p) = profile(&[]);
+    assert_eq!(samples_of(pid, &p), 0, "plumb {pid} is in the profile");
+    assert!(p["samples"].as_u64().unwrap() > 0, "nothing sampled");
+    assert!(
+        p["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["comm"] == "dd"),
+        "the workload is in the profile"
+    );
+    let left_out = p["filtered_in_kernel"].as_u64().unwrap();
+    assert!(
+        left_out > 0,
+        "plumb {pid} was never sampled: not busy enough"
+    );
+    assert_eq!(p["filtered_in_user_space"], 0);
+    // --include-self: nothing at all is left out.
+    let (pid, p) = profile(&["--include-self"]);
+    assert_eq!(p["filtered_in_kernel"], 0, "no filter, nothing left out");
+    let kept = samples_of(pid, &p);
+    assert!(kept > 0, "plumb {pid} kept none of its samples");
+    let comms: std::collections::BTreeSet<&str> = p["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .map(|s| s["comm"].as_str().unwrap())
+        .collect();
+    assert!(comms.contains("plumb"), "{comms:?}");
 }
 
 #[test]

@@ -24,6 +24,12 @@ const volatile struct proc_note proc_note_layout = {};
 const volatile __u32 want_kernel = 1;
 const volatile __u32 want_user = 1;
 
+/*
+ * The tgid of the process running the profiler (plumb, the agent): its own
+ * threads are left out and counted as filtered. 0 keeps them.
+ */
+const volatile __u32 exclude_tgid = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
 	__uint(max_entries, 16384);
@@ -125,7 +131,7 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 		stat_inc(STAT_IDLE);
 		return 0;
 	}
-	if (!plumb_task_wanted()) {
+	if ((exclude_tgid && pid == exclude_tgid) || !plumb_task_wanted()) {
 		stat_inc(STAT_FILTERED);
 		return 0;
 	}

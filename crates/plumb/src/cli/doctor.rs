@@ -1,7 +1,8 @@
 //! `plumb doctor`: the incident question in one command. For `--duration`
 //! it watches drops, retransmits and resets; meanwhile it audits every
 //! network namespace (first counter readings at the start, second at the
-//! end) and, once the audit's slow part is done, takes a CPU profile. Then
+//! end) and, once the audit's slow part is done, takes a CPU profile (of
+//! everything but doctor's own threads, unless `--include-self`). Then
 //! it prints one prioritised report in which every item points to the
 //! command that shows more. The whole run takes about `--duration`.
 //!
@@ -32,6 +33,10 @@ pub struct DoctorArgs {
     /// Output format.
     #[arg(short, long, value_parser = ["table", "json"], default_value = "table")]
     pub output: String,
+    /// Keep plumb's own threads in the hottest functions (left out by
+    /// default, in the kernel).
+    #[arg(long)]
+    pub include_self: bool,
 }
 
 /// One party a count is about, and its part of the count.
@@ -302,7 +307,7 @@ pub fn collect(a: &DoctorArgs) -> anyhow::Result<DoctorReport> {
         })
     };
     let profile: JoinHandle<Result<super::profile_hook::Hot, String>> = {
-        let (end, collected) = (end.clone(), collected.clone());
+        let (end, collected, include_self) = (end.clone(), collected.clone(), a.include_self);
         std::thread::spawn(move || {
             while !collected.load(Ordering::SeqCst)
                 && started.elapsed() < d / 2
@@ -317,7 +322,7 @@ pub fn collect(a: &DoctorArgs) -> anyhow::Result<DoctorReport> {
                     d.as_secs_f64()
                 ));
             };
-            super::profile_hook::hot_functions(len, &end, 10)
+            super::profile_hook::hot_functions(len, &end, 10, include_self)
         })
     };
 

@@ -12,6 +12,10 @@ use std::time::Duration;
 #[derive(Debug, Subcommand)]
 pub enum ProfileCmd {
     /// Sample kernel and user stacks on every CPU (software CPU clock).
+    ///
+    /// plumb's own threads (the agent's, for a remote profile) are left
+    /// out, in the kernel, and counted as filtered; --include-self keeps
+    /// them.
     Cpu(CpuCmd),
     /// Compare two profiles (folded or pprof): which functions' share of
     /// the samples grew.
@@ -41,6 +45,8 @@ pub struct CpuCmd {
     pub user: bool,
     pub format: Option<Format>,
     pub file: Option<PathBuf>,
+    /// Keep plumb's own threads (the agent's, remotely).
+    pub include_self: bool,
 }
 
 impl FromArgMatches for CpuCmd {
@@ -55,6 +61,7 @@ impl FromArgMatches for CpuCmd {
             user: !m.get_flag("kernel-only"),
             format: m.get_one::<Format>("format").copied(),
             file: m.get_one::<PathBuf>("file").cloned(),
+            include_self: m.get_flag("include-self"),
         })
     }
 
@@ -90,6 +97,10 @@ impl Args for CpuCmd {
                 .long("user-only")
                 .action(ArgAction::SetTrue)
                 .help("Only user stacks"),
+            Arg::new("include-self")
+                .long("include-self")
+                .action(ArgAction::SetTrue)
+                .help("Keep plumb's own threads (remotely, the agent's): left out by default, in the kernel, and counted as filtered"),
             Arg::new("format")
                 .short('o')
                 .long("format")
@@ -214,6 +225,7 @@ fn cpu(c: CpuCmd, verbose: bool) -> anyhow::Result<()> {
         kernel: c.kernel,
         user: c.user,
         sources: super::trace::local_sources(),
+        include_self: c.include_self,
     };
     let stop = common::stop_on_signals()?;
     let tty = std::io::stderr().is_terminal();

@@ -27,12 +27,20 @@ pub struct Hot {
     pub lost: u64,
 }
 
-/// Profile every CPU for `d` and keep the `n` hottest of each kind.
-pub fn hot_functions(d: Duration, stop: &AtomicBool, n: usize) -> Result<Hot, String> {
+/// Profile every CPU for `d` and keep the `n` hottest of each kind;
+/// doctor's own threads (its tracers, the audit, the profiler) are left
+/// out unless `include_self`.
+pub fn hot_functions(
+    d: Duration,
+    stop: &AtomicBool,
+    n: usize,
+    include_self: bool,
+) -> Result<Hot, String> {
     let opts = ProfileOptions {
         frequency: 99,
         duration: d,
         sources: super::trace::local_sources(),
+        include_self,
         ..ProfileOptions::default()
     };
     let p = plumb_profile::profile(&opts, stop).map_err(|e| e.to_string())?;

@@ -214,6 +214,7 @@ pub async fn run(
             _ => StackKinds::KernelAndUser,
         } as i32,
         pods: Vec::new(),
+        include_self: c.include_self,
     };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, t) in targets.iter().enumerate() {
@@ -369,6 +370,56 @@ mod tests {
                 .unwrap()
                 .total_samples,
             40
+        );
+    }
+
+    /// A node whose two stacks differ only in an unnamed frame's address.
+    fn unnamed(name: &str, counts: [u64; 2]) -> Profile {
+        let mut p = node(name, "app", "hot", counts[0]);
+        let mut second = p.stacks[0].clone();
+        second.count = counts[1];
+        p.stacks.push(second);
+        for (s, addr) in p.stacks.iter_mut().zip(["0x10", "0x11"]) {
+            s.frames[0] = Frame {
+                name: Arc::from(format!("[unknown]@{addr}")),
+                module: None,
+                kernel: false,
+                symbolized: false,
+            };
+        }
+        p
+    }
+
+    #[test]
+    fn merged_folded_stacks_keep_stacks_that_differ_only_in_unnamed_addresses_together() {
+        let m = merge(vec![unnamed("n1", [3, 4]), unnamed("n2", [5, 6])]);
+        assert_eq!(
+            m.folded(),
+            "n1;app;[unknown];hot 7\nn2;app;[unknown];hot 11\n"
+        );
+        let svg = String::from_utf8(m.svg("t").unwrap()).unwrap();
+        assert!(!svg.contains("@0x"), "{svg}");
+        // JSON keeps each address.
+        let v: serde_json::Value = serde_json::from_str(&m.json().unwrap()).unwrap();
+        let first: Vec<(&str, &str)> = v["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["node"].as_str().unwrap(),
+                    s["frames"][0]["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            first,
+            [
+                ("n1", "[unknown]@0x10"),
+                ("n1", "[unknown]@0x11"),
+                ("n2", "[unknown]@0x10"),
+                ("n2", "[unknown]@0x11")
+            ]
         );
     }
 
