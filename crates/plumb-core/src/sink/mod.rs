@@ -33,6 +33,19 @@ pub trait Sink {
     fn finish(&mut self) -> io::Result<()> {
         self.flush()
     }
+    /// `ev` happened `n` times (counted in the kernel, not one record
+    /// each). Sinks that only count (summaries) add `n` at once.
+    fn event_count(&mut self, ev: &Event, n: u64) -> io::Result<()> {
+        for _ in 0..n {
+            self.event(ev)?;
+        }
+        Ok(())
+    }
+    /// The keys this sink groups events by, if all it does is count them
+    /// (`--summary`): the run may then count in the kernel instead.
+    fn summary_keys(&self) -> Option<&[String]> {
+        None
+    }
 }
 
 /// Keep only `fields` of a serialised event (the `--fields` option).

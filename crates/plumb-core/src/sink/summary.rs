@@ -148,6 +148,14 @@ impl<W: Write> SummarySink<W> {
 
 impl<W: Write> Sink for SummarySink<W> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.event_count(ev, 1)
+    }
+
+    fn summary_keys(&self) -> Option<&[String]> {
+        Some(&self.keys)
+    }
+
+    fn event_count(&mut self, ev: &Event, n: u64) -> io::Result<()> {
         let v = serde_json::to_value(ev)?;
         let vals: Vec<Value> = self
             .keys
@@ -155,7 +163,7 @@ impl<W: Write> Sink for SummarySink<W> {
             .map(|k| v.get(k).cloned().unwrap_or(Value::Null))
             .collect();
         let key = vals.iter().map(Value::to_string).collect();
-        self.counts.entry(key).or_insert((vals, 0)).1 += 1;
+        self.counts.entry(key).or_insert((vals, 0)).1 += n;
         if self.node.is_none() {
             self.node = Some(ev.header.node.clone());
         }

@@ -29,6 +29,7 @@ pub fn gadget_command(g: &'static GadgetDesc) -> Command {
         .about(g.summary)
         .long_about(format!("{}\n\n{}", g.summary, g.help))
         .args(common::filter_args())
+        .args(common::flow_filter_args())
         .args(common::output_args());
     for p in g.params {
         let mut a = Arg::new(p.name)
@@ -176,7 +177,9 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
         filter.narrow_in_kernel(fs, &sources);
     }
     if verbose {
-        eprintln!("plumb: in-kernel filter: {}", filter.describe_kernel());
+        for line in filter.describe_for(gadget) {
+            eprintln!("plumb: {line}");
+        }
     }
     let opts = RunOptions {
         filter,

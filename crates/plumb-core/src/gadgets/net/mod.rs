@@ -3,6 +3,14 @@
 //! namespace and pod on each side of the flow, and the count of runs the
 //! kernel skipped (a tp_btf program is not re-entered on a CPU where it, or
 //! another tracing program, is already running: those events are lost).
+//!
+//! Loading, program choice and the attached gadget itself are written once
+//! in [`gadget`]; the in-kernel filter's configuration in [`kernel`].
+
+pub mod gadget;
+pub mod kernel;
+
+pub use gadget::{NetDecode, NetGadget, NetOpen, NetSkel};
 
 use crate::enrich::Enricher;
 use crate::error::DecodeError;
