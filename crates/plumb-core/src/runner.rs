@@ -338,10 +338,13 @@ pub fn run(
                 // Read what is already in the buffer before detaching.
                 drop(st);
                 let _ = rb.consume();
-                state.borrow_mut().take_counted(&*attached);
                 break;
             }
         }
+    }
+    if reason != StopReason::SinkClosed {
+        // What was counted in the kernel since the last poll.
+        state.borrow_mut().take_counted(&*attached);
     }
     let lost = attached.lost();
     let kernel_written = attached.kernel_written();

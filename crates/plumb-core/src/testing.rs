@@ -148,6 +148,41 @@ impl Drop for Traced {
     }
 }
 
+/// Run `desc` into `sink` on a thread, call `load` once it is attached,
+/// stop shortly after, and hand back the run's statistics and the sink.
+pub fn run_with_sink<S: Sink + Send + 'static>(
+    desc: &'static GadgetDesc,
+    opts: RunOptions,
+    sink: S,
+    load: impl FnOnce(),
+) -> (RunStats, S) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let stop2 = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut enricher = Enricher::new(vec![]);
+        let mut sink = sink;
+        let control = Control {
+            stop: stop2,
+            on_ready: Some(Box::new(move |ids: &[u32]| {
+                let _ = tx.send(ids.to_vec());
+            })),
+        };
+        let r = runner::run(desc, &opts, &mut enricher, &mut sink, control);
+        (r, sink)
+    });
+    let ids = rx.recv_timeout(Duration::from_secs(30)).ok();
+    if ids.is_some() {
+        load();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (r, sink) = handle.join().expect("gadget thread panicked");
+    let stats = r.expect("gadget run failed");
+    assert_no_programs_left(&ids.expect("attached"));
+    (stats, sink)
+}
+
 /// Assert that none of these program ids exists in the kernel any more.
 pub fn assert_no_programs_left(ids: &[u32]) {
     // The kernel frees a program asynchronously (after an RCU grace period)

@@ -351,3 +351,6 @@ mod tests;
 
 #[cfg(test)]
 mod root_tests;
+
+#[cfg(test)]
+mod filter_root_tests;

@@ -318,7 +318,44 @@ pub(crate) use btf_fixture;
 #[cfg(test)]
 pub(crate) mod lab_checks {
     use super::Flow;
+    use crate::runner::RunStats;
     use plumb_netlab::Pod;
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    /// Send `n` UDP datagrams from `from` to `to:port`, from one socket;
+    /// returns its local port.
+    pub fn udp_burst(from: &Pod, to: Ipv4Addr, port: u16, n: usize) -> u16 {
+        from.ns
+            .run(move || {
+                let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+                for _ in 0..n {
+                    s.send_to(b"plumb-filter-test", (to, port)).expect("send");
+                }
+                s.local_addr().expect("local address").port()
+            })
+            .expect("run in the sending pod")
+    }
+
+    /// Events the gadget's in-kernel filter kept out, from its own counter.
+    pub fn left_out_in_kernel(stats: &RunStats) -> u64 {
+        stats
+            .counters
+            .iter()
+            .find(|(what, _)| what == "left out by the in-kernel filter")
+            .map(|(_, n)| *n)
+            .expect("the gadget counts what its kernel filter leaves out")
+    }
+
+    /// Every record the kernel wrote was read: delivered or filtered in
+    /// user space. With `delivered` exact, nothing else was reserved.
+    pub fn assert_reserved_only(stats: &RunStats) {
+        assert_eq!(
+            stats.kernel_written,
+            Some(stats.seen + stats.filtered + stats.malformed),
+            "ring-buffer records written == delivered + filtered in user space"
+        );
+        assert_eq!(stats.lost, 0);
+    }
 
     /// Side `src` (else the destination) of `flow` is exactly `pod`: its
     /// namespace and the namespace's name, and, for a k8s lab pod, the pod
