@@ -336,6 +336,26 @@ impl BoundPort {
         Ok(BoundPort { fd, port })
     }
 
+    /// Give up a connect after `n` SYN retransmits (TCP_SYNCNT), so a
+    /// connect into a DROP rule fails in seconds, not minutes.
+    pub fn set_syn_retries(&self, n: i32) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setsockopt(2) on our descriptor with an int we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_SYNCNT,
+                &n as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Connect this socket to `target` (so the local port is known even when
     /// the connect fails); returns the errno of a failed connect.
     pub fn connect(&self, target: std::net::SocketAddrV4) -> Option<i32> {
