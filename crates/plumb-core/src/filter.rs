@@ -341,12 +341,7 @@ impl Filter {
             return false;
         };
         (self.netns.is_empty() || self.netns.iter().any(|n| n.inode == ep.netns))
-            && (self.ports.is_empty()
-                || ep
-                    .ports
-                    .iter()
-                    .flatten()
-                    .any(|p| self.ports.contains(p)))
+            && (self.ports.is_empty() || ep.ports.iter().flatten().any(|p| self.ports.contains(p)))
             && (self.addrs.is_empty()
                 || ep
                     .addrs

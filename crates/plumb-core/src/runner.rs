@@ -290,14 +290,12 @@ pub fn run(
                 let _ = rb.consume();
             }
             state.borrow_mut().take_counted(&*attached);
-            if network && KernelNet::follows_pods(&opts.filter) && refreshed.elapsed() >= REFRESH
-            {
+            if network && KernelNet::follows_pods(&opts.filter) && refreshed.elapsed() >= REFRESH {
                 refreshed = Instant::now();
-                let now = owned(&opts.filter, &state.borrow().enricher);
-                if let (Some(old), Some(map)) = (
-                    kernel_net.refresh(&opts.filter, &now),
-                    attached.netns_map(),
-                ) {
+                let now = owned(&opts.filter, state.borrow().enricher);
+                if let (Some(old), Some(map)) =
+                    (kernel_net.refresh(&opts.filter, &now), attached.netns_map())
+                {
                     crate::gadgets::net::kernel::sync(map, &old, &kernel_net.netns).map_err(
                         |source| Error::RingBuffer {
                             gadget: desc.name,

@@ -41,10 +41,7 @@ impl Filter {
         let user = if user.is_empty() {
             "nothing more (the whole filter is checked again)".to_string()
         } else {
-            format!(
-                "{} (and the whole filter again)",
-                user.join(", ")
-            )
+            format!("{} (and the whole filter again)", user.join(", "))
         };
         vec![
             format!("in-kernel filter ({}): {kernel}", desc.name),
@@ -74,9 +71,15 @@ mod tests {
         assert!(lines[0].starts_with("in-kernel filter (drop): the packet's or socket's network namespace holds a process of the selected workloads"), "{lines:?}");
         assert!(lines[0].contains("either TCP/UDP port is 80"), "{lines:?}");
         assert!(!lines[0].contains("cgroups /"), "{lines:?}");
-        assert_eq!(lines[1], "user-space filter (drop): pod web (and the whole filter again)");
+        assert_eq!(
+            lines[1],
+            "user-space filter (drop): pod web (and the whole filter again)"
+        );
         let tcp = gadgets::find("tcp").unwrap();
         let lines = f.describe_for(tcp);
-        assert_eq!(lines[1], "user-space filter (tcp): pod web, port (and the whole filter again)");
+        assert_eq!(
+            lines[1],
+            "user-space filter (tcp): pod web, port (and the whole filter again)"
+        );
     }
 }

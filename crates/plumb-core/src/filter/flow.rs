@@ -77,9 +77,9 @@ impl Cidr {
     /// The address with the host bits cleared.
     pub fn network(&self) -> IpAddr {
         match self.addr {
-            IpAddr::V4(a) => {
-                IpAddr::V4(Ipv4Addr::from((u32::from(a) as u128 & self.mask_bits()) as u32))
-            }
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+                (u32::from(a) as u128 & self.mask_bits()) as u32,
+            )),
             IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & self.mask_bits())),
         }
     }
@@ -168,10 +168,7 @@ pub fn parse(ports: &[String], addrs: &[String]) -> Result<(Vec<u16>, Vec<Cidr>)
     if addrs.len() > MAX_ADDR_ARGS {
         return Err(bad("addr", format!("at most {MAX_ADDR_ARGS} addresses")));
     }
-    let ports = ports
-        .iter()
-        .map(|p| parse_port(p))
-        .collect::<Result<_>>()?;
+    let ports = ports.iter().map(|p| parse_port(p)).collect::<Result<_>>()?;
     let addrs = addrs
         .iter()
         .map(|a| Cidr::parse(a))

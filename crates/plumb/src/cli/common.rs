@@ -107,7 +107,7 @@ pub fn output_args() -> Vec<Arg> {
             .long("buffer")
             .value_name("SIZE")
             .value_parser(parse_ring_size)
-            .help("Size of the kernel's ring buffer (a power of two: 64K, 4M; default 4M, drop 16M). A larger buffer costs that much locked kernel memory and rides out longer bursts; records that do not fit are counted as lost, never dropped silently. drop --summary counts in the kernel and needs no large buffer"),
+            .help("Size of the kernel's ring buffer (a power of two: 64K, 4M; default 4M, which holds the benchmark's unthrottled drop storm without loss). A larger buffer costs that much locked kernel memory and rides out longer bursts when the reader falls behind; records that do not fit are counted as lost, never dropped silently. drop --summary counts in the kernel and needs no large buffer"),
     ]
 }
 

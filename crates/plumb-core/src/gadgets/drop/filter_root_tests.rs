@@ -142,7 +142,11 @@ fn netns_by_name_selects_one_pods_drops_in_the_kernel() {
     assert_eq!(rule(&s.srv, s.port), N as u64);
     assert_reserved_only(&stats);
     assert_eq!(stats.filtered, 0);
-    assert!(left_out_in_kernel(&stats) >= M as u64, "{:?}", stats.counters);
+    assert!(
+        left_out_in_kernel(&stats) >= M as u64,
+        "{:?}",
+        stats.counters
+    );
 
     // A path to the namespace file selects the same namespace.
     let f = Filter::parse(
@@ -176,7 +180,11 @@ fn port_and_addr_are_checked_in_the_kernel_on_either_side() {
     assert_eq!(assert_all(&events, &s.cli, sp, &s.srv, s.port2), N);
     assert_reserved_only(&stats);
     assert_eq!(stats.filtered, 0);
-    assert!(left_out_in_kernel(&stats) >= M as u64, "{:?}", stats.counters);
+    assert!(
+        left_out_in_kernel(&stats) >= M as u64,
+        "{:?}",
+        stats.counters
+    );
 
     // --addr: the source address of one client (either side matches), as
     // a prefix and as a bare address.
@@ -199,7 +207,11 @@ fn port_and_addr_are_checked_in_the_kernel_on_either_side() {
         );
         assert_reserved_only(&stats);
         assert_eq!(stats.filtered, 0);
-        assert!(left_out_in_kernel(&stats) >= M as u64, "{:?}", stats.counters);
+        assert!(
+            left_out_in_kernel(&stats) >= M as u64,
+            "{:?}",
+            stats.counters
+        );
     }
 }
 

@@ -57,7 +57,8 @@ const _: () = assert!(
         == std::mem::size_of::<RawDrop>() + 8 * MAX_STACK
 );
 const _: () = assert!(
-    std::mem::size_of::<skel::types::drop_count_key>() == std::mem::size_of::<counts::RawCountKey>()
+    std::mem::size_of::<skel::types::drop_count_key>()
+        == std::mem::size_of::<counts::RawCountKey>()
 );
 const _: () =
     assert!(std::mem::size_of::<skel::types::plumb_flow>() == std::mem::size_of::<RawFlow>());
@@ -234,9 +235,11 @@ impl net::NetDecode<DropSkel<'static>> for Decoder {
         Some(
             rows.into_iter()
                 .filter_map(|(raw, n)| {
-                    decode_with(bytemuck::bytes_of(&raw), |r| self.names.name(r), |_| {
-                        String::new()
-                    })
+                    decode_with(
+                        bytemuck::bytes_of(&raw),
+                        |r| self.names.name(r),
+                        |_| String::new(),
+                    )
                     .ok()
                     .map(|d| (d, n))
                 })
@@ -287,7 +290,7 @@ fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
             Ok(())
         },
     )?;
-    Ok(NetGadget::new(
+    Ok(NetGadget::boxed(
         loaded,
         Decoder {
             names,

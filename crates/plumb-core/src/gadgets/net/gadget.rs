@@ -153,7 +153,7 @@ pub struct NetGadget<S: 'static, D> {
 }
 
 impl<S: Skel<'static> + NetSkel, D: NetDecode<S>> NetGadget<S, D> {
-    pub fn new(loaded: Loaded<S>, decoder: D) -> Box<dyn Attached>
+    pub fn boxed(loaded: Loaded<S>, decoder: D) -> Box<dyn Attached>
     where
         S: 'static,
         D: 'static,

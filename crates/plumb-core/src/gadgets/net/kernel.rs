@@ -192,17 +192,20 @@ mod tests {
             inode: 4026532000,
         });
         let k = KernelNet::new(&f, &BTreeSet::new());
-        assert_eq!((k.raw.n_ports, k.raw.ports[0], k.raw.ports[1]), (2, 53, 8080));
+        assert_eq!(
+            (k.raw.n_ports, k.raw.ports[0], k.raw.ports[1]),
+            (2, 53, 8080)
+        );
         assert_eq!(k.raw.n_cidrs, 3, "the IPv4 prefix twice, the IPv6 once");
         assert_eq!((k.raw.netns, k.raw.owner, k.raw.sk_cgroup), (1, 0, 0));
-        assert_eq!(
-            k.netns,
-            BTreeMap::from([(4026532000, netns_bits::ASKED)])
-        );
+        assert_eq!(k.netns, BTreeMap::from([(4026532000, netns_bits::ASKED)]));
         let d = describe(&f);
         assert!(d.contains("is a (4026532000)"), "{d}");
         assert!(d.contains("either TCP/UDP port is 53 or 8080"), "{d}");
-        assert!(d.contains("either address is in 10.1.0.0/16 or fd00::/8"), "{d}");
+        assert!(
+            d.contains("either address is in 10.1.0.0/16 or fd00::/8"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -212,7 +215,11 @@ mod tests {
             ..Default::default()
         });
         let mut k = KernelNet::new(&f, &BTreeSet::from([7, 8]));
-        assert_eq!(k.raw.owner, netns_bits::OWNER_ANY_SOCKET, "no cgroups known");
+        assert_eq!(
+            k.raw.owner,
+            netns_bits::OWNER_ANY_SOCKET,
+            "no cgroups known"
+        );
         assert_eq!(k.netns.len(), 2);
         assert_eq!(k.refresh(&f, &BTreeSet::from([7, 8])), None);
         let old = k.refresh(&f, &BTreeSet::from([8, 9])).expect("changed");
@@ -220,7 +227,10 @@ mod tests {
         assert_eq!(k.netns.keys().copied().collect::<Vec<_>>(), vec![8, 9]);
         assert!(describe(&f).contains("or it has a socket"));
         let none = filter(FilterArgs::default());
-        assert_eq!(KernelNet::new(&none, &BTreeSet::new()), KernelNet::default());
+        assert_eq!(
+            KernelNet::new(&none, &BTreeSet::new()),
+            KernelNet::default()
+        );
         assert_eq!(describe(&none), "nothing (every event reaches user space)");
     }
 }

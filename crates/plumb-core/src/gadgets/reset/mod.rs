@@ -196,7 +196,7 @@ fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
         &[],
         |_| Ok(()),
     )?;
-    Ok(NetGadget::new(
+    Ok(NetGadget::boxed(
         loaded,
         Decoder {
             reasons: kernel::vmlinux_enum("sk_rst_reason", "SK_RST_REASON_"),

@@ -85,15 +85,17 @@ fn netns_filter_keeps_one_servers_resets_in_the_kernel() {
     let cli2 = lab.add_k8s_pod("cli2").expect("second client");
     let srv = lab.add_k8s_pod("srv").expect("server");
     let other = lab.add_k8s_pod("oth").expect("other server");
-    let mut opts = crate::runner::RunOptions::default();
-    opts.filter = Filter::parse(
-        &FilterArgs {
-            netns: vec![srv.ns.path().display().to_string()],
-            ..Default::default()
-        },
-        None,
-    )
-    .expect("filter");
+    let opts = crate::runner::RunOptions {
+        filter: Filter::parse(
+            &FilterArgs {
+                netns: vec![srv.ns.path().display().to_string()],
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("filter"),
+        ..Default::default()
+    };
     let t = testing::start(&super::DESC, opts);
     let refused = |p: &plumb_netlab::Pod, to: std::net::Ipv4Addr| {
         p.ns.run(move || {
@@ -107,7 +109,11 @@ fn netns_filter_keeps_one_servers_resets_in_the_kernel() {
     assert_eq!(refused(&cli2, other.ip).0, Some(libc::ECONNREFUSED));
     std::thread::sleep(Duration::from_millis(300));
     let (events, stats) = t.finish();
-    assert_eq!(events.len(), 1, "only the RST sent in the server's namespace: {events:?}");
+    assert_eq!(
+        events.len(),
+        1,
+        "only the RST sent in the server's namespace: {events:?}"
+    );
     let Body::Reset(r) = &events[0].body else {
         panic!("not a reset")
     };

@@ -199,7 +199,7 @@ fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
             Ok(())
         },
     )?;
-    Ok(NetGadget::new(loaded, Decoder))
+    Ok(NetGadget::boxed(loaded, Decoder))
 }
 
 pub fn decode(data: &[u8]) -> std::result::Result<Decoded, DecodeError> {

@@ -104,17 +104,21 @@ fn netns_filter_keeps_one_clients_retransmits_in_the_kernel() {
     let srv = lab.add_k8s_pod("srv").expect("server");
     let port = 8091;
     srv.ns
-        .sh(&format!("iptables -w -A INPUT -p tcp --dport {port} -j DROP"))
+        .sh(&format!(
+            "iptables -w -A INPUT -p tcp --dport {port} -j DROP"
+        ))
         .expect("iptables rule");
-    let mut opts = crate::runner::RunOptions::default();
-    opts.filter = Filter::parse(
-        &FilterArgs {
-            netns: vec![cli.ns.name.clone()],
-            ..Default::default()
-        },
-        None,
-    )
-    .expect("filter");
+    let opts = crate::runner::RunOptions {
+        filter: Filter::parse(
+            &FilterArgs {
+                netns: vec![cli.ns.name.clone()],
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("filter"),
+        ..Default::default()
+    };
     let t = testing::start(&super::DESC, opts);
     let target = SocketAddr::from((srv.ip, port));
     let connect = |p: &plumb_netlab::Pod| {
@@ -136,7 +140,10 @@ fn netns_filter_keeps_one_clients_retransmits_in_the_kernel() {
     let ((_, local), _) = other;
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (events, stats) = t.finish();
-    let oracle = cli.ns.snmp("Tcp", "RetransSegs").expect("the client's RetransSegs");
+    let oracle = cli
+        .ns
+        .snmp("Tcp", "RetransSegs")
+        .expect("the client's RetransSegs");
     assert!(oracle >= 1, "the client's SYN was retransmitted");
     assert_eq!(
         events.len() as u64,
@@ -157,7 +164,10 @@ fn netns_filter_keeps_one_clients_retransmits_in_the_kernel() {
                 Some(port)
             )
         );
-        assert_eq!((r.state.as_str(), r.tcp_flags.as_str()), ("SYN_SENT", "SYN"));
+        assert_eq!(
+            (r.state.as_str(), r.tcp_flags.as_str()),
+            ("SYN_SENT", "SYN")
+        );
     }
     assert_reserved_only(&stats);
     assert_eq!(stats.filtered, 0);
