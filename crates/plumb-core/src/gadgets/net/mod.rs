@@ -135,12 +135,6 @@ pub fn unsupported(gadget: &'static str, hook: &str, why: String) -> crate::Erro
     }
 }
 
-/// What a gadget counts besides lost events (stacks not recorded, frames
-/// not symbolized), as (what, count), for the run's end summary.
-pub trait Counters {
-    fn counters(&self) -> Vec<(&'static str, u64)>;
-}
-
 /// Runs of `prog` the kernel skipped because a tracing program was already
 /// running on that CPU (its `recursion_misses`): each is an event lost.
 /// Call only for loaded programs.
