@@ -29,6 +29,12 @@ enum plumb_kind {
 	PLUMB_KIND_RESET = 6,
 };
 
+/*
+ * Never read: puts enum plumb_kind into every object's BTF, so that each
+ * gadget checks the Rust mirror (`raw::kind`) against it at build time.
+ */
+const volatile enum plumb_kind plumb_kind_btf = 0;
+
 /* Common header: who and when. 48 bytes. */
 struct plumb_hdr {
 	__u64 ts_ns;      /* bpf_ktime_get_boot_ns() */

@@ -43,13 +43,20 @@ struct plumb_flow {
 	char ifname[16];
 };
 
+/*
+ * Every program of the network gadgets is tp_btf: its arguments are typed
+ * kernel pointers, so their fields are read directly (the verifier turns
+ * each load into a fault-safe load; a NULL pointer reads as 0), which is
+ * much cheaper than a bpf_probe_read_kernel() call per field. Only packet
+ * bytes and variable offsets still go through the helper.
+ */
 static __always_inline void flow_dev(struct plumb_flow *f, const struct net_device *dev)
 {
 	if (!dev)
 		return;
-	f->ifindex = BPF_CORE_READ(dev, ifindex);
-	f->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	bpf_probe_read_kernel_str(f->ifname, sizeof(f->ifname), BPF_CORE_READ(dev, name));
+	f->ifindex = dev->ifindex;
+	f->netns = dev->nd_net.net->ns.inum;
+	bpf_probe_read_kernel_str(f->ifname, sizeof(f->ifname), dev->name);
 }
 
 /*
@@ -59,7 +66,7 @@ static __always_inline void flow_dev(struct plumb_flow *f, const struct net_devi
  */
 static __always_inline bool flow_fullsock(const struct sock *sk)
 {
-	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__u8 state = sk->__sk_common.skc_state;
 
 	return state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
 }
@@ -69,9 +76,9 @@ static __always_inline void flow_sock_owner(struct plumb_flow *f, const struct s
 	if (!sk)
 		return;
 	if (!f->netns)
-		f->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		f->netns = sk->__sk_common.skc_net.net->ns.inum;
 	if (flow_fullsock(sk))
-		f->sk_cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+		f->sk_cgroup = sk->sk_cgrp_data.cgroup->kn->id;
 }
 
 /* Ports (or ICMP type/code) at `l4` of the packet. */
@@ -99,13 +106,12 @@ static __always_inline void flow_l4(struct plumb_flow *f, const void *l4)
 /* The flow of a packet, from its network header. */
 static __always_inline void flow_from_skb(struct plumb_flow *f, const struct sk_buff *skb)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
-	const struct net_device *dev = BPF_CORE_READ(skb, dev);
+	unsigned char *head = skb->head;
+	__u16 nh = skb->network_header;
+	__u16 proto = bpf_ntohs(skb->protocol);
 
-	flow_dev(f, dev);
-	flow_sock_owner(f, BPF_CORE_READ(skb, sk));
+	flow_dev(f, skb->dev);
+	flow_sock_owner(f, skb->sk);
 	if (nh == (__u16)~0U || !head)
 		return;
 	if (proto == PLUMB_ETH_P_IP) {
@@ -172,21 +178,23 @@ static __always_inline void flow_from_skb(struct plumb_flow *f, const struct sk_
  */
 static __always_inline void flow_from_sock(struct plumb_flow *f, const struct sock *sk)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	flow_sock_owner(f, sk);
 	f->proto = PLUMB_IPPROTO_TCP;
 	f->family = family;
-	f->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	f->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	f->sport = sk->__sk_common.skc_num;
+	f->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	f->has_ports = 1;
 	if (family == PLUMB_AF_INET) {
-		f->saddr[0] = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		f->daddr[0] = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		f->saddr[0] = sk->__sk_common.skc_rcv_saddr;
+		f->daddr[0] = sk->__sk_common.skc_daddr;
 	} else if (family == PLUMB_AF_INET6) {
 		BPF_CORE_READ_INTO(&f->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32);
 		BPF_CORE_READ_INTO(&f->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32);
 	}
 }
+
+#include "plumb_net_filter.h"
 
 #endif /* __PLUMB_NET_H */

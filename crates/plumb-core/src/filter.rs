@@ -1,9 +1,17 @@
 //! Which events the user asked for.
 //!
 //! A filter is checked twice: the parts the kernel can check cheaply (pid,
-//! uid, cgroup subtree) are handed to the BPF programs so unwanted events are
-//! never copied out; the whole filter is applied again in user space, so the
-//! kernel part is only ever an optimisation.
+//! uid, cgroup subtree; for network gadgets the namespace, the socket's
+//! cgroup, ports and addresses) are handed to the BPF programs so unwanted
+//! events are never copied out; the whole filter is applied again in user
+//! space, so the kernel part is only ever an optimisation.
+
+mod describe;
+pub mod flow;
+pub mod netns;
+
+pub use flow::Cidr;
+pub use netns::NetnsTarget;
 
 use crate::enrich::cgroupfs::CgroupFs;
 use crate::enrich::MetadataSource;
@@ -24,6 +32,15 @@ pub struct FilterArgs {
     pub container: Option<String>,
     pub pod: Option<String>,
     pub namespace: Option<String>,
+    /// `--netns NAME|PATH` (repeatable).
+    #[serde(default)]
+    pub netns: Vec<String>,
+    /// `--port N`, either side of a flow (repeatable).
+    #[serde(default)]
+    pub port: Vec<String>,
+    /// `--addr IP|CIDR`, either side of a flow (repeatable).
+    #[serde(default)]
+    pub addr: Vec<String>,
 }
 
 /// A cgroup subtree to keep, as the kernel knows it.
@@ -52,6 +69,12 @@ pub struct Filter {
     /// With `kernel_cgroups`: the newest cgroup id seen when they were
     /// chosen; newer cgroups pass the kernel's check too.
     pub kernel_newer_than: u64,
+    /// Network namespaces (`--netns`).
+    pub netns: Vec<NetnsTarget>,
+    /// Ports, either side (`--port`).
+    pub ports: Vec<u16>,
+    /// Address prefixes, either side (`--addr`).
+    pub addrs: Vec<Cidr>,
 }
 
 fn bad(flag: &'static str, reason: impl Into<String>) -> Error {
@@ -128,6 +151,12 @@ impl Filter {
                 cgroup_root.ok_or_else(|| bad("cgroup", "no cgroup v2 hierarchy is mounted"))?;
             cgroups.push(resolve_cgroup(root, c)?);
         }
+        let (ports, addrs) = flow::parse(&args.port, &args.addr)?;
+        let netns = args
+            .netns
+            .iter()
+            .map(|n| netns::resolve(n))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Filter {
             pid,
             comm,
@@ -138,6 +167,9 @@ impl Filter {
             namespace: args.namespace.clone(),
             kernel_cgroups: Vec::new(),
             kernel_newer_than: 0,
+            netns,
+            ports,
+            addrs,
         })
     }
 
@@ -285,6 +317,39 @@ impl Filter {
         }
     }
 
+    /// Does the filter select on flows (`--netns`, `--port`, `--addr`)? The
+    /// flag of the first such filter, for error messages.
+    pub fn flow_flag(&self) -> Option<&'static str> {
+        if !self.netns.is_empty() {
+            Some("netns")
+        } else if !self.ports.is_empty() {
+            Some("port")
+        } else if !self.addrs.is_empty() {
+            Some("addr")
+        } else {
+            None
+        }
+    }
+
+    /// The flow part of the check: an event passes when it has endpoints
+    /// and its namespace, a port and an address (either side) match.
+    pub fn matches_flow(&self, body: &crate::gadgets::Body) -> bool {
+        if self.flow_flag().is_none() {
+            return true;
+        }
+        let Some(ep) = body.endpoints() else {
+            return false;
+        };
+        (self.netns.is_empty() || self.netns.iter().any(|n| n.inode == ep.netns))
+            && (self.ports.is_empty() || ep.ports.iter().flatten().any(|p| self.ports.contains(p)))
+            && (self.addrs.is_empty()
+                || ep
+                    .addrs
+                    .iter()
+                    .flatten()
+                    .any(|a| self.addrs.iter().any(|c| c.contains(*a))))
+    }
+
     /// Does the filter select on anything that only user space can check?
     pub fn needs_workload(&self) -> bool {
         self.container.is_some() || self.pod.is_some() || self.namespace.is_some()
@@ -308,6 +373,7 @@ impl Filter {
     /// event without a task never matches a process filter.
     pub fn matches(&self, ev: &Event) -> bool {
         self.matches_process(&ev.header)
+            && self.matches_flow(&ev.body)
             && (!self.needs_workload()
                 || std::iter::once(&*ev.header.workload)
                     .chain(ev.body.workloads())
@@ -350,7 +416,7 @@ impl Filter {
         true
     }
 
-    fn matches_workload(&self, w: &Workload) -> bool {
+    pub(crate) fn matches_workload(&self, w: &Workload) -> bool {
         if let Some(c) = &self.container {
             if !w
                 .container_id

@@ -24,6 +24,13 @@ pub struct StartCtx<'a> {
     pub ring_bytes: u32,
     /// Wake the reader once this many bytes wait (0: on every record).
     pub wakeup_bytes: u32,
+    /// The network gadgets' in-kernel filter (ignored by the others).
+    pub net: crate::gadgets::net::kernel::KernelNet,
+    /// The sink only counts events by these keys (`--summary`): a gadget
+    /// that can produce them from counts kept in the kernel does so
+    /// instead of writing a record per event
+    /// ([`crate::gadgets::Attached::counted`]).
+    pub count_keys: Option<Vec<String>>,
 }
 
 impl StartCtx<'_> {
@@ -158,6 +165,10 @@ impl<S: Skel<'static>> Loaded<S> {
     pub fn attach(&mut self, gadget: &'static str, optional: &[&str]) -> Result<()> {
         let mut links = Vec::new();
         for prog in self.skel.object_mut().progs_mut() {
+            if !prog.autoload() {
+                // Left out for this kernel (another variant was loaded).
+                continue;
+            }
             let name = prog.name().to_string_lossy().into_owned();
             match prog.attach() {
                 Ok(link) => links.push(link),
@@ -227,12 +238,18 @@ pub fn lru_evicted(map: &dyn MapCore, churn: &dyn MapCore) -> u64 {
 /// Write the common read-only configuration into a skeleton's `.rodata`.
 /// `filter` is the skeleton's generated mirror of `struct plumb_filter`.
 pub fn set_filter<T>(dst: &mut T, filter: &RawFilter) {
-    const { assert!(std::mem::size_of::<T>() == std::mem::size_of::<RawFilter>()) };
+    set_raw(dst, filter)
+}
+
+/// Copy a Rust mirror `src` (a [`bytemuck::Pod`] struct of `raw`) into the
+/// skeleton's generated type `T` for the same C struct.
+pub fn set_raw<T, R: bytemuck::Pod>(dst: &mut T, src: &R) {
+    const { assert!(std::mem::size_of::<T>() == std::mem::size_of::<R>()) };
     // SAFETY: same size (checked at compile time) and both are plain C
-    // structs of integers generated from the same definition in plumb.h.
+    // structs of integers generated from the same definition in a header.
     unsafe {
         std::ptr::copy_nonoverlapping(
-            filter as *const RawFilter as *const u8,
+            src as *const R as *const u8,
             dst as *mut T as *mut u8,
             std::mem::size_of::<T>(),
         )

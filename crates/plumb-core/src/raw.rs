@@ -11,8 +11,11 @@ use bytemuck::{Pod, Zeroable};
 
 pub const COMM_LEN: usize = 16;
 pub const MAX_CGROUPS: usize = 8;
+pub const MAX_PORTS: usize = 8;
+pub const MAX_CIDRS: usize = 16;
 
-/// `enum plumb_kind`.
+/// `enum plumb_kind`; each gadget checks it against the enum in its BPF
+/// object's BTF with [`assert_kinds_match!`](crate::assert_kinds_match).
 pub mod kind {
     pub const EXEC: u16 = 1;
     pub const OPEN: u16 = 2;
@@ -20,6 +23,24 @@ pub mod kind {
     pub const DROP: u16 = 4;
     pub const RETRANS: u16 = 5;
     pub const RESET: u16 = 6;
+}
+
+/// Check every member of `enum plumb_kind` as a skeleton's BTF has it
+/// (`$t` is the skeleton's generated `types::plumb_kind`) against
+/// [`kind`], at compile time: a renumbering on either side fails the build.
+#[macro_export]
+macro_rules! assert_kinds_match {
+    ($t:ty) => {
+        const _: () = {
+            use $crate::raw::kind;
+            assert!(<$t>::PLUMB_KIND_EXEC.0 == kind::EXEC as u32);
+            assert!(<$t>::PLUMB_KIND_OPEN.0 == kind::OPEN as u32);
+            assert!(<$t>::PLUMB_KIND_TCP.0 == kind::TCP as u32);
+            assert!(<$t>::PLUMB_KIND_DROP.0 == kind::DROP as u32);
+            assert!(<$t>::PLUMB_KIND_RETRANS.0 == kind::RETRANS as u32);
+            assert!(<$t>::PLUMB_KIND_RESET.0 == kind::RESET as u32);
+        };
+    };
 }
 
 /// `struct plumb_hdr`.
@@ -53,6 +74,37 @@ pub struct RawFilter {
     pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<RawFilter>() == 144);
+
+/// `struct plumb_cidr` (plumb_net_filter.h): `(addr & mask) == addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RawCidr {
+    pub addr: [u32; 4],
+    pub mask: [u32; 4],
+    pub family: u32,
+}
+
+/// `struct plumb_net_filter`: the network gadgets' in-kernel filter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RawNetFilter {
+    pub netns: u32,
+    pub owner: u32,
+    pub sk_cgroup: u32,
+    pub n_ports: u32,
+    pub ports: [u16; MAX_PORTS],
+    pub n_cidrs: u32,
+    pub cidrs: [RawCidr; MAX_CIDRS],
+}
+const _: () = assert!(std::mem::size_of::<RawNetFilter>() == 36 + 36 * MAX_CIDRS);
+
+/// Values of `plumb_netns` (bits) and `plumb_net_filter.owner`.
+pub mod netns_bits {
+    pub const ASKED: u32 = 1;
+    pub const OWNER: u32 = 2;
+    pub const OWNER_CGROUPS: u32 = 1;
+    pub const OWNER_ANY_SOCKET: u32 = 2;
+}
 
 /// `plumb_hdr.flags`: the record was raised where no task is meaningful.
 pub const HDR_NO_TASK: u16 = 1;

@@ -6,11 +6,13 @@ use crate::enrich::Enricher;
 use crate::error::{Error, Result};
 use crate::event::{Clock, Event, Header};
 use crate::filter::Filter;
+use crate::gadgets::net::kernel::{KernelNet, REFRESH};
 use crate::gadgets::{Attached, GadgetDesc, Params};
 use crate::loader::StartCtx;
 use crate::raw;
 use crate::sink::Sink;
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -75,6 +77,9 @@ pub struct RunStats {
     /// The gadget's own counts of what it could not fully report, and the
     /// enrichment's (lookups left unanswered), as (what, how many).
     pub counters: Vec<(String, u64)>,
+    /// Records the kernel wrote to the ring buffer, where the gadget
+    /// counts them (network gadgets).
+    pub kernel_written: Option<u64>,
 }
 
 /// Called once a gadget is attached, with its kernel program ids.
@@ -104,17 +109,8 @@ struct State<'a> {
 }
 
 impl State<'_> {
-    fn on_record(&mut self, attached: &dyn Attached, data: &[u8]) -> i32 {
-        if self.done.is_some() {
-            return 1;
-        }
-        let d = match attached.decode(data) {
-            Ok(d) => d,
-            Err(_) => {
-                self.malformed += 1;
-                return 0;
-            }
-        };
+    /// The event a decoded record stands for, enriched.
+    fn event(&mut self, d: crate::gadgets::Decoded) -> Event {
         let (cgroup, workload) = self.enricher.resolve(d.hdr.cgroup_id, d.hdr.pid);
         let task = d.hdr.flags & raw::HDR_NO_TASK == 0;
         let mut ev = Event {
@@ -132,12 +128,53 @@ impl State<'_> {
             },
         };
         ev.body.enrich(self.enricher);
+        ev
+    }
+
+    fn on_record(&mut self, attached: &dyn Attached, data: &[u8]) -> i32 {
+        if self.done.is_some() {
+            return 1;
+        }
+        let d = match attached.decode(data) {
+            Ok(d) => d,
+            Err(_) => {
+                self.malformed += 1;
+                return 0;
+            }
+        };
+        let ev = self.event(d);
         if !self.filter.matches(&ev) || !attached.keep(&ev) {
             self.filtered += 1;
             return 0;
         }
-        self.seen += 1;
-        if let Err(e) = self.sink.event(&ev) {
+        self.deliver(&ev, 1)
+    }
+
+    /// Events counted in the kernel: `n` of `d`. The kernel applied the
+    /// filter exactly (counting is only chosen when it can: no workload
+    /// selection, see [`run`]); the gadget's own check still applies.
+    fn on_counted(&mut self, attached: &dyn Attached, d: crate::gadgets::Decoded, n: u64) {
+        if self.done.is_some() {
+            return;
+        }
+        let mut ev = self.event(d);
+        ev.header.timestamp = SystemTime::now();
+        if !attached.keep(&ev) {
+            self.filtered += n;
+            return;
+        }
+        let n = self.max.map_or(n, |m| n.min(m.saturating_sub(self.seen)));
+        self.deliver(&ev, n);
+    }
+
+    fn deliver(&mut self, ev: &Event, n: u64) -> i32 {
+        self.seen += n;
+        let r = if n == 1 {
+            self.sink.event(ev)
+        } else {
+            self.sink.event_count(ev, n)
+        };
+        if let Err(e) = r {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 self.done = Some(StopReason::SinkClosed);
             } else {
@@ -151,6 +188,13 @@ impl State<'_> {
             return 1;
         }
         0
+    }
+
+    /// Hand on what the gadget counted in the kernel since the last call.
+    fn take_counted(&mut self, attached: &dyn Attached) {
+        for (d, n) in attached.counted().unwrap_or_default() {
+            self.on_counted(attached, d, n);
+        }
     }
 }
 
@@ -172,11 +216,32 @@ pub fn run(
     control: Control,
 ) -> Result<RunStats> {
     crate::gadgets::check_filter(desc, &opts.filter)?;
+    let network = !crate::gadgets::has_task(desc);
+    let owned = |f: &Filter, e: &Enricher| {
+        if network && KernelNet::follows_pods(f) {
+            crate::filter::netns::owned_by(f, &|w| e.fill_names(w))
+        } else {
+            BTreeSet::new()
+        }
+    };
+    let mut kernel_net = if network {
+        KernelNet::new(&opts.filter, &owned(&opts.filter, enricher))
+    } else {
+        KernelNet::default()
+    };
+    // Counting in the kernel skips the user-space filter, so it is chosen
+    // only where the kernel's check is the whole filter (no pod, namespace
+    // or container names to check).
+    let count_keys = (!opts.filter.needs_workload())
+        .then(|| sink.summary_keys().map(<[String]>::to_vec))
+        .flatten();
     let ctx = StartCtx {
         filter: opts.filter.kernel(),
         params: &opts.params,
         ring_bytes: opts.ring_bytes,
         wakeup_bytes: opts.wakeup_bytes,
+        net: kernel_net.clone(),
+        count_keys,
     };
     let attached = (desc.start)(&ctx)?;
     let prog_ids = attached.prog_ids();
@@ -199,6 +264,7 @@ pub fn run(
         error: None,
     });
     let mut reported_lost = 0u64;
+    let mut refreshed = Instant::now();
     let reason;
     {
         let mut builder = libbpf_rs::RingBufferBuilder::new();
@@ -222,6 +288,21 @@ pub fn run(
             let _ = rb.poll(opts.poll_interval);
             if state.borrow().done.is_none() {
                 let _ = rb.consume();
+            }
+            state.borrow_mut().take_counted(&*attached);
+            if network && KernelNet::follows_pods(&opts.filter) && refreshed.elapsed() >= REFRESH {
+                refreshed = Instant::now();
+                let now = owned(&opts.filter, state.borrow().enricher);
+                if let (Some(old), Some(map)) =
+                    (kernel_net.refresh(&opts.filter, &now), attached.netns_map())
+                {
+                    crate::gadgets::net::kernel::sync(map, &old, &kernel_net.netns).map_err(
+                        |source| Error::RingBuffer {
+                            gadget: desc.name,
+                            source,
+                        },
+                    )?;
+                }
             }
             let lost = attached.lost();
             let mut st = state.borrow_mut();
@@ -259,7 +340,12 @@ pub fn run(
             }
         }
     }
+    if reason != StopReason::SinkClosed {
+        // What was counted in the kernel since the last poll.
+        state.borrow_mut().take_counted(&*attached);
+    }
     let lost = attached.lost();
+    let kernel_written = attached.kernel_written();
     let mut counters: Vec<(String, u64)> = attached
         .counters()
         .into_iter()
@@ -291,5 +377,6 @@ pub fn run(
         skipped,
         reason,
         counters,
+        kernel_written,
     })
 }

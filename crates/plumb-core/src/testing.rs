@@ -148,6 +148,41 @@ impl Drop for Traced {
     }
 }
 
+/// Run `desc` into `sink` on a thread, call `load` once it is attached,
+/// stop shortly after, and hand back the run's statistics and the sink.
+pub fn run_with_sink<S: Sink + Send + 'static>(
+    desc: &'static GadgetDesc,
+    opts: RunOptions,
+    sink: S,
+    load: impl FnOnce(),
+) -> (RunStats, S) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let stop2 = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut enricher = Enricher::new(vec![]);
+        let mut sink = sink;
+        let control = Control {
+            stop: stop2,
+            on_ready: Some(Box::new(move |ids: &[u32]| {
+                let _ = tx.send(ids.to_vec());
+            })),
+        };
+        let r = runner::run(desc, &opts, &mut enricher, &mut sink, control);
+        (r, sink)
+    });
+    let ids = rx.recv_timeout(Duration::from_secs(30)).ok();
+    if ids.is_some() {
+        load();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (r, sink) = handle.join().expect("gadget thread panicked");
+    let stats = r.expect("gadget run failed");
+    assert_no_programs_left(&ids.expect("attached"));
+    (stats, sink)
+}
+
 /// Assert that none of these program ids exists in the kernel any more.
 pub fn assert_no_programs_left(ids: &[u32]) {
     // The kernel frees a program asynchronously (after an RCU grace period)
@@ -299,6 +334,26 @@ impl BoundPort {
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
         let port = bind_v4(fd.as_raw_fd(), ip, 0)?;
         Ok(BoundPort { fd, port })
+    }
+
+    /// Give up a connect after `n` SYN retransmits (TCP_SYNCNT), so a
+    /// connect into a DROP rule fails in seconds, not minutes.
+    pub fn set_syn_retries(&self, n: i32) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setsockopt(2) on our descriptor with an int we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_SYNCNT,
+                &n as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Connect this socket to `target` (so the local port is known even when

@@ -186,7 +186,7 @@ fn pod_filter_keeps_its_pods_execs_with_the_runtimes_names() {
     // The kernel was told to keep only pod A's cgroup (and newer ones).
     let kernel = stderr
         .iter()
-        .find(|l| l.starts_with("plumb: in-kernel filter:"))
+        .find(|l| l.starts_with("plumb: in-kernel filter (exec):"))
         .expect("-v names the in-kernel filter");
     let pod_a_cgroup = format!(
         "/{}",
@@ -239,7 +239,7 @@ fn namespace_filter_sees_a_pod_that_starts_after_plumb() {
 
     let kernel = stderr
         .iter()
-        .find(|l| l.starts_with("plumb: in-kernel filter:"))
+        .find(|l| l.starts_with("plumb: in-kernel filter (exec):"))
         .expect("-v names the in-kernel filter");
     assert!(kernel.contains("cgroups created since"), "{kernel}");
     let got = with_arg(&events, &mark);

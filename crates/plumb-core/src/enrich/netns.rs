@@ -128,7 +128,7 @@ fn ns_inode(link: &str) -> Option<u32> {
 }
 
 /// The workload of a process, from its cgroup file (v2 line first).
-fn workload_of_pid(pid: u32) -> Workload {
+pub fn workload_of_pid(pid: u32) -> Workload {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
         return Workload::default();
     };
@@ -183,6 +183,12 @@ unsafe fn addresses_here(path: &Path) -> Vec<IpAddr> {
     }
     libc::freeifaddrs(ifap);
     out
+}
+
+/// Every network namespace of the host now, with the processes inside
+/// each (what [`HostScanner`] lists; no namespace is entered).
+pub fn list_namespaces() -> Vec<Listed> {
+    HostScanner.list()
 }
 
 /// The real scanner: /run/netns, /proc, setns + getifaddrs.

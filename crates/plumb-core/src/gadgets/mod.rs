@@ -106,15 +106,63 @@ impl Body {
     }
 }
 
+/// Where an event happened on the network: its namespace, and the address
+/// and port of each side (for `--netns`, `--addr`, `--port`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub netns: u32,
+    pub addrs: [Option<std::net::IpAddr>; 2],
+    pub ports: [Option<u16>; 2],
+}
+
+impl Body {
+    /// The event's endpoints, for gadgets whose events have them.
+    pub fn endpoints(&self) -> Option<Endpoints> {
+        if let Body::Tcp(t) = self {
+            return Some(Endpoints {
+                netns: t.netns,
+                addrs: [Some(t.saddr), Some(t.daddr)],
+                ports: [Some(t.sport), Some(t.dport)],
+            });
+        }
+        self.flow().map(|f| Endpoints {
+            netns: f.netns,
+            addrs: [f.saddr, f.daddr],
+            ports: [f.sport, f.dport],
+        })
+    }
+}
+
+/// Do this gadget's events have endpoints ([`Body::endpoints`])?
+pub fn has_endpoints(desc: &GadgetDesc) -> bool {
+    !has_task(desc) || desc.name == tcp::DESC.name
+}
+
 /// Refuse filters a gadget's events can never match: process filters on
-/// network gadgets, whose events carry no task.
+/// network gadgets, whose events carry no task, and flow filters on
+/// gadgets whose events have no flow.
 pub fn check_filter(desc: &GadgetDesc, filter: &Filter) -> Result<()> {
+    if let Some(flag) = filter.flow_flag().filter(|_| !has_endpoints(desc)) {
+        let with: Vec<&str> = REGISTRY
+            .iter()
+            .filter(|g| has_endpoints(g))
+            .map(|g| g.name)
+            .collect();
+        return Err(Error::BadFilter {
+            flag,
+            reason: format!(
+                "{} events have no network flow; --{flag} applies to {}",
+                desc.name,
+                with.join(", ")
+            ),
+        });
+    }
     match filter.process_flag() {
         Some(flag) if !has_task(desc) => Err(Error::BadFilter {
             flag,
             reason: format!(
                 "{} events are raised while the kernel handles a packet and name no process; \
-                 filter by --cgroup, --container, --pod or -n/--namespace instead",
+                 filter by --cgroup, --container, --pod, -n/--namespace or --netns instead",
                 desc.name
             ),
         }),
@@ -386,6 +434,22 @@ pub trait Attached {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Records the kernel wrote to the ring buffer so far, where the gadget
+    /// counts them (network gadgets): lets tests prove what was reserved.
+    fn kernel_written(&self) -> Option<u64> {
+        None
+    }
+    /// The namespace set of the in-kernel filter (`plumb_netns`), which the
+    /// runner refreshes while pods come and go.
+    fn netns_map(&self) -> Option<&dyn libbpf_rs::MapCore> {
+        None
+    }
+    /// When started with [`StartCtx::count_only`] and able to: the events
+    /// counted in the kernel since the last call, each with how many times
+    /// it happened. `None`: the gadget writes records instead.
+    fn counted(&self) -> Option<Vec<(Decoded, u64)>> {
+        None
+    }
 }
 
 /// The common part of an `Attached` implementation over a skeleton whose
@@ -408,6 +472,21 @@ macro_rules! impl_attached_common {
     };
 }
 
+/// The `.rodata` of an open skeleton, or the error saying it has none.
+#[macro_export]
+macro_rules! rodata {
+    ($open:expr, $gadget:expr) => {
+        $open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| $crate::Error::Open {
+                gadget: $gadget,
+                source: libbpf_rs::Error::from(std::io::Error::other("BPF object has no .rodata")),
+            })
+    };
+}
+
 /// Apply the common configuration (filter, wake-up threshold, ring size)
 /// to an open skeleton.
 #[macro_export]
@@ -415,14 +494,7 @@ macro_rules! configure_common {
     ($open:expr, $ctx:expr, $gadget:expr) => {{
         let open = $open;
         let ctx = $ctx;
-        let ro = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .ok_or_else(|| $crate::Error::Open {
-                gadget: $gadget,
-                source: libbpf_rs::Error::from(std::io::Error::other("BPF object has no .rodata")),
-            })?;
+        let ro = $crate::rodata!(open, $gadget)?;
         $crate::loader::set_filter(&mut ro.plumb_filter, &ctx.filter);
         ro.plumb_wakeup_bytes = ctx.wakeup_bytes;
         open.maps

@@ -42,6 +42,19 @@ pub trait Sink {
     fn finish(&mut self) -> io::Result<()> {
         self.flush()
     }
+    /// `ev` happened `n` times (counted in the kernel, not one record
+    /// each). Sinks that only count (summaries) add `n` at once.
+    fn event_count(&mut self, ev: &Event, n: u64) -> io::Result<()> {
+        for _ in 0..n {
+            self.event(ev)?;
+        }
+        Ok(())
+    }
+    /// The keys this sink groups events by, if all it does is count them
+    /// (`--summary`): the run may then count in the kernel instead.
+    fn summary_keys(&self) -> Option<&[String]> {
+        None
+    }
 }
 
 /// What the user reads: records rendered in one format.
@@ -51,6 +64,18 @@ pub trait Output {
     /// on the way from its agent).
     fn lost(&mut self, _node: &str, _gadget: &str, _count: u64, _at: SystemTime) -> io::Result<()> {
         Ok(())
+    }
+    /// `r` happened `n` times (counted in the kernel); see
+    /// [`Sink::event_count`].
+    fn record_count(&mut self, r: &dyn Record, n: u64) -> io::Result<()> {
+        for _ in 0..n {
+            self.record(r)?;
+        }
+        Ok(())
+    }
+    /// The keys this output groups by, if all it does is count.
+    fn summary_keys(&self) -> Option<&[String]> {
+        None
     }
     /// A batch is over: show what was written.
     fn flush(&mut self) -> io::Result<()> {
@@ -141,18 +166,46 @@ pub fn output<W: Write + 'static>(
 }
 
 /// This host's pipeline printing through an [`Output`].
-pub struct OutputSink {
-    out: Box<dyn Output>,
+pub struct OutputSink<O: Output = Box<dyn Output>> {
+    out: O,
     node: Arc<str>,
 }
 
-impl OutputSink {
-    pub fn new(out: Box<dyn Output>, node: Arc<str>) -> OutputSink {
+impl<O: Output> OutputSink<O> {
+    pub fn new(out: O, node: Arc<str>) -> OutputSink<O> {
         OutputSink { out, node }
+    }
+
+    pub fn into_inner(self) -> O {
+        self.out
     }
 }
 
-impl Sink for OutputSink {
+impl Output for Box<dyn Output> {
+    fn record(&mut self, r: &dyn Record) -> io::Result<()> {
+        (**self).record(r)
+    }
+    fn lost(&mut self, node: &str, gadget: &str, count: u64, at: SystemTime) -> io::Result<()> {
+        (**self).lost(node, gadget, count, at)
+    }
+    fn record_count(&mut self, r: &dyn Record, n: u64) -> io::Result<()> {
+        (**self).record_count(r, n)
+    }
+    fn summary_keys(&self) -> Option<&[String]> {
+        (**self).summary_keys()
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn tick(&mut self) -> io::Result<()> {
+        (**self).tick()
+    }
+    fn finish(&mut self) -> io::Result<()> {
+        (**self).finish()
+    }
+}
+
+impl<O: Output> Sink for OutputSink<O> {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
         self.out.record(ev)
     }
@@ -167,6 +220,12 @@ impl Sink for OutputSink {
     }
     fn finish(&mut self) -> io::Result<()> {
         self.out.finish()
+    }
+    fn event_count(&mut self, ev: &Event, n: u64) -> io::Result<()> {
+        self.out.record_count(ev, n)
+    }
+    fn summary_keys(&self) -> Option<&[String]> {
+        self.out.summary_keys()
     }
 }
 

@@ -199,6 +199,14 @@ impl<W: Write> Output for SummarySink<W> {
         self.count(r, 1)
     }
 
+    fn record_count(&mut self, r: &dyn Record, n: u64) -> io::Result<()> {
+        self.count(r, n)
+    }
+
+    fn summary_keys(&self) -> Option<&[String]> {
+        Some(&self.keys)
+    }
+
     fn lost(&mut self, node: &str, gadget: &str, count: u64, _at: SystemTime) -> io::Result<()> {
         *self
             .lost

@@ -29,19 +29,50 @@ pub fn filter_args() -> Vec<Arg> {
     ]
 }
 
+/// `--netns`, `--port`, `--addr`: for commands that trace network events.
+pub fn flow_filter_args() -> Vec<Arg> {
+    vec![
+        Arg::new("netns")
+            .long("netns")
+            .value_name("NAME|PATH")
+            .action(ArgAction::Append)
+            .help("Network events only: only this network namespace, a name under /run/netns or a path such as /proc/PID/ns/net (checked in the kernel; repeatable)")
+            .help_heading("Filters"),
+        Arg::new("port")
+            .long("port")
+            .value_name("N")
+            .action(ArgAction::Append)
+            .help("Network events only: only flows with this port on either side (checked in the kernel for drop, retrans, reset; repeatable)")
+            .help_heading("Filters"),
+        Arg::new("addr")
+            .long("addr")
+            .value_name("IP|CIDR")
+            .action(ArgAction::Append)
+            .help("Network events only: only flows with an address on either side in this prefix, IPv4 or IPv6 (checked in the kernel for drop, retrans, reset; repeatable)")
+            .help_heading("Filters"),
+    ]
+}
+
 pub fn filter_from(m: &ArgMatches) -> FilterArgs {
-    let one = |k: &str| m.get_one::<String>(k).cloned();
+    let one = |k: &str| m.try_get_one::<String>(k).ok().flatten().cloned();
+    let many = |k: &str| -> Vec<String> {
+        m.try_get_many::<String>(k)
+            .ok()
+            .flatten()
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default()
+    };
     FilterArgs {
         pid: one("pid"),
         comm: one("comm"),
         uid: one("uid"),
-        cgroup: m
-            .get_many::<String>("cgroup")
-            .map(|v| v.cloned().collect())
-            .unwrap_or_default(),
+        cgroup: many("cgroup"),
         container: one("container"),
         pod: one("pod"),
         namespace: one("namespace"),
+        netns: many("netns"),
+        port: many("port"),
+        addr: many("addr"),
     }
 }
 
@@ -78,7 +109,7 @@ pub fn output_args() -> Vec<Arg> {
             .long("buffer")
             .value_name("SIZE")
             .value_parser(parse_ring_size)
-            .help("Size of the kernel's ring buffer (a power of two: 64K, 4M; default 4M). Records that do not fit are counted as lost"),
+            .help("Size of the kernel's ring buffer (a power of two: 64K, 4M; default 4M, which holds the benchmark's unthrottled drop storm without loss). A larger buffer costs that much locked kernel memory and rides out longer bursts when the reader falls behind; records that do not fit are counted as lost, never dropped silently. drop --summary counts in the kernel and needs no large buffer"),
     ]
 }
 

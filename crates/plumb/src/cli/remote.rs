@@ -99,6 +99,8 @@ impl DeadlineArgs {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run; FilterArgs (inside Profile) is a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 pub enum RemoteCommand {
     /// Run one gadget on every agent and merge the events (a `node` column).
     Trace(Box<TraceCmd>),

@@ -30,6 +30,7 @@ pub fn gadget_command(g: &'static GadgetDesc) -> Command {
         .about(g.summary)
         .long_about(format!("{}\n\n{}", g.summary, g.help))
         .args(common::filter_args())
+        .args(common::flow_filter_args())
         .args(common::output_args());
     for p in g.params {
         let mut a = Arg::new(p.name)
@@ -143,10 +144,9 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
     let sources = local_sources();
     let prepared = prepare(&cmd.filter, Some((gadget, &cmd.params)), &sources)?;
     if verbose {
-        eprintln!(
-            "plumb: in-kernel filter: {}",
-            prepared.filter.describe_kernel()
-        );
+        for line in prepared.filter.describe_for(gadget) {
+            eprintln!("plumb: {line}");
+        }
     }
     let opts = prepared.run_options(
         cmd.params.clone(),

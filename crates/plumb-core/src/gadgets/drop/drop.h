@@ -22,4 +22,18 @@ struct drop_event {
 	__u64 stack[DROP_MAX_STACK];
 };
 
+/*
+ * With --summary, drops are counted in the kernel under this key: what the
+ * summary groups by (reason, the packet's namespace, and the destination
+ * address, from which user space names dst_who), not one record each.
+ */
+#define DROP_COUNT_KEYS 16384
+struct drop_count_key {
+	__u32 reason;
+	__u32 netns;
+	__u32 daddr[4];  /* network order; IPv4 in daddr[0] */
+	__u16 family;    /* AF_INET, AF_INET6, 0 if not IP */
+	__u16 flags;     /* DROP_FLAG_REASON when `reason` is the kernel's */
+};
+
 #endif

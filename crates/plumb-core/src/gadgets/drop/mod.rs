@@ -8,16 +8,17 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/drop.skel.rs"));
 }
 
+mod counts;
 mod reasons;
 
 pub use reasons::{reason_filter, ReasonFilter, ReasonNames, BITMAP_REASONS, REASON_WORDS};
 
-use super::net::{self, Flow, RawFlow, Support};
+use super::net::{self, Flow, NetGadget, RawFlow, Support};
 use super::{Attached, Body, Column, Decoded, GadgetDesc, Hook, ParamSpec};
 use crate::error::{DecodeError, Result};
 use crate::event::Event;
 use crate::kernel::{self, Arg, KernelSymbols};
-use crate::loader::{self, Loaded, StartCtx};
+use crate::loader::{self, StartCtx};
 use crate::raw::{self, RawHdr};
 use bytemuck::{Pod, Zeroable};
 use libbpf_rs::btf::Btf;
@@ -54,6 +55,10 @@ pub struct RawDrop {
 const _: () = assert!(
     std::mem::size_of::<skel::types::drop_event>()
         == std::mem::size_of::<RawDrop>() + 8 * MAX_STACK
+);
+const _: () = assert!(
+    std::mem::size_of::<skel::types::drop_count_key>()
+        == std::mem::size_of::<counts::RawCountKey>()
 );
 const _: () =
     assert!(std::mem::size_of::<skel::types::plumb_flow>() == std::mem::size_of::<RawFlow>());
@@ -175,72 +180,126 @@ pub fn support(btf: &Btf<'_>) -> std::result::Result<Support<Variant>, String> {
 
 /// For `plumb gadgets`: `Err` why drop cannot run here, or its limits.
 pub fn kernel_support() -> std::result::Result<Vec<String>, String> {
-    kernel::with_vmlinux(|b| support(b).map(|s| s.notes))
-        .unwrap_or_else(|| Err("cannot read the kernel's BTF (/sys/kernel/btf/vmlinux)".into()))
+    net::gadget::kernel_support(support)
 }
 
-struct Running {
-    loaded: Loaded<skel::DropSkel<'static>>,
-    variant: Variant,
+crate::net_skel!(OpenDropSkel, DropSkel);
+crate::assert_kinds_match!(skel::types::plumb_kind);
+use skel::{DropSkel, OpenDropSkel};
+
+struct Decoder {
     names: &'static ReasonNames,
     /// With `--reason`: the names kept (exact, subsystem reasons included).
     wanted: Option<BTreeSet<String>>,
     syms: RefCell<KernelSymbols>,
     /// Events whose stack the kernel could not record.
     stacks_missing: Cell<u64>,
+    /// Counting in the kernel (`--summary`): the totals read last time.
+    counts: Option<RefCell<counts::Totals>>,
+}
+
+impl net::NetDecode<DropSkel<'static>> for Decoder {
+    fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
+        let mut syms = self.syms.borrow_mut();
+        let d = decode_with(data, |r| self.names.name(r), |a| syms.name(a))?;
+        if d.hdr.flags & flag::NO_STACK != 0 {
+            self.stacks_missing.set(self.stacks_missing.get() + 1);
+        }
+        Ok(d)
+    }
+
+    /// `--reason` exactly: subsystem reasons pass the kernel's filter per
+    /// subsystem, so they are checked by name here.
+    fn keep(&self, ev: &Event) -> bool {
+        match (&self.wanted, &ev.body) {
+            (Some(w), Body::Drop(d)) => w.contains(&d.reason),
+            _ => true,
+        }
+    }
+
+    /// Stacks the kernel could not record (those events carry an empty
+    /// `stack`), and kernel addresses kallsyms could not name (shown as hex).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("stack not recorded", self.stacks_missing.get()),
+            (
+                "kernel frames not symbolized",
+                self.syms.borrow().unresolved,
+            ),
+        ]
+    }
+
+    fn counted(&self, skel: &DropSkel<'static>) -> Option<Vec<(Decoded, u64)>> {
+        let totals = self.counts.as_ref()?;
+        let rows = totals.borrow_mut().read(&skel.maps.drop_counts);
+        Some(
+            rows.into_iter()
+                .filter_map(|(raw, n)| {
+                    decode_with(
+                        bytemuck::bytes_of(&raw),
+                        |r| self.names.name(r),
+                        |_| String::new(),
+                    )
+                    .ok()
+                    .map(|d| (d, n))
+                })
+                .collect(),
+        )
+    }
+
+    /// Drops that found the count map full were counted nowhere: lost.
+    fn lost(&self, skel: &DropSkel<'static>) -> u64 {
+        if self.counts.is_some() {
+            loader::percpu_sum(&skel.maps.drop_count_overflow)
+        } else {
+            0
+        }
+    }
 }
 
 fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
-    let support = kernel::with_vmlinux(support)
-        .unwrap_or_else(|| Err("cannot read the kernel's BTF".into()))
-        .map_err(|why| net::unsupported("drop", "tp_btf/kfree_skb", why))?;
-    let variant = support.variant;
+    let variant = net::gadget::variant("drop", "tp_btf/kfree_skb", support)?;
     let names = ReasonNames::vmlinux();
     let filter = reason_filter(ctx.params, names, variant == Variant::Reason)?;
     let want_stack = ctx.params.flag("stack");
+    let count_only = !want_stack
+        && ctx
+            .count_keys
+            .as_ref()
+            .is_some_and(|keys| counts::can_count(keys));
     let f = filter.clone();
-    let mut loaded = loader::load("drop", skel::DropSkelBuilder::default(), |open| {
-        crate::configure_common!(&mut *open, ctx, "drop");
-        open.progs
-            .drop_kfree_skb
-            .set_autoload(variant == Variant::Reason);
-        open.progs
-            .drop_kfree_skb_noreason
-            .set_autoload(variant == Variant::NoReason);
-        let ro = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .ok_or_else(|| crate::Error::Open {
-                gadget: "drop",
-                source: libbpf_rs::Error::from(std::io::Error::other("BPF object has no .rodata")),
-            })?;
-        if let Some(f) = &f {
-            ro.drop_reasons = f.bits;
-            ro.drop_subsys_mask = f.subsys_mask;
-            ro.drop_filter_reasons = 1;
-        }
-        ro.drop_want_stack = want_stack as u32;
-        Ok(())
-    })?;
-    let link = match variant {
-        Variant::Reason => loaded.skel_mut().progs.drop_kfree_skb.attach(),
-        Variant::NoReason => loaded.skel_mut().progs.drop_kfree_skb_noreason.attach(),
-    }
-    .map_err(|source| crate::Error::Attach {
-        gadget: "drop",
-        hook: "tp_btf/kfree_skb".into(),
-        source,
-    })?;
-    loaded.keep_link(link);
-    Ok(Box::new(Running {
+    let leave_out = match variant {
+        Variant::Reason => "drop_kfree_skb_noreason",
+        Variant::NoReason => "drop_kfree_skb",
+    };
+    let loaded = net::gadget::load(
+        "drop",
+        skel::DropSkelBuilder::default(),
+        ctx,
+        &[leave_out],
+        &[],
+        |open| {
+            let ro = crate::rodata!(open, "drop")?;
+            if let Some(f) = &f {
+                ro.drop_reasons = f.bits;
+                ro.drop_subsys_mask = f.subsys_mask;
+                ro.drop_filter_reasons = 1;
+            }
+            ro.drop_want_stack = want_stack as u32;
+            ro.drop_count_only = count_only as u32;
+            Ok(())
+        },
+    )?;
+    Ok(NetGadget::boxed(
         loaded,
-        variant,
-        names,
-        wanted: filter.and_then(|f| f.wanted),
-        syms: RefCell::new(KernelSymbols::new()),
-        stacks_missing: Cell::new(0),
-    }))
+        Decoder {
+            names,
+            wanted: filter.and_then(|f| f.wanted),
+            syms: RefCell::new(KernelSymbols::new()),
+            stacks_missing: Cell::new(0),
+            counts: count_only.then(|| RefCell::new(counts::Totals::default())),
+        },
+    ))
 }
 
 /// Decode a record; `name` names a reason, `sym` a kernel address.
@@ -290,68 +349,11 @@ pub fn decode_with(
     })
 }
 
-impl net::Counters for Running {
-    /// Stacks the kernel could not record (those events carry an empty
-    /// `stack`), and kernel addresses kallsyms could not name (shown as hex).
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("stack not recorded", self.stacks_missing.get()),
-            (
-                "kernel frames not symbolized",
-                self.syms.borrow().unresolved,
-            ),
-        ]
-    }
-}
-
-impl Attached for Running {
-    fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore> {
-        vec![&self.loaded.skel().maps.events]
-    }
-
-    fn counters(&self) -> Vec<(&'static str, u64)> {
-        net::Counters::counters(self)
-    }
-
-    /// Ring buffer full, plus runs the kernel skipped (recursion).
-    fn lost(&self) -> u64 {
-        let skel = self.loaded.skel();
-        let prog = match self.variant {
-            Variant::Reason => &skel.progs.drop_kfree_skb,
-            Variant::NoReason => &skel.progs.drop_kfree_skb_noreason,
-        };
-        loader::percpu_sum(&skel.maps.plumb_lost) + net::recursion_misses(prog)
-    }
-
-    fn prog_ids(&self) -> Vec<u32> {
-        self.loaded.prog_ids()
-    }
-
-    fn skipped(&self) -> Vec<String> {
-        self.loaded.skipped.clone()
-    }
-
-    fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
-        let mut syms = self.syms.borrow_mut();
-        let d = decode_with(data, |r| self.names.name(r), |a| syms.name(a))?;
-        if d.hdr.flags & flag::NO_STACK != 0 {
-            self.stacks_missing.set(self.stacks_missing.get() + 1);
-        }
-        Ok(d)
-    }
-
-    /// `--reason` exactly: subsystem reasons pass the kernel's filter per
-    /// subsystem, so they are checked by name here.
-    fn keep(&self, ev: &Event) -> bool {
-        match (&self.wanted, &ev.body) {
-            (Some(w), Body::Drop(d)) => w.contains(&d.reason),
-            _ => true,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;
 
 #[cfg(test)]
 mod root_tests;
+
+#[cfg(test)]
+mod filter_root_tests;

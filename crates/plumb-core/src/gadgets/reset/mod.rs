@@ -7,12 +7,12 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/reset.skel.rs"));
 }
 
-use super::net::{self, Flow, RawFlow, Support};
+use super::net::{self, Flow, NetGadget, RawFlow, Support};
 use super::retrans::tcp_state;
 use super::{Attached, Body, Column, Decoded, GadgetDesc, Hook};
 use crate::error::{DecodeError, Result};
 use crate::kernel::{self, Arg};
-use crate::loader::{self, Loaded, StartCtx};
+use crate::loader::StartCtx;
 use crate::raw::{self, RawHdr};
 use bytemuck::{Pod, Zeroable};
 use libbpf_rs::btf::Btf;
@@ -165,57 +165,43 @@ pub fn support(btf: &Btf<'_>) -> std::result::Result<Support<Variant>, String> {
 
 /// For `plumb gadgets`: `Err` why reset cannot run here, or its limits.
 pub fn kernel_support() -> std::result::Result<Vec<String>, String> {
-    kernel::with_vmlinux(|b| support(b).map(|s| s.notes))
-        .unwrap_or_else(|| Err("cannot read the kernel's BTF (/sys/kernel/btf/vmlinux)".into()))
+    net::gadget::kernel_support(support)
 }
 
-struct Running {
-    loaded: Loaded<skel::ResetSkel<'static>>,
-    variant: Variant,
+crate::net_skel!(OpenResetSkel, ResetSkel);
+crate::assert_kinds_match!(skel::types::plumb_kind);
+use skel::{OpenResetSkel, ResetSkel};
+
+struct Decoder {
     reasons: &'static BTreeMap<u32, String>,
 }
 
+impl net::NetDecode<ResetSkel<'static>> for Decoder {
+    fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
+        decode_with(data, |r| kernel::name_or_number(self.reasons, r))
+    }
+}
+
 fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
-    let variant = kernel::with_vmlinux(support)
-        .unwrap_or_else(|| Err("cannot read the kernel's BTF".into()))
-        .map_err(|why| net::unsupported("reset", "tp_btf/tcp_send_reset", why))?
-        .variant;
-    let mut loaded = loader::load("reset", skel::ResetSkelBuilder::default(), |open| {
-        crate::configure_common!(&mut *open, ctx, "reset");
-        open.progs
-            .reset_send
-            .set_autoload(variant == Variant::Reason);
-        open.progs
-            .reset_send_noreason
-            .set_autoload(variant == Variant::NoReason);
-        Ok(())
-    })?;
-    let attach = |r: std::result::Result<libbpf_rs::Link, libbpf_rs::Error>, hook: &str| {
-        r.map_err(|source| crate::Error::Attach {
-            gadget: "reset",
-            hook: hook.to_string(),
-            source,
-        })
+    let variant = net::gadget::variant("reset", "tp_btf/tcp_send_reset", support)?;
+    let leave_out = match variant {
+        Variant::Reason => "reset_send_noreason",
+        Variant::NoReason => "reset_send",
     };
-    let skel = loaded.skel_mut();
-    let send = attach(
-        match variant {
-            Variant::Reason => skel.progs.reset_send.attach(),
-            Variant::NoReason => skel.progs.reset_send_noreason.attach(),
-        },
-        "tp_btf/tcp_send_reset",
+    let loaded = net::gadget::load(
+        "reset",
+        skel::ResetSkelBuilder::default(),
+        ctx,
+        &[leave_out],
+        &[],
+        |_| Ok(()),
     )?;
-    let receive = attach(
-        skel.progs.reset_receive.attach(),
-        "tp_btf/tcp_receive_reset",
-    )?;
-    loaded.keep_link(send);
-    loaded.keep_link(receive);
-    Ok(Box::new(Running {
+    Ok(NetGadget::boxed(
         loaded,
-        variant,
-        reasons: kernel::vmlinux_enum("sk_rst_reason", "SK_RST_REASON_"),
-    }))
+        Decoder {
+            reasons: kernel::vmlinux_enum("sk_rst_reason", "SK_RST_REASON_"),
+        },
+    ))
 }
 
 pub fn decode_with(
@@ -245,36 +231,6 @@ pub fn decode_with(
             flow: Flow::decode(&r.flow)?,
         }),
     })
-}
-
-impl Attached for Running {
-    fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore> {
-        vec![&self.loaded.skel().maps.events]
-    }
-
-    /// Ring buffer full, plus runs the kernel skipped (recursion).
-    fn lost(&self) -> u64 {
-        let skel = self.loaded.skel();
-        let send = match self.variant {
-            Variant::Reason => &skel.progs.reset_send,
-            Variant::NoReason => &skel.progs.reset_send_noreason,
-        };
-        loader::percpu_sum(&skel.maps.plumb_lost)
-            + net::recursion_misses(send)
-            + net::recursion_misses(&skel.progs.reset_receive)
-    }
-
-    fn prog_ids(&self) -> Vec<u32> {
-        self.loaded.prog_ids()
-    }
-
-    fn skipped(&self) -> Vec<String> {
-        self.loaded.skipped.clone()
-    }
-
-    fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
-        decode_with(data, |r| kernel::name_or_number(self.reasons, r))
-    }
 }
 
 #[cfg(test)]

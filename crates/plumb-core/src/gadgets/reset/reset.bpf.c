@@ -38,14 +38,20 @@ static __always_inline void flow_reverse(struct plumb_flow *f)
 	f->dport = p;
 }
 
-static __always_inline struct reset_event *start_event(__u8 dir)
+/* A record for a flow that passed the filter; NULL when the buffer is full. */
+static __always_inline struct reset_event *start_event(const struct plumb_flow *f, __u8 dir)
 {
-	struct reset_event *e = plumb_reserve(sizeof(*e));
+	struct reset_event *e;
 
+	if (!plumb_flow_wanted(f))
+		return NULL;
+	e = plumb_net_reserve(sizeof(*e));
 	if (!e)
 		return NULL;
 	__builtin_memset(e, 0, sizeof(*e));
 	plumb_fill_hdr_notask(&e->hdr, PLUMB_KIND_RESET);
+	e->flow = *f;
+	e->hdr.cgroup_id = f->sk_cgroup;
 	e->direction = dir;
 	return e;
 }
@@ -53,22 +59,30 @@ static __always_inline struct reset_event *start_event(__u8 dir)
 static __always_inline int reset_sent(const struct sock *sk, const struct sk_buff *skb,
 				      __u32 reason, __u8 has_reason)
 {
-	struct reset_event *e = start_event(RESET_SENT);
+	struct plumb_flow flow = {};
+	struct reset_event *e;
+	__u32 netns = 0;
 
-	if (!e)
+	if (skb && skb->dev)
+		netns = skb->dev->nd_net.net->ns.inum;
+	else if (sk)
+		netns = sk->__sk_common.skc_net.net->ns.inum;
+	if (!plumb_owner_wanted(netns, sk))
 		return 0;
 	if (skb) {
 		/* The packet that caused the RST; the RST goes back to its source. */
-		flow_from_skb(&e->flow, skb);
-		flow_reverse(&e->flow);
+		flow_from_skb(&flow, skb);
+		flow_reverse(&flow);
 	} else if (sk) {
-		flow_from_sock(&e->flow, sk);
+		flow_from_sock(&flow, sk);
 	}
-	if (sk) {
-		flow_sock_owner(&e->flow, sk);
-		e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	}
-	e->hdr.cgroup_id = e->flow.sk_cgroup;
+	if (sk)
+		flow_sock_owner(&flow, sk);
+	e = start_event(&flow, RESET_SENT);
+	if (!e)
+		return 0;
+	if (sk)
+		e->state = sk->__sk_common.skc_state;
 	e->reason = reason;
 	e->has_reason = has_reason;
 	plumb_submit(e);
@@ -91,14 +105,17 @@ int BPF_PROG(reset_send_noreason, const struct sock *sk, const struct sk_buff *s
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(reset_receive, struct sock *sk)
 {
-	struct reset_event *e = start_event(RESET_RECEIVED);
+	struct plumb_flow flow = {};
+	struct reset_event *e;
 
+	if (!plumb_owner_wanted(sk->__sk_common.skc_net.net->ns.inum, sk))
+		return 0;
+	flow_from_sock(&flow, sk);
+	flow_reverse(&flow);
+	e = start_event(&flow, RESET_RECEIVED);
 	if (!e)
 		return 0;
-	flow_from_sock(&e->flow, sk);
-	flow_reverse(&e->flow);
-	e->hdr.cgroup_id = e->flow.sk_cgroup;
-	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->state = sk->__sk_common.skc_state;
 	plumb_submit(e);
 	return 0;
 }

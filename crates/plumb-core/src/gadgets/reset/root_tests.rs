@@ -72,3 +72,68 @@ fn closed_port_reset_is_sent_by_server_and_received_by_client() {
     assert_eq!(r.state.as_deref(), Some("SYN_SENT"));
     t.finish();
 }
+
+/// `--netns` of one server keeps the RST it sent and leaves out, in the
+/// kernel, the RST its client received and both RSTs of another pair.
+#[test]
+fn netns_filter_keeps_one_servers_resets_in_the_kernel() {
+    use crate::filter::{Filter, FilterArgs};
+    use crate::gadgets::net::lab_checks::{assert_reserved_only, left_out_in_kernel};
+    require_root();
+    let mut lab = Lab::new("rsf").expect("lab");
+    let cli = lab.add_k8s_pod("cli").expect("client");
+    let cli2 = lab.add_k8s_pod("cli2").expect("second client");
+    let srv = lab.add_k8s_pod("srv").expect("server");
+    let other = lab.add_k8s_pod("oth").expect("other server");
+    let opts = crate::runner::RunOptions {
+        filter: Filter::parse(
+            &FilterArgs {
+                netns: vec![srv.ns.path().display().to_string()],
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("filter"),
+        ..Default::default()
+    };
+    let t = testing::start(&super::DESC, opts);
+    let refused = |p: &plumb_netlab::Pod, to: std::net::Ipv4Addr| {
+        p.ns.run(move || {
+            let s = testing::BoundPort::new(std::net::Ipv4Addr::UNSPECIFIED).expect("bind");
+            (s.connect(std::net::SocketAddrV4::new(to, 9)), s.port)
+        })
+        .expect("run in client")
+    };
+    let (res, local) = refused(&cli, srv.ip);
+    assert_eq!(res, Some(libc::ECONNREFUSED));
+    assert_eq!(refused(&cli2, other.ip).0, Some(libc::ECONNREFUSED));
+    std::thread::sleep(Duration::from_millis(300));
+    let (events, stats) = t.finish();
+    assert_eq!(
+        events.len(),
+        1,
+        "only the RST sent in the server's namespace: {events:?}"
+    );
+    let Body::Reset(r) = &events[0].body else {
+        panic!("not a reset")
+    };
+    assert_eq!(r.direction, Direction::Sent);
+    assert_eq!(r.flow.netns, srv.ns.inode);
+    assert_eq!(
+        (r.flow.saddr, r.flow.sport, r.flow.daddr, r.flow.dport),
+        (
+            Some(srv.ip.into()),
+            Some(9),
+            Some(cli.ip.into()),
+            Some(local)
+        )
+    );
+    assert_eq!(r.reason.as_deref(), Some("NO_SOCKET"));
+    assert_reserved_only(&stats);
+    assert_eq!(stats.filtered, 0);
+    assert!(
+        left_out_in_kernel(&stats) >= 3,
+        "the received RST and the other pair's two: {:?}",
+        stats.counters
+    );
+}

@@ -6,11 +6,11 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/retrans.skel.rs"));
 }
 
-use super::net::{self, Flow, RawFlow, Support};
+use super::net::{self, Flow, NetGadget, RawFlow, Support};
 use super::{Attached, Body, Column, Decoded, GadgetDesc, Hook};
 use crate::error::{DecodeError, Result};
 use crate::kernel::{self, Arg};
-use crate::loader::{self, Loaded, StartCtx};
+use crate::loader::StartCtx;
 use crate::raw::{self, RawHdr};
 use bytemuck::{Pod, Zeroable};
 use libbpf_rs::btf::Btf;
@@ -164,61 +164,42 @@ pub fn support(btf: &Btf<'_>) -> std::result::Result<Support<Variant>, String> {
 
 /// For `plumb gadgets`: `Err` why retrans cannot run here, or its limits.
 pub fn kernel_support() -> std::result::Result<Vec<String>, String> {
-    kernel::with_vmlinux(|b| support(b).map(|s| s.notes))
-        .unwrap_or_else(|| Err("cannot read the kernel's BTF (/sys/kernel/btf/vmlinux)".into()))
+    net::gadget::kernel_support(support)
 }
 
-struct Running {
-    loaded: Loaded<skel::RetransSkel<'static>>,
-    variant: Variant,
+crate::net_skel!(OpenRetransSkel, RetransSkel);
+crate::assert_kinds_match!(skel::types::plumb_kind);
+use skel::{OpenRetransSkel, RetransSkel};
+
+struct Decoder;
+
+impl net::NetDecode<RetransSkel<'static>> for Decoder {
+    fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
+        decode(data)
+    }
 }
 
 fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
-    let variant = kernel::with_vmlinux(support)
-        .unwrap_or_else(|| Err("cannot read the kernel's BTF".into()))
-        .map_err(|why| net::unsupported("retrans", "tp_btf/tcp_retransmit_skb", why))?
-        .variant;
-    let mut loaded = loader::load("retrans", skel::RetransSkelBuilder::default(), |open| {
-        crate::configure_common!(&mut *open, ctx, "retrans");
-        open.progs
-            .retrans_skb
-            .set_autoload(matches!(variant, Variant::Result(_)));
-        open.progs
-            .retrans_skb_noerr
-            .set_autoload(variant == Variant::NoResult);
-        if let Variant::Result(ok) = variant {
-            let ro = open
-                .maps
-                .rodata_data
-                .as_deref_mut()
-                .ok_or_else(|| crate::Error::Open {
-                    gadget: "retrans",
-                    source: libbpf_rs::Error::from(std::io::Error::other(
-                        "BPF object has no .rodata",
-                    )),
-                })?;
-            ro.retrans_ok = ok;
-        }
-        Ok(())
-    })?;
-    let skel = loaded.skel_mut();
-    let link = match variant {
-        Variant::Result(_) => skel.progs.retrans_skb.attach(),
-        Variant::NoResult => skel.progs.retrans_skb_noerr.attach(),
-    }
-    .map_err(|source| crate::Error::Attach {
-        gadget: "retrans",
-        hook: "tp_btf/tcp_retransmit_skb".into(),
-        source,
-    })?;
+    let variant = net::gadget::variant("retrans", "tp_btf/tcp_retransmit_skb", support)?;
+    let leave_out = match variant {
+        Variant::Result(_) => "retrans_skb_noerr",
+        Variant::NoResult => "retrans_skb",
+    };
     // SYN-ACK retransmits: optional (a hook some kernels lack).
-    let synack = skel.progs.retrans_synack.attach();
-    loaded.keep_link(link);
-    match synack {
-        Ok(l) => loaded.keep_link(l),
-        Err(_) => loaded.skipped.push("retrans_synack".into()),
-    }
-    Ok(Box::new(Running { loaded, variant }))
+    let loaded = net::gadget::load(
+        "retrans",
+        skel::RetransSkelBuilder::default(),
+        ctx,
+        &[leave_out],
+        &["retrans_synack"],
+        |open| {
+            if let Variant::Result(ok) = variant {
+                crate::rodata!(open, "retrans")?.retrans_ok = ok;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(NetGadget::boxed(loaded, Decoder))
 }
 
 pub fn decode(data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
@@ -236,39 +217,6 @@ pub fn decode(data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
             flow: Flow::decode(&r.flow)?,
         }),
     })
-}
-
-impl Attached for Running {
-    fn ring_buffers(&self) -> Vec<&dyn libbpf_rs::MapCore> {
-        vec![&self.loaded.skel().maps.events]
-    }
-
-    /// Ring buffer full, plus runs the kernel skipped (recursion).
-    fn lost(&self) -> u64 {
-        let skel = self.loaded.skel();
-        let prog = match self.variant {
-            Variant::Result(_) => &skel.progs.retrans_skb,
-            Variant::NoResult => &skel.progs.retrans_skb_noerr,
-        };
-        let synack = if self.loaded.skipped.is_empty() {
-            net::recursion_misses(&skel.progs.retrans_synack)
-        } else {
-            0
-        };
-        loader::percpu_sum(&skel.maps.plumb_lost) + net::recursion_misses(prog) + synack
-    }
-
-    fn prog_ids(&self) -> Vec<u32> {
-        self.loaded.prog_ids()
-    }
-
-    fn skipped(&self) -> Vec<String> {
-        self.loaded.skipped.clone()
-    }
-
-    fn decode(&self, data: &[u8]) -> std::result::Result<Decoded, DecodeError> {
-        decode(data)
-    }
 }
 
 #[cfg(test)]

@@ -24,14 +24,20 @@ struct {
 	__type(value, struct retrans_event);
 } retrans_layout SEC(".maps");
 
-static __always_inline struct retrans_event *start_event(void)
+/* A record for a flow that passed the filter; NULL when the buffer is full. */
+static __always_inline struct retrans_event *start_event(const struct plumb_flow *f)
 {
-	struct retrans_event *e = plumb_reserve(sizeof(*e));
+	struct retrans_event *e;
 
+	if (!plumb_flow_wanted(f))
+		return NULL;
+	e = plumb_net_reserve(sizeof(*e));
 	if (!e)
 		return NULL;
 	__builtin_memset(e, 0, sizeof(*e));
 	plumb_fill_hdr_notask(&e->hdr, PLUMB_KIND_RETRANS);
+	e->flow = *f;
+	e->hdr.cgroup_id = f->sk_cgroup;
 	return e;
 }
 
@@ -40,16 +46,18 @@ const volatile __s64 retrans_ok = 0;
 
 static __always_inline int retrans_record(const struct sock *sk, const struct sk_buff *skb)
 {
+	struct plumb_flow flow = {};
 	struct retrans_event *e;
 	struct tcp_skb_cb *cb;
 	__u16 segs;
 
-	e = start_event();
+	if (!plumb_owner_wanted(sk->__sk_common.skc_net.net->ns.inum, sk))
+		return 0;
+	flow_from_sock(&flow, sk);
+	e = start_event(&flow);
 	if (!e)
 		return 0;
-	flow_from_sock(&e->flow, sk);
-	e->hdr.cgroup_id = e->flow.sk_cgroup;
-	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e->state = sk->__sk_common.skc_state;
 	cb = (struct tcp_skb_cb *)&skb->cb[0];
 	segs = BPF_CORE_READ(cb, tcp_gso_segs);
 	e->segs = segs ? segs : 1;
@@ -76,28 +84,31 @@ int BPF_PROG(retrans_skb_noerr, const struct sock *sk, const struct sk_buff *skb
 SEC("tp_btf/tcp_retransmit_synack")
 int BPF_PROG(retrans_synack, const struct sock *sk, const struct request_sock *req)
 {
-	struct retrans_event *e = start_event();
 	const struct sock_common *c = &req->__req_common;
+	struct plumb_flow flow = {};
+	struct retrans_event *e;
 	__u16 family;
 
+	flow.netns = c->skc_net.net->ns.inum;
+	if (!plumb_owner_wanted(flow.netns, sk))
+		return 0;
+	family = c->skc_family;
+	flow.family = family;
+	flow.proto = PLUMB_IPPROTO_TCP;
+	flow.sport = c->skc_num;
+	flow.dport = bpf_ntohs(c->skc_dport);
+	flow.has_ports = 1;
+	if (family == PLUMB_AF_INET) {
+		flow.saddr[0] = c->skc_rcv_saddr;
+		flow.daddr[0] = c->skc_daddr;
+	} else {
+		BPF_CORE_READ_INTO(&flow.saddr, c, skc_v6_rcv_saddr.in6_u.u6_addr32);
+		BPF_CORE_READ_INTO(&flow.daddr, c, skc_v6_daddr.in6_u.u6_addr32);
+	}
+	flow_sock_owner(&flow, sk);
+	e = start_event(&flow);
 	if (!e)
 		return 0;
-	family = BPF_CORE_READ(c, skc_family);
-	e->flow.family = family;
-	e->flow.proto = PLUMB_IPPROTO_TCP;
-	e->flow.sport = BPF_CORE_READ(c, skc_num);
-	e->flow.dport = bpf_ntohs(BPF_CORE_READ(c, skc_dport));
-	e->flow.has_ports = 1;
-	e->flow.netns = BPF_CORE_READ(c, skc_net.net, ns.inum);
-	if (family == PLUMB_AF_INET) {
-		e->flow.saddr[0] = BPF_CORE_READ(c, skc_rcv_saddr);
-		e->flow.daddr[0] = BPF_CORE_READ(c, skc_daddr);
-	} else {
-		BPF_CORE_READ_INTO(&e->flow.saddr, c, skc_v6_rcv_saddr.in6_u.u6_addr32);
-		BPF_CORE_READ_INTO(&e->flow.daddr, c, skc_v6_daddr.in6_u.u6_addr32);
-	}
-	flow_sock_owner(&e->flow, sk);
-	e->hdr.cgroup_id = e->flow.sk_cgroup;
 	e->state = TCP_SYN_RECV;
 	e->synack = 1;
 	e->segs = 1;

@@ -89,3 +89,91 @@ fn retransmitted_segments_equal_the_kernels_counter() {
         "segments we report == TcpRetransSegs delta"
     );
 }
+
+/// `--netns` keeps one client's SYN retransmits and leaves another's out
+/// in the kernel: every record written is delivered, each in the selected
+/// namespace with the exact tuple.
+#[test]
+fn netns_filter_keeps_one_clients_retransmits_in_the_kernel() {
+    use crate::filter::{Filter, FilterArgs};
+    use crate::gadgets::net::lab_checks::{assert_reserved_only, left_out_in_kernel};
+    require_root();
+    let mut lab = plumb_netlab::Lab::new("rtf").expect("lab");
+    let cli = lab.add_k8s_pod("cli").expect("client");
+    let cli2 = lab.add_k8s_pod("cli2").expect("second client");
+    let srv = lab.add_k8s_pod("srv").expect("server");
+    let port = 8091;
+    srv.ns
+        .sh(&format!(
+            "iptables -w -A INPUT -p tcp --dport {port} -j DROP"
+        ))
+        .expect("iptables rule");
+    let opts = crate::runner::RunOptions {
+        filter: Filter::parse(
+            &FilterArgs {
+                netns: vec![cli.ns.name.clone()],
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("filter"),
+        ..Default::default()
+    };
+    let t = testing::start(&super::DESC, opts);
+    let target = SocketAddr::from((srv.ip, port));
+    let connect = |p: &plumb_netlab::Pod| {
+        p.ns.run(move || {
+            let s = testing::BoundPort::new(std::net::Ipv4Addr::UNSPECIFIED).expect("bind");
+            s.set_syn_retries(1).expect("TCP_SYNCNT");
+            let SocketAddr::V4(t) = target else {
+                unreachable!("IPv4 lab")
+            };
+            (s.connect(t), s.port)
+        })
+        .expect("run in client")
+    };
+    let other = std::thread::scope(|sc| {
+        let h = sc.spawn(|| connect(&cli2));
+        let ours = connect(&cli);
+        (ours, h.join().expect("second client"))
+    });
+    let ((_, local), _) = other;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (events, stats) = t.finish();
+    let oracle = cli
+        .ns
+        .snmp("Tcp", "RetransSegs")
+        .expect("the client's RetransSegs");
+    assert!(oracle >= 1, "the client's SYN was retransmitted");
+    assert_eq!(
+        events.len() as u64,
+        oracle,
+        "one event per segment the client's namespace counts as retransmitted"
+    );
+    for e in &events {
+        let Body::Retrans(r) = &e.body else {
+            panic!("not a retransmit: {e:?}")
+        };
+        assert_eq!(r.flow.netns, cli.ns.inode);
+        assert_eq!(
+            (r.flow.saddr, r.flow.sport, r.flow.daddr, r.flow.dport),
+            (
+                Some(cli.ip.into()),
+                Some(local),
+                Some(srv.ip.into()),
+                Some(port)
+            )
+        );
+        assert_eq!(
+            (r.state.as_str(), r.tcp_flags.as_str()),
+            ("SYN_SENT", "SYN")
+        );
+    }
+    assert_reserved_only(&stats);
+    assert_eq!(stats.filtered, 0);
+    assert!(
+        left_out_in_kernel(&stats) >= events.len() as u64,
+        "the other client's as many retransmits were left out: {:?}",
+        stats.counters
+    );
+}

@@ -3,6 +3,14 @@
 //! namespace and pod on each side of the flow, and the count of runs the
 //! kernel skipped (a tp_btf program is not re-entered on a CPU where it, or
 //! another tracing program, is already running: those events are lost).
+//!
+//! Loading, program choice and the attached gadget itself are written once
+//! in [`gadget`]; the in-kernel filter's configuration in [`kernel`].
+
+pub mod gadget;
+pub mod kernel;
+
+pub use gadget::{NetDecode, NetGadget, NetOpen, NetSkel};
 
 use crate::enrich::Enricher;
 use crate::error::DecodeError;
@@ -125,12 +133,6 @@ pub fn unsupported(gadget: &'static str, hook: &str, why: String) -> crate::Erro
         gadget,
         why: format!("{hook}: {why}"),
     }
-}
-
-/// What a gadget counts besides lost events (stacks not recorded, frames
-/// not symbolized), as (what, count), for the run's end summary.
-pub trait Counters {
-    fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
 /// Runs of `prog` the kernel skipped because a tracing program was already
@@ -310,7 +312,44 @@ pub(crate) use btf_fixture;
 #[cfg(test)]
 pub(crate) mod lab_checks {
     use super::Flow;
+    use crate::runner::RunStats;
     use plumb_netlab::Pod;
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    /// Send `n` UDP datagrams from `from` to `to:port`, from one socket;
+    /// returns its local port.
+    pub fn udp_burst(from: &Pod, to: Ipv4Addr, port: u16, n: usize) -> u16 {
+        from.ns
+            .run(move || {
+                let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+                for _ in 0..n {
+                    s.send_to(b"plumb-filter-test", (to, port)).expect("send");
+                }
+                s.local_addr().expect("local address").port()
+            })
+            .expect("run in the sending pod")
+    }
+
+    /// Events the gadget's in-kernel filter kept out, from its own counter.
+    pub fn left_out_in_kernel(stats: &RunStats) -> u64 {
+        stats
+            .counters
+            .iter()
+            .find(|(what, _)| what == "left out by the in-kernel filter")
+            .map(|(_, n)| *n)
+            .expect("the gadget counts what its kernel filter leaves out")
+    }
+
+    /// Every record the kernel wrote was read: delivered or filtered in
+    /// user space. With `delivered` exact, nothing else was reserved.
+    pub fn assert_reserved_only(stats: &RunStats) {
+        assert_eq!(
+            stats.kernel_written,
+            Some(stats.seen + stats.filtered + stats.malformed),
+            "ring-buffer records written == delivered + filtered in user space"
+        );
+        assert_eq!(stats.lost, 0);
+    }
 
     /// Side `src` (else the destination) of `flow` is exactly `pod`: its
     /// namespace and the namespace's name, and, for a k8s lab pod, the pod
