@@ -20,7 +20,6 @@ pub mod metrics;
 pub mod profile_wire;
 pub mod progs;
 pub mod ringbuf;
-pub mod selection;
 pub mod server;
 mod session;
 

@@ -19,7 +19,6 @@ use crate::proto::{
     Gadget, ListGadgetsRequest, ListGadgetsResponse, LogLine, LogsRequest, ProfileRequest,
     ProfileResponse, StackKinds, TraceMessage, TraceRequest,
 };
-use crate::selection::PodSelection;
 use crate::session::{self, Shared};
 use plumb_core::enrich::MetadataSource;
 use plumb_core::filter::FilterArgs;
@@ -102,28 +101,6 @@ struct Service {
 /// The longest profile one call may ask for.
 const MAX_PROFILE: Duration = Duration::from_secs(600);
 
-/// Leave out the samples of pods outside the selection; they count as
-/// filtered in user space, as the profiler's own pod filter counts them.
-fn keep_pods(p: &mut plumb_profile::Profile, pods: &PodSelection) {
-    let before = p.stacks.iter().map(|s| s.count).sum::<u64>();
-    p.stacks.retain(|s| pods.keeps_workload(&s.workload));
-    let kept = p.stacks.iter().map(|s| s.count).sum::<u64>();
-    let c = &mut p.completeness;
-    c.filtered_in_user_space += before - kept;
-    c.samples = c.samples.saturating_sub(before - kept);
-    // Frame counts are per sample, as the profiler counts them.
-    c.frames_total = p
-        .stacks
-        .iter()
-        .map(|s| s.frames.len() as u64 * s.count)
-        .sum();
-    c.frames_unsymbolized = p
-        .stacks
-        .iter()
-        .map(|s| s.frames.iter().filter(|f| !f.symbolized).count() as u64 * s.count)
-        .sum();
-}
-
 /// Sets the flag when dropped.
 struct StopOnDrop(Arc<AtomicBool>);
 
@@ -174,7 +151,12 @@ impl Agent for Service {
         req: Request<ProfileRequest>,
     ) -> std::result::Result<Response<ProfileResponse>, Status> {
         let r = req.into_inner();
-        let filter: FilterArgs = session::json("filter", &r.filter_json)?;
+        let mut filter: FilterArgs = session::json("filter", &r.filter_json)?;
+        // A label selection's pods, filtered like --pod: in the kernel by
+        // their cgroups, then per sample.
+        filter
+            .pods
+            .extend(r.pods.iter().map(|p| (p.namespace.clone(), p.name.clone())));
         let duration = match r.duration_ms {
             0 => Duration::from_secs(10),
             ms if ms > MAX_PROFILE.as_millis() as u64 => {
@@ -205,7 +187,6 @@ impl Agent for Service {
                 )))
             }
         };
-        let pods = PodSelection::from_request(&r.pods);
         let opts = plumb_profile::ProfileOptions {
             frequency,
             duration,
@@ -231,7 +212,7 @@ impl Agent for Service {
         })
         .await;
         watcher.abort();
-        let mut profile = match result {
+        let profile = match result {
             Ok(Ok(p)) => p,
             Ok(Err(msg)) => {
                 tracing::warn!(error = %msg, "remote profile failed");
@@ -239,9 +220,6 @@ impl Agent for Service {
             }
             Err(e) => return Err(Status::internal(format!("profile task: {e}"))),
         };
-        if let Some(pods) = &pods {
-            keep_pods(&mut profile, pods);
-        }
         tracing::info!(
             samples = profile.completeness.samples,
             lost = profile.completeness.lost,

@@ -14,7 +14,6 @@ use crate::metrics::{AgentStats, GadgetCounts, RingGauge};
 use crate::progs;
 use crate::proto::{trace_message::Kind, Done, Lost, Ready, TraceMessage, TraceRequest};
 use crate::ringbuf::RingFill;
-use crate::selection::PodSelection;
 use plumb_core::enrich::{Enricher, MetadataSource};
 use plumb_core::event::Event;
 use plumb_core::filter::FilterArgs;
@@ -150,13 +149,7 @@ struct Forward {
     /// The fill seen when the current batch of records began.
     batch_fill: Option<f64>,
     peak_fill: f64,
-    /// The request's pods (see `selection`), and what it left out.
-    pods: Option<PodSelection>,
-    left_out: u64,
-    /// With a pod selection the sink, not the runner, enforces max_events
-    /// (the runner would count left-out events), and ends the run by
-    /// setting `stop`.
-    max: Option<u64>,
+    /// This run's stop, set at a tick once the agent shuts down.
     stop: Arc<AtomicBool>,
     /// The agent's own stop, passed on to `stop` at every tick.
     shutdown: Arc<AtomicBool>,
@@ -222,13 +215,6 @@ impl Forward {
 
 impl Sink for Forward {
     fn event(&mut self, ev: &Event) -> io::Result<()> {
-        if self.pods.as_ref().is_some_and(|p| !p.keeps_event(ev)) {
-            self.left_out += 1;
-            return Ok(());
-        }
-        if self.max.is_some_and(|m| self.delivered >= m) {
-            return Ok(()); // the run stops at the next poll
-        }
         if self.batch_fill.is_none() {
             // The first record of a batch: libbpf has not yet moved the
             // consumer past it, so this is the whole backlog.
@@ -244,9 +230,6 @@ impl Sink for Forward {
             Ok(()) => {
                 self.delivered += 1;
                 self.pending.delivered += 1;
-                if self.max.is_some_and(|m| self.delivered >= m) {
-                    self.stop.store(true, Ordering::Relaxed);
-                }
             }
             Err(TrySendError::Full(_)) => self.drop_one(),
             Err(TrySendError::Closed(_)) => return Err(gone()),
@@ -286,22 +269,25 @@ pub fn start(req: TraceRequest, shared: Shared) -> Result<Stream, Status> {
         )));
     }
     let params: Params = json("params", &req.params_json)?;
-    let args: FilterArgs = json("filter", &req.filter_json)?;
+    let mut args: FilterArgs = json("filter", &req.filter_json)?;
+    // The pods a label selection resolved to, checked like -n/--pod: in
+    // the kernel (their cgroups and network namespaces) and in user space.
+    args.pods.extend(
+        req.pods
+            .iter()
+            .map(|p| (p.namespace.clone(), p.name.clone())),
+    );
     let prepared = prepare(&args, Some((desc, &params)), &shared.sources).map_err(|e| match e {
         plumb_core::Error::BadFilter { .. } | plumb_core::Error::BadParam { .. } => {
             Status::invalid_argument(chain(&e))
         }
         _ => Status::failed_precondition(chain(&e)),
     })?;
-    let pods = PodSelection::from_request(&req.pods);
-    let max = (req.max_events > 0).then_some(req.max_events);
-    let sink_max = max.filter(|_| pods.is_some());
     let opts = prepared.run_options(
         params,
         Limits {
             duration: (req.duration_ms > 0).then(|| Duration::from_millis(req.duration_ms)),
-            // With a pod selection the sink counts (see `Forward::max`).
-            max_events: max.filter(|_| pods.is_none()),
+            max_events: (req.max_events > 0).then_some(req.max_events),
             ring_bytes: None,
         },
         shared.node.clone(),
@@ -324,7 +310,7 @@ pub fn start(req: TraceRequest, shared: Shared) -> Result<Stream, Status> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
         .name(format!("plumb-{}", desc.name))
-        .spawn(move || run(desc, opts, prepared.fs, (pods, sink_max), tx, shared, slot))
+        .spawn(move || run(desc, opts, prepared.fs, tx, shared, slot))
         .map_err(|e| Status::resource_exhausted(format!("cannot start a thread: {e}")))?;
     Ok(rx)
 }
@@ -333,13 +319,11 @@ fn run(
     desc: &'static gadgets::GadgetDesc,
     opts: RunOptions,
     fs: Option<plumb_core::enrich::cgroupfs::CgroupFs>,
-    (pods, max): (Option<PodSelection>, Option<u64>),
     tx: Tx,
     shared: Shared,
     _slot: Slot,
 ) {
-    // This run's stop: the agent's shutdown (passed on at each tick) or its
-    // own max_events under a pod selection.
+    // This run's stop: the agent's shutdown, passed on at each tick.
     let stop = Arc::new(AtomicBool::new(shared.shutdown.load(Ordering::Relaxed)));
     let stats = shared.stats.clone();
     let session = stats.session_id();
@@ -360,9 +344,6 @@ fn run(
         ring: None,
         batch_fill: None,
         peak_fill: 0.0,
-        pods,
-        left_out: 0,
-        max,
         stop: stop.clone(),
         shutdown: shared.shutdown.clone(),
     };
@@ -417,7 +398,7 @@ fn run(
                 desc.name,
                 GadgetCounts {
                     lost: st.lost.saturating_sub(sink.lost),
-                    filtered: st.filtered + sink.left_out,
+                    filtered: st.filtered,
                     ..GadgetCounts::default()
                 },
             );
@@ -428,16 +409,11 @@ fn run(
                 {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                let reason = match st.reason {
-                    StopReason::Stopped if sink.max.is_some_and(|m| sink.delivered >= m) => {
-                        StopReason::MaxEvents
-                    }
-                    r => r,
-                };
+                let reason = st.reason;
                 let done = Done {
                     seen: sink.delivered,
                     lost: st.lost + sink.dropped,
-                    filtered: st.filtered + sink.left_out,
+                    filtered: st.filtered,
                     reason: format!("{reason:?}").to_lowercase(),
                 };
                 let left = deadline.saturating_duration_since(Instant::now());

@@ -41,6 +41,10 @@ pub struct FilterArgs {
     /// `--addr IP|CIDR`, either side of a flow (repeatable).
     #[serde(default)]
     pub addr: Vec<String>,
+    /// A pod selection: these pods, as (namespace, name). `kubectl plumb
+    /// -l SELECTOR` resolves the selector and sends each agent its node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<(String, String)>,
 }
 
 /// A cgroup subtree to keep, as the kernel knows it.
@@ -75,6 +79,8 @@ pub struct Filter {
     pub ports: Vec<u16>,
     /// Address prefixes, either side (`--addr`).
     pub addrs: Vec<Cidr>,
+    /// A pod selection: namespace → pod names; empty: no selection.
+    pub pods: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 fn bad(flag: &'static str, reason: impl Into<String>) -> Error {
@@ -170,6 +176,15 @@ impl Filter {
             netns,
             ports,
             addrs,
+            pods: args
+                .pods
+                .iter()
+                .fold(Default::default(), |mut m, (ns, pod)| {
+                    m.entry(ns.clone())
+                        .or_insert_with(std::collections::BTreeSet::new)
+                        .insert(pod.clone());
+                    m
+                }),
         })
     }
 
@@ -186,7 +201,7 @@ impl Filter {
         if !self.cgroups.is_empty() || !self.needs_workload() {
             return;
         }
-        let names_needed = self.pod.is_some() || self.namespace.is_some();
+        let names_needed = self.names_pods();
         let mut found = Vec::new();
         // The root's own id counts: on a host with no sub-cgroups yet, every
         // cgroup made later is newer than it.
@@ -243,7 +258,7 @@ impl Filter {
     /// [`Filter::narrow_in_kernel`] without metadata sources: narrows
     /// container filters only.
     pub fn narrow_to_containers(&mut self, fs: &CgroupFs) {
-        if self.pod.is_none() && self.namespace.is_none() {
+        if !self.names_pods() {
             self.narrow_in_kernel(fs, &[]);
         }
     }
@@ -352,7 +367,13 @@ impl Filter {
 
     /// Does the filter select on anything that only user space can check?
     pub fn needs_workload(&self) -> bool {
-        self.container.is_some() || self.pod.is_some() || self.namespace.is_some()
+        self.container.is_some() || self.names_pods()
+    }
+
+    /// Does the filter select pods by name (`--pod`, `-n`, a pod
+    /// selection)? Their names come from the metadata sources.
+    pub fn names_pods(&self) -> bool {
+        self.pod.is_some() || self.namespace.is_some() || !self.pods.is_empty()
     }
 
     /// Does the filter select on the process (pid, uid, command name)? The
@@ -436,6 +457,18 @@ impl Filter {
                 return false;
             }
         }
+        if !self.pods.is_empty() {
+            let (Some(ns), Some(pod)) = (&w.namespace, &w.pod) else {
+                return false;
+            };
+            if !self
+                .pods
+                .get(ns.as_str())
+                .is_some_and(|names| names.contains(pod.as_str()))
+            {
+                return false;
+            }
+        }
         true
     }
 }
@@ -486,6 +519,74 @@ mod tests {
 
     fn args() -> FilterArgs {
         FilterArgs::default()
+    }
+
+    fn w(ns: &str, pod: &str) -> Workload {
+        Workload {
+            namespace: Some(ns.into()),
+            pod: Some(pod.into()),
+            ..Workload::default()
+        }
+    }
+
+    fn selection(pods: &[(&str, &str)]) -> Filter {
+        Filter::parse(
+            &FilterArgs {
+                pods: pods
+                    .iter()
+                    .map(|(n, p)| (n.to_string(), p.to_string()))
+                    .collect(),
+                ..args()
+            },
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_selection_keeps_only_the_listed_pods() {
+        let f = selection(&[("shop", "web-1"), ("front", "api-0")]);
+        assert!(f.needs_workload() && f.names_pods());
+        assert!(f.matches_workload(&w("shop", "web-1")));
+        assert!(f.matches_workload(&w("front", "api-0")));
+        // Same name, other namespace; and a host process.
+        assert!(!f.matches_workload(&w("front", "web-1")));
+        assert!(!f.matches_workload(&Workload::default()));
+        assert!(!selection(&[]).needs_workload());
+    }
+
+    /// A drop between a host process and a selected pod: kept for the
+    /// destination side alone.
+    #[test]
+    fn a_network_event_is_kept_when_either_side_is_selected() {
+        use crate::gadgets::net::{Flow, RawFlow};
+        use crate::gadgets::{drop::Drop, Body};
+        use bytemuck::Zeroable;
+        let mut flow = Flow::decode(&RawFlow::zeroed()).unwrap();
+        flow.sides[1].workload = Some(Arc::new(w("shop", "web-1")));
+        let ev = |flow: Flow| Event {
+            body: Body::Drop(Drop {
+                reason: "NETFILTER_DROP".into(),
+                location: "nf_hook_slow".into(),
+                flow,
+                stack: None,
+            }),
+            header: Header {
+                timestamp: std::time::SystemTime::now(),
+                node: Arc::from("n1"),
+                pid: None,
+                tid: None,
+                uid: None,
+                comm: None,
+                cgroup_id: 0,
+                cgroup: None,
+                workload: Arc::default(),
+            },
+        };
+        let f = selection(&[("shop", "web-1")]);
+        assert!(f.matches(&ev(flow.clone())));
+        flow.sides[1].workload = Some(Arc::new(w("shop", "web-2")));
+        assert!(!f.matches(&ev(flow)));
     }
 
     #[test]

@@ -95,7 +95,7 @@ fn is_nsfs(path: &Path) -> bool {
 /// metadata sources. A pod no source could name is kept when names are
 /// needed: it might be the one asked for, and user space decides.
 pub fn owned_by(filter: &Filter, fill: &dyn Fn(&mut Workload)) -> BTreeSet<u32> {
-    let names_needed = filter.pod.is_some() || filter.namespace.is_some();
+    let names_needed = filter.names_pods();
     let mut out = BTreeSet::new();
     for l in list_namespaces() {
         if l.host {

@@ -73,6 +73,8 @@ pub fn filter_from(m: &ArgMatches) -> FilterArgs {
         netns: many("netns"),
         port: many("port"),
         addr: many("addr"),
+        // Only `kubectl plumb -l` makes a pod selection, per node.
+        pods: Vec::new(),
     }
 }
 

@@ -16,7 +16,7 @@ pub enum ProfileCmd {
     /// plumb's own threads (the agent's, for a remote profile) are left
     /// out, in the kernel, and counted as filtered; --include-self keeps
     /// them.
-    Cpu(CpuCmd),
+    Cpu(Box<CpuCmd>),
     /// Compare two profiles (folded or pprof): which functions' share of
     /// the samples grew.
     Diff(DiffArgs),
@@ -159,7 +159,7 @@ pub struct DiffArgs {
 
 pub fn run(cmd: ProfileCmd, verbose: bool) -> anyhow::Result<()> {
     match cmd {
-        ProfileCmd::Cpu(c) => cpu(c, verbose),
+        ProfileCmd::Cpu(c) => cpu(*c, verbose),
         ProfileCmd::Diff(d) => run_diff(d),
     }
 }
