@@ -186,20 +186,7 @@ impl Running {
     /// Times the kernel skipped the program because another BPF program
     /// was running on that CPU when the timer fired: samples lost.
     fn recursion_misses(&self) -> u64 {
-        use std::os::fd::AsFd;
-        let prog = &self.loaded.skel().progs.plumb_profile_sample;
-        // SAFETY: bpf_prog_info is plain data; the kernel fills at most len bytes.
-        let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-        // SAFETY: a valid program fd and a buffer of `len` bytes.
-        let rc = unsafe {
-            libbpf_sys::bpf_prog_get_info_by_fd(prog.as_fd().as_raw_fd(), &mut info, &mut len)
-        };
-        if rc == 0 {
-            info.recursion_misses
-        } else {
-            0
-        }
+        plumb_core::loader::recursion_misses(&self.loaded.skel().progs.plumb_profile_sample)
     }
 
     fn stack(&self, id: i32) -> Vec<u64> {

@@ -135,24 +135,7 @@ pub fn unsupported(gadget: &'static str, hook: &str, why: String) -> crate::Erro
     }
 }
 
-/// Runs of `prog` the kernel skipped because a tracing program was already
-/// running on that CPU (its `recursion_misses`): each is an event lost.
-/// Call only for loaded programs.
-pub fn recursion_misses(prog: &libbpf_rs::Program<'_>) -> u64 {
-    use std::os::fd::{AsFd, AsRawFd};
-    // SAFETY: bpf_prog_info is plain data; the kernel fills at most `len` bytes.
-    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: a loaded program's descriptor and a buffer of `len` bytes.
-    let rc = unsafe {
-        libbpf_sys::bpf_prog_get_info_by_fd(prog.as_fd().as_raw_fd(), &mut info, &mut len)
-    };
-    if rc == 0 {
-        info.recursion_misses
-    } else {
-        0
-    }
-}
+pub use crate::loader::recursion_misses;
 
 pub fn proto_name(p: u8) -> String {
     match p {
