@@ -45,3 +45,22 @@ pub enum Error {
     #[error("waiting for bpftrace")]
     Wait(#[source] std::io::Error),
 }
+
+impl Error {
+    /// Exit code for the binary, as plumb's others: 2 usage (what was asked
+    /// for is wrong or not there), 3 environment (this host cannot run
+    /// bpftrace), 1 other.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::NoBinary(_) | Error::NoBtf(_) | Error::NoCgroup2 => 3,
+            Error::NoProcess(_)
+            | Error::NoPod(_)
+            | Error::AmbiguousPod { .. }
+            | Error::EmptyPod(_)
+            | Error::NoContext(_)
+            | Error::TooLong(_)
+            | Error::Empty => 2,
+            Error::ProcessCgroup { .. } | Error::Spawn { .. } | Error::Wait(_) => 1,
+        }
+    }
+}

@@ -111,6 +111,9 @@ pub enum RemoteCommand {
     /// Follow the agents' own logs, each line with its node, until Ctrl-C,
     /// --duration, or every agent has stopped.
     Logs(RemoteLogsArgs),
+    /// Run a bpftrace script on every agent (plumb agent --allow-bpftrace);
+    /// each line after its node. See `plumb bpftrace --help`.
+    Bpftrace(super::bpftrace::BpftraceCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +189,9 @@ pub async fn dispatch(
             super::remote_profile::run(targets, auth, d, c, verbose).await
         }
         RemoteCommand::Logs(l) => logs(targets, auth, d, l, verbose).await,
+        RemoteCommand::Bpftrace(b) => {
+            super::remote_bpftrace::run(targets, auth, d, b, verbose, false).await
+        }
     }
 }
 
