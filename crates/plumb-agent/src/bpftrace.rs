@@ -123,8 +123,7 @@ pub fn start(
         }
         ms => Duration::from_millis(ms),
     };
-    let binary =
-        preflight::find_binary(cfg.binary.as_deref()).map_err(|e| status(&node, &e))?;
+    let binary = preflight::find_binary(cfg.binary.as_deref()).map_err(|e| status(&node, &e))?;
     preflight::check_btf().map_err(|e| status(&node, &e))?;
     let ctx = context(&req, &shared).map_err(|e| status(&node, &e))?;
     let text = script::substitute(&req.script, ctx.as_ref()).map_err(|e| status(&node, &e))?;
@@ -225,14 +224,7 @@ impl Output for Forward {
     }
 }
 
-fn run(
-    spec: Spec,
-    ctx: Option<Context>,
-    tx: Tx,
-    shared: Shared,
-    caller: String,
-    _slot: Slot,
-) {
+fn run(spec: Spec, ctx: Option<Context>, tx: Tx, shared: Shared, caller: String, _slot: Slot) {
     let mut out = Forward {
         tx,
         dropped: 0,
@@ -269,7 +261,12 @@ fn run(
         Err(e) => {
             let text = crate::session::chain(&e);
             tracing::warn!(caller = %caller, error = %text, "bpftrace run failed");
-            let _ = send(&out.tx, &out.shutdown, Err(status(&shared.node, &e)), LINE_WAIT);
+            let _ = send(
+                &out.tx,
+                &out.shutdown,
+                Err(status(&shared.node, &e)),
+                LINE_WAIT,
+            );
         }
     }
 }

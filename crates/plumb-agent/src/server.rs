@@ -17,8 +17,8 @@ use crate::logs::LogHub;
 use crate::metrics::{self, AgentStats, NodeCollector};
 use crate::proto::agent_server::{Agent, AgentServer};
 use crate::proto::{
-    BpftraceMessage, BpftraceRequest, Gadget, ListGadgetsRequest, ListGadgetsResponse, LogLine, LogsRequest, ProfileRequest,
-    ProfileResponse, StackKinds, TraceMessage, TraceRequest,
+    BpftraceMessage, BpftraceRequest, Gadget, ListGadgetsRequest, ListGadgetsResponse, LogLine,
+    LogsRequest, ProfileRequest, ProfileResponse, StackKinds, TraceMessage, TraceRequest,
 };
 use crate::selection::PodSelection;
 use crate::session::{self, Shared};

@@ -184,7 +184,12 @@ fn started(proc_root: &Path, pid: u32) -> Option<(u64, String)> {
     let (open, close) = (stat.find('(')?, stat.rfind(')')?);
     let comm = stat.get(open + 1..close)?.to_string();
     // After ") ": state is field 3; starttime is field 22.
-    let start = stat.get(close + 2..)?.split_whitespace().nth(19)?.parse().ok()?;
+    let start = stat
+        .get(close + 2..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
     Some((start, comm))
 }
 

@@ -85,7 +85,11 @@ fn a_pod_scoped_script_counts_only_that_pods_syscalls() {
     let dir = TempDir::new("bt-local");
     let target = dir.path().join("t");
     std::fs::write(&target, "").expect("target file");
-    let (go, done_in, done_out) = (dir.path().join("go"), dir.path().join("in"), dir.path().join("out"));
+    let (go, done_in, done_out) = (
+        dir.path().join("go"),
+        dir.path().join("in"),
+        dir.path().join("out"),
+    );
     let pod = FakePod::new(None);
     let sock = dir.path().join("cri.sock");
     let _runtime = FakeRuntime::start(
@@ -101,7 +105,11 @@ fn a_pod_scoped_script_counts_only_that_pods_syscalls() {
     .expect("CRI stand-in");
     let (n, m) = (7u32, 5u32);
     let inside = Reaped(pod.spawn(opener(&target, n, &go, &done_in)));
-    let outside = Reaped(opener(&target, m, &go, &done_out).spawn().expect("outsider"));
+    let outside = Reaped(
+        opener(&target, m, &go, &done_out)
+            .spawn()
+            .expect("outsider"),
+    );
     let tag = marker("bt");
     let mut cmd = plumb();
     cmd.args(["--runtime-endpoint", &format!("unix://{}", sock.display())])
@@ -119,15 +127,31 @@ fn a_pod_scoped_script_counts_only_that_pods_syscalls() {
     wait_file(&done_in, Duration::from_secs(20));
     wait_file(&done_out, Duration::from_secs(20));
     bt.signal(libc::SIGINT);
-    assert_eq!(bt.wait(Duration::from_secs(20)), Some(0), "{:?}", drain(&bt.err));
+    assert_eq!(
+        bt.wait(Duration::from_secs(20)),
+        Some(0),
+        "{:?}",
+        drain(&bt.err)
+    );
     out.extend(drain(&bt.out));
+    // What plumb printed (`--nocapture` shows it: the README's example).
+    eprintln!(
+        "pod pid {} outsider pid {}\n{}",
+        inside.0.id(),
+        outside.0.id(),
+        out.join("\n")
+    );
     assert_eq!(map_value(&out, "@pod"), Some(u64::from(n)), "{out:?}");
     assert_eq!(map_value(&out, "@main"), Some(u64::from(n)), "{out:?}");
     // The script saw the outsider too: the predicates, not luck, left it out.
     let all = |pid: u32| map_value(&out, &format!("@all[{pid}]"));
     assert_eq!(all(inside.0.id()), Some(u64::from(n)), "{out:?}");
     assert_eq!(all(outside.0.id()), Some(u64::from(m)), "{out:?}");
-    assert_eq!(out.iter().filter(|l| l.starts_with("@all[")).count(), 2, "{out:?}");
+    assert_eq!(
+        out.iter().filter(|l| l.starts_with("@all[")).count(),
+        2,
+        "{out:?}"
+    );
 }
 
 /// `plumb -v remote --agents A --token-file T bpftrace ARGS`.
@@ -143,11 +167,15 @@ fn through_an_agent_lines_stream_with_their_node_and_the_deadline_brings_the_map
     let _serial = serial();
     let token = token();
     let node = marker("node");
-    let agent = start_agent(&node, "127.0.0.1:0", Some(token.path()), &["--allow-bpftrace"]);
-    let tag = marker("bt");
-    let script = format!(
-        r#"BEGIN {{ printf("{tag} start\n"); }} interval:ms:100 {{ @ticks = count(); }}"#
+    let agent = start_agent(
+        &node,
+        "127.0.0.1:0",
+        Some(token.path()),
+        &["--allow-bpftrace"],
     );
+    let tag = marker("bt");
+    let script =
+        format!(r#"BEGIN {{ printf("{tag} start\n"); }} interval:ms:100 {{ @ticks = count(); }}"#);
     let started = Instant::now();
     let mut c = Proc::spawn(remote_bt(
         &agent,
@@ -155,25 +183,37 @@ fn through_an_agent_lines_stream_with_their_node_and_the_deadline_brings_the_map
         &["-o", "json", "--duration", "3s", "-e", &script],
     ));
     let mut out = Vec::new();
-    let first = wait_line(&c.out, Duration::from_secs(30), &mut out, |l| l.contains(&tag))
-        .unwrap_or_else(|| panic!("{out:?} {:?}", drain(&c.err)));
+    let first = wait_line(&c.out, Duration::from_secs(30), &mut out, |l| {
+        l.contains(&tag)
+    })
+    .unwrap_or_else(|| panic!("{out:?} {:?}", drain(&c.err)));
     // Streamed: it arrived while the run was still going.
     assert!(matches!(c.child.try_wait(), Ok(None)), "the run had ended");
     let v: serde_json::Value = serde_json::from_str(&first).expect("JSON line");
-    assert_eq!(v, serde_json::json!({"node": node, "line": format!("{tag} start")}));
+    assert_eq!(
+        v,
+        serde_json::json!({"node": node, "line": format!("{tag} start")})
+    );
     let code = c.wait(Duration::from_secs(20));
     let took = started.elapsed();
     out.extend(drain(&c.out));
     let err = drain(&c.err);
     assert_eq!(code, Some(0), "{err:?}");
-    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(15), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
     // The map bpftrace printed at SIGINT arrived, with the node. About 30
     // ticks in 3 s; a loaded machine may run the timer late.
     let ticks = out
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find_map(|v| {
-            let line = v["line"].as_str()?.strip_prefix("@ticks: ")?.parse::<u64>().ok()?;
+            let line = v["line"]
+                .as_str()?
+                .strip_prefix("@ticks: ")?
+                .parse::<u64>()
+                .ok()?;
             (v["node"] == node.as_str()).then_some(line)
         });
     assert!(ticks.is_some_and(|t| (5..=40).contains(&t)), "{out:?}");
@@ -182,9 +222,19 @@ fn through_an_agent_lines_stream_with_their_node_and_the_deadline_brings_the_map
     let mut t = Proc::spawn(remote_bt(
         &agent,
         token.path(),
-        &["-e", &format!(r#"BEGIN {{ printf("{tag} %s\n", str($1)); exit(); }}"#), "--", "arg-1"],
+        &[
+            "-e",
+            &format!(r#"BEGIN {{ printf("{tag} %s\n", str($1)); exit(); }}"#),
+            "--",
+            "arg-1",
+        ],
     ));
-    assert_eq!(t.wait(Duration::from_secs(30)), Some(0), "{:?}", drain(&t.err));
+    assert_eq!(
+        t.wait(Duration::from_secs(30)),
+        Some(0),
+        "{:?}",
+        drain(&t.err)
+    );
     let text = drain(&t.out);
     assert!(
         text.contains(&format!("{node:<12} {tag} arg-1")),
@@ -205,7 +255,10 @@ fn through_an_agent_lines_stream_with_their_node_and_the_deadline_brings_the_map
         assert!(Instant::now() < deadline, "{log:?}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(logged.contains("caller=bearer token from 127.0.0.1:"), "{logged}");
+    assert!(
+        logged.contains("caller=bearer token from 127.0.0.1:"),
+        "{logged}"
+    );
     agent.stop();
 }
 
@@ -231,19 +284,30 @@ fn a_killed_client_leaves_no_bpftrace_and_no_program() {
     let _serial = serial();
     let token = token();
     let node = marker("node");
-    let agent = start_agent(&node, "127.0.0.1:0", Some(token.path()), &["--allow-bpftrace"]);
+    let agent = start_agent(
+        &node,
+        "127.0.0.1:0",
+        Some(token.path()),
+        &["--allow-bpftrace"],
+    );
     let tag = marker("bt");
-    let script =
-        format!(r#"BEGIN {{ printf("{tag}\n"); }} tracepoint:syscalls:sys_enter_getppid {{ @n = count(); }}"#);
+    let script = format!(
+        r#"BEGIN {{ printf("{tag}\n"); }} tracepoint:syscalls:sys_enter_getppid {{ @n = count(); }}"#
+    );
     let mut c = Proc::spawn(remote_bt(&agent, token.path(), &["-e", &script]));
     let mut out = Vec::new();
-    wait_line(&c.out, Duration::from_secs(30), &mut out, |l| l.ends_with(&tag))
-        .unwrap_or_else(|| panic!("{out:?} {:?}", drain(&c.err)));
+    wait_line(&c.out, Duration::from_secs(30), &mut out, |l| {
+        l.ends_with(&tag)
+    })
+    .unwrap_or_else(|| panic!("{out:?} {:?}", drain(&c.err)));
     let pids = bpftrace_pids(&tag);
     assert_eq!(pids.len(), 1, "{pids:?}");
     // bpftrace is the agent's child, and holds the script's programs.
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pids[0])).unwrap_or_default();
-    let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1));
+    let ppid = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().nth(1));
     assert_eq!(ppid, Some(agent.proc.pid().to_string().as_str()), "{stat}");
     let progs: Vec<u32> = prog_ids_of(pids[0]).into_iter().collect();
     assert!(!progs.is_empty(), "bpftrace holds no program");
@@ -266,7 +330,11 @@ fn an_agent_without_the_permission_refuses_in_one_line() {
     let token = token();
     let node = marker("node");
     let agent = start_agent(&node, "127.0.0.1:0", Some(token.path()), &[]);
-    let mut c = Proc::spawn(remote_bt(&agent, token.path(), &["-e", "BEGIN { exit(); }"]));
+    let mut c = Proc::spawn(remote_bt(
+        &agent,
+        token.path(),
+        &["-e", "BEGIN { exit(); }"],
+    ));
     let code = c.wait(Duration::from_secs(30));
     let err = drain(&c.err);
     assert_eq!(code, Some(1), "{err:?}");
@@ -290,8 +358,17 @@ fn a_rejected_script_shows_bpftraces_error_with_the_node() {
     let _serial = serial();
     let token = token();
     let node = marker("node");
-    let agent = start_agent(&node, "127.0.0.1:0", Some(token.path()), &["--allow-bpftrace"]);
-    let mut c = Proc::spawn(remote_bt(&agent, token.path(), &["-e", "BEGIN { nosuchvar }"]));
+    let agent = start_agent(
+        &node,
+        "127.0.0.1:0",
+        Some(token.path()),
+        &["--allow-bpftrace"],
+    );
+    let mut c = Proc::spawn(remote_bt(
+        &agent,
+        token.path(),
+        &["-e", "BEGIN { nosuchvar }"],
+    ));
     let code = c.wait(Duration::from_secs(30));
     let err = drain(&c.err);
     assert_eq!(code, Some(1), "{err:?}");
@@ -302,7 +379,9 @@ fn a_rejected_script_shows_bpftraces_error_with_the_node() {
         "{err:?}"
     );
     assert!(
-        err.contains(&format!("plumb: node {node}: bpftrace exited with status 1")),
+        err.contains(&format!(
+            "plumb: node {node}: bpftrace exited with status 1"
+        )),
         "{err:?}"
     );
     agent.stop();
@@ -324,7 +403,12 @@ fn kubectl_plumb_bpftrace_runs_in_the_pods_context_on_its_node() {
     .expect("stand-in API server");
     let kubeconfig = TempFile::new("kubeconfig", &api.kubeconfig("lab"));
     let token = token();
-    let mut cmd = agent_cmd("node-1", "127.0.0.1:0", Some(token.path()), &["--allow-bpftrace"]);
+    let mut cmd = agent_cmd(
+        "node-1",
+        "127.0.0.1:0",
+        Some(token.path()),
+        &["--allow-bpftrace"],
+    );
     cmd.env("KUBECONFIG", kubeconfig.path())
         .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         .env("KUBERNETES_SERVICE_PORT", "443");
@@ -381,13 +465,23 @@ fn kubectl_plumb_bpftrace_runs_in_the_pods_context_on_its_node() {
     k.env("KUBECONFIG", kubeconfig.path())
         .arg("--token-file")
         .arg(token.path())
-        .args(["bpftrace", "pod/lab/marker-a", "-o", "json", "--duration", "6s", "-e"])
+        .args([
+            "bpftrace",
+            "pod/lab/marker-a",
+            "-o",
+            "json",
+            "--duration",
+            "6s",
+            "-e",
+        ])
         .arg(count_script(&target, &tag));
     let started = Instant::now();
     let mut c = Proc::spawn(k);
     let mut out = Vec::new();
-    let ready = wait_line(&c.out, Duration::from_secs(40), &mut out, |l| l.contains(&tag))
-        .unwrap_or_else(|| panic!("{out:?} {:?}", drain(&c.err)));
+    let ready = wait_line(&c.out, Duration::from_secs(40), &mut out, |l| {
+        l.contains(&tag)
+    })
+    .unwrap_or_else(|| panic!("{out:?} {:?}", drain(&c.err)));
     assert!(matches!(c.child.try_wait(), Ok(None)), "the run had ended");
     let v: serde_json::Value = serde_json::from_str(&ready).expect("JSON");
     assert_eq!(
@@ -404,7 +498,10 @@ fn kubectl_plumb_bpftrace_runs_in_the_pods_context_on_its_node() {
     let took = started.elapsed();
     out.extend(drain(&c.out));
     assert_eq!(code, Some(0), "{:?}", drain(&c.err));
-    assert!(took >= Duration::from_secs(6) && took < Duration::from_secs(25), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(25),
+        "{took:?}"
+    );
     let lines: Vec<String> = out
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

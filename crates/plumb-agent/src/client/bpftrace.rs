@@ -88,7 +88,10 @@ async fn one(
     let (mut client, ended) = connect_noting(t, auth, d).await?;
     let remote = |status| remote_error(&t.who, status, d, &ended);
     let end = (req.duration_ms > 0).then(|| {
-        tokio::time::Instant::now() + Duration::from_millis(req.duration_ms) + AFTER_DEADLINE + d.call
+        tokio::time::Instant::now()
+            + Duration::from_millis(req.duration_ms)
+            + AFTER_DEADLINE
+            + d.call
     });
     // The agent answers once bpftrace is started (or refused).
     let mut stream = within(&t.who, "starting bpftrace", d.call, async {

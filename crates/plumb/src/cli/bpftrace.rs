@@ -293,7 +293,10 @@ mod tests {
             p(&["--pod", "web-1", "-e", "x"]),
             Ok(Where::Pod(None, "web-1".into()))
         );
-        assert_eq!(p(&["node/worker-2", "-e", "x"]), Ok(Where::Node("worker-2".into())));
+        assert_eq!(
+            p(&["node/worker-2", "-e", "x"]),
+            Ok(Where::Node("worker-2".into()))
+        );
         assert_eq!(p(&["--pid", "42", "-e", "x"]), Ok(Where::Pid(42)));
         assert_eq!(
             p(&["svc/x", "-e", "x"]),
@@ -319,7 +322,10 @@ mod tests {
             "no script: give -e 'SCRIPT' or -f FILE"
         );
         assert_eq!(
-            parse(&["-e", "x", "-f", "/y"]).script().unwrap_err().to_string(),
+            parse(&["-e", "x", "-f", "/y"])
+                .script()
+                .unwrap_err()
+                .to_string(),
             "give the script with -e or with -f, not both"
         );
         let e = parse(&["-f", "/nonexistent/s.bt"]).script().unwrap_err();
@@ -332,8 +338,14 @@ mod tests {
     #[test]
     fn failures_are_named() {
         assert_eq!(failure(0, 0, false), None);
-        assert_eq!(failure(1, 0, false).as_deref(), Some("exited with status 1"));
-        assert_eq!(failure(-1, 9, false).as_deref(), Some("was ended by signal 9"));
+        assert_eq!(
+            failure(1, 0, false).as_deref(),
+            Some("exited with status 1")
+        );
+        assert_eq!(
+            failure(-1, 9, false).as_deref(),
+            Some("was ended by signal 9")
+        );
         assert!(failure(-1, 9, true).is_some_and(|s| s.contains("killed")));
     }
 }

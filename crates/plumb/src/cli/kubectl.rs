@@ -5,9 +5,9 @@
 
 use super::bpftrace::Where;
 use super::remote::{self, AuthArgs, DeadlineArgs, RemoteCommand, RemoteProfile};
-use plumb_agent::client::Target;
 use anyhow::Context as _;
 use clap::Args;
+use plumb_agent::client::Target;
 use plumb_agent::k8s::{self, AgentPods, Selection};
 
 #[derive(Debug, Args)]

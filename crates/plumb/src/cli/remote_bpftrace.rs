@@ -34,7 +34,9 @@ pub async fn run(
         pod: None,
     };
     if cmd.bpftrace.is_some() {
-        anyhow::bail!("--bpftrace names this host's binary; each agent runs its own (plumb agent --bpftrace)");
+        anyhow::bail!(
+            "--bpftrace names this host's binary; each agent runs its own (plumb agent --bpftrace)"
+        );
     }
     match cmd.place()? {
         Where::Nowhere | Where::Node(_) => {}
@@ -47,7 +49,13 @@ pub async fn run(
         }
         Where::Pod(..) => {}
     }
-    let pod_of = move |t: &Target| if per_pod { t.pods.first().cloned() } else { None };
+    let pod_of = move |t: &Target| {
+        if per_pod {
+            t.pods.first().cloned()
+        } else {
+            None
+        }
+    };
     let label = |t: &Target| match (per_pod, t.pods.first()) {
         (true, Some(p)) => Some(format!("{}/{}", p.namespace, p.name)),
         _ => None,
@@ -139,7 +147,9 @@ pub async fn run(
             } => {
                 let _ = out.flush();
                 if dropped > 0 {
-                    eprintln!("plumb: node {node}: {dropped} lines lost: this client read too slowly");
+                    eprintln!(
+                        "plumb: node {node}: {dropped} lines lost: this client read too slowly"
+                    );
                 }
                 if let Some(why) = failure(exit_code, signal, killed) {
                     failed += 1;
