@@ -271,7 +271,8 @@ fn bpftrace_pids(needle: &str) -> Vec<i32> {
         };
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let text = String::from_utf8_lossy(&cmdline);
-        if text.starts_with("/usr/bin/bpftrace\0") && text.contains(needle) {
+        let argv0 = text.split('\0').next().unwrap_or_default();
+        if argv0.ends_with("/bpftrace") && text.contains(needle) {
             pids.push(pid);
         }
     }
@@ -350,6 +351,70 @@ fn an_agent_without_the_permission_refuses_in_one_line() {
     );
     assert!(drain(&c.out).is_empty());
     agent.stop();
+
+    // An agent that is not there: one line naming it.
+    let (code, out, err) = run(&[
+        "remote",
+        "--agents",
+        "127.0.0.1:1",
+        "bpftrace",
+        "-e",
+        "BEGIN { exit(); }",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{out}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines.len() == 2
+            && lines[0].starts_with("plumb: agent 127.0.0.1:1: cannot connect")
+            && lines[1] == "plumb: 1 of 1 agents failed",
+        "{err}"
+    );
+}
+
+/// Bad input: one line, a non-zero exit, and no bpftrace started.
+#[test]
+fn bad_input_is_one_line_and_a_non_zero_exit() {
+    require_root();
+    let _serial = serial();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["bpftrace"], 2, "plumb: no script: give -e 'SCRIPT' or -f FILE"),
+        (
+            &["bpftrace", "-e", "BEGIN {}", "-f", "/nonexistent/s.bt"],
+            2,
+            "plumb: give the script with -e or with -f, not both",
+        ),
+        (
+            &["bpftrace", "-f", "/nonexistent/s.bt"],
+            2,
+            "plumb: cannot read the script /nonexistent/s.bt: No such file or directory (os error 2)",
+        ),
+        (
+            &["bpftrace", "--pod", "no-such-pod-x1", "-n", "lab", "-e", "BEGIN {}"],
+            2,
+            "plumb: no pod lab/no-such-pod-x1 on this node",
+        ),
+        (
+            &["bpftrace", "--bpftrace", "/nonexistent/bpftrace", "-e", "BEGIN {}"],
+            3,
+            "plumb: no bpftrace binary: /nonexistent/bpftrace is not an executable file",
+        ),
+        (
+            &["bpftrace", "-e", "BEGIN { print($container_root); }"],
+            2,
+            "plumb: the script uses $container_root, which only a context gives: add --pod (with -n) or --pid",
+        ),
+        (
+            &["bpftrace", "node/worker-2", "-e", "BEGIN {}"],
+            2,
+            "plumb: node/worker-2 names a cluster node: use it with kubectl plumb bpftrace",
+        ),
+    ];
+    for (args, want_code, want) in cases {
+        let (code, out, err) = run(args);
+        assert_eq!((code, err.trim_end()), (*want_code, *want), "{args:?}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
 }
 
 #[test]
@@ -510,6 +575,30 @@ fn kubectl_plumb_bpftrace_runs_in_the_pods_context_on_its_node() {
         .collect();
     assert_eq!(map_value(&lines, "@pod"), Some(u64::from(n)), "{lines:?}");
     assert_eq!(map_value(&lines, "@main"), Some(u64::from(n)), "{lines:?}");
+
+    // node/NAME: the whole node, no pod context.
+    let mut k = Command::new(&plugin);
+    k.env("KUBECONFIG", kubeconfig.path())
+        .arg("--token-file")
+        .arg(token.path())
+        .args(["bpftrace", "node/node-1", "-o", "json", "-e"])
+        .arg(format!(r#"BEGIN {{ printf("{tag} node\n"); exit(); }}"#));
+    let mut c = Proc::spawn(k);
+    assert_eq!(
+        c.wait(Duration::from_secs(40)),
+        Some(0),
+        "{:?}",
+        drain(&c.err)
+    );
+    let got: Vec<serde_json::Value> = drain(&c.out)
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["line"].as_str().is_some_and(|l| l.contains(&tag)))
+        .collect();
+    assert_eq!(
+        got,
+        [serde_json::json!({"node": "node-1", "line": format!("{tag} node")})]
+    );
     drop(inside);
     agent.stop();
 }

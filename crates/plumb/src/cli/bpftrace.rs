@@ -96,9 +96,13 @@ pub enum Where {
     Node(String),
 }
 
-/// A user mistake, in one line.
+/// A user mistake, in one line (exit code 2, as plumb's other usage errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 fn bad(msg: impl Into<String>) -> anyhow::Error {
-    anyhow::anyhow!(msg.into())
+    Usage(msg.into()).into()
 }
 
 impl BpftraceCmd {

@@ -125,5 +125,10 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 .find_map(|c| c.downcast_ref::<plumb_bpftrace::Error>())
                 .map(|e| e.exit_code() as u8)
         })
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| c.downcast_ref::<bpftrace::Usage>())
+                .map(|_| 2)
+        })
         .unwrap_or(1)
 }
