@@ -14,9 +14,9 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-const ABOUT: &str = "Run a bpftrace script (the node's bpftrace; BTF only, no kernel headers)";
+pub const ABOUT: &str = "Run a bpftrace script (the node's bpftrace; BTF only, no kernel headers)";
 
-const LONG_ABOUT: &str = "\
+pub const LONG_ABOUT: &str = "\
 Run a bpftrace script with the node's bpftrace (the first `bpftrace` on PATH, \
 or --bpftrace PATH). It needs the kernel's BTF (/sys/kernel/btf/vmlinux), never \
 kernel headers.
@@ -48,7 +48,6 @@ Examples:
   kubectl plumb bpftrace node/worker-2 -f script.bt --duration 1m";
 
 #[derive(Debug, Clone, Args)]
-#[command(about = ABOUT, long_about = LONG_ABOUT)]
 pub struct BpftraceCmd {
     /// The script, on the command line.
     #[arg(short = 'e', value_name = "SCRIPT")]

@@ -55,9 +55,7 @@ pub enum Command {
     /// CPU profiles with kernel and user stacks, and differential profiles.
     #[command(subcommand)]
     Profile(profile::ProfileCmd),
-    /// Run a bpftrace script (the node's bpftrace), optionally in a pod's
-    /// or process's context ($container_pid, $container_cgroup,
-    /// $container_root).
+    #[command(about = bpftrace::ABOUT, long_about = bpftrace::LONG_ABOUT)]
     Bpftrace(bpftrace::BpftraceCmd),
     /// Run as the node agent: remote API (token or mTLS) and Prometheus metrics.
     Agent(agent::AgentArgs),

@@ -112,7 +112,8 @@ pub enum RemoteCommand {
     /// --duration, or every agent has stopped.
     Logs(RemoteLogsArgs),
     /// Run a bpftrace script on every agent (plumb agent --allow-bpftrace);
-    /// each line after its node. See `plumb bpftrace --help`.
+    /// each line after its node.
+    #[command(long_about = super::bpftrace::LONG_ABOUT)]
     Bpftrace(super::bpftrace::BpftraceCmd),
 }
 
