@@ -178,7 +178,7 @@ pub struct Selection {
 impl Selection {
     /// No pod is selected: the command is about whole nodes (`--node`, or
     /// every node).
-    fn whole_nodes(&self) -> bool {
+    pub fn whole_nodes(&self) -> bool {
         self.pod.is_none() && self.labels.is_none() && self.namespace.is_none()
     }
 }

@@ -5,13 +5,16 @@
 //! token or mutual TLS ([`auth`]). Next to it, always-on counters
 //! aggregated in the kernel ([`counters`]), folded into per-pod totals
 //! ([`ledger`], [`attribution`]), are exported to Prometheus ([`metrics`]). [`client`] is the other end: it runs a gadget on many
-//! agents at once and merges their streams.
+//! agents at once and merges their streams. [`bpftrace`] runs a client's
+//! bpftrace script, when the agent allows it.
 
 pub mod attribution;
 pub mod auth;
+pub mod bpftrace;
 pub mod client;
 pub mod counters;
 pub mod error;
+pub mod identity;
 pub mod k8s;
 pub mod ledger;
 pub mod listen;

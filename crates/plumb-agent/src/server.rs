@@ -7,6 +7,7 @@
 
 use crate::attribution::{Attribution, AttributionConfig, HostLookup};
 use crate::auth::{self, Token};
+use crate::bpftrace::BpftraceConfig;
 use crate::counters::{CounterStore, NodeCounters};
 use crate::error::{AgentError, Result};
 use crate::k8s::PodIndex;
@@ -16,8 +17,8 @@ use crate::logs::LogHub;
 use crate::metrics::{self, AgentStats, NodeCollector};
 use crate::proto::agent_server::{Agent, AgentServer};
 use crate::proto::{
-    Gadget, ListGadgetsRequest, ListGadgetsResponse, LogLine, LogsRequest, ProfileRequest,
-    ProfileResponse, StackKinds, TraceMessage, TraceRequest,
+    BpftraceMessage, BpftraceRequest, Gadget, ListGadgetsRequest, ListGadgetsResponse, LogLine,
+    LogsRequest, ProfileRequest, ProfileResponse, StackKinds, TraceMessage, TraceRequest,
 };
 use crate::session::{self, Shared};
 use plumb_core::enrich::MetadataSource;
@@ -68,6 +69,8 @@ pub struct AgentConfig {
     /// The pod watcher's index, for its size in the health metrics (it is
     /// also among the metadata sources given to `bind`).
     pub pod_index: Option<PodIndex>,
+    /// Run clients' bpftrace scripts (`--allow-bpftrace`); None: refuse.
+    pub bpftrace: Option<BpftraceConfig>,
 }
 
 impl AgentConfig {
@@ -84,6 +87,7 @@ impl AgentConfig {
             max_sessions: Self::DEFAULT_MAX_SESSIONS,
             shutdown_grace: Duration::from_secs(3),
             pod_index: None,
+            bpftrace: None,
         }
     }
 
@@ -96,6 +100,9 @@ struct Service {
     /// Turns true at shutdown: log followers' streams end then, so the
     /// server's graceful stop does not wait for them forever.
     stopping: watch::Receiver<bool>,
+    bpftrace: Option<BpftraceConfig>,
+    /// Calls must carry a bearer token (how callers are named in the log).
+    token_required: bool,
 }
 
 /// The longest profile one call may ask for.
@@ -137,6 +144,24 @@ impl Agent for Service {
     }
 
     type TraceStream = BoxStream<TraceMessage>;
+
+    type BpftraceStream = BoxStream<BpftraceMessage>;
+
+    async fn bpftrace(
+        &self,
+        req: Request<BpftraceRequest>,
+    ) -> std::result::Result<Response<Self::BpftraceStream>, Status> {
+        let caller = crate::identity::of(&req, self.token_required);
+        let shared = self.shared.clone();
+        let cfg = self.bpftrace.clone();
+        // Resolving a pod walks the cgroup tree: off the async workers.
+        let rx = tokio::task::spawn_blocking(move || {
+            crate::bpftrace::start(req.into_inner(), caller, cfg.as_ref(), shared)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("bpftrace start: {e}")))??;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn trace(
         &self,
@@ -501,6 +526,8 @@ impl BoundAgent {
             shared: self.shared.clone(),
             logs: crate::logs::hub(),
             stopping: stop_rx.clone(),
+            bpftrace: self.cfg.bpftrace.clone(),
+            token_required: token.is_some(),
         };
         let svc = AgentServer::with_interceptor(
             svc,

@@ -77,10 +77,10 @@ pub(crate) fn json<T: serde::de::DeserializeOwned + Default>(
 
 /// A place among the running sessions (the `plumb_api_sessions` gauge),
 /// given back when the run's thread is done.
-struct Slot(Arc<AgentStats>);
+pub(crate) struct Slot(Arc<AgentStats>);
 
 impl Slot {
-    fn take(stats: &Arc<AgentStats>, max: usize) -> Option<Slot> {
+    pub(crate) fn take(stats: &Arc<AgentStats>, max: usize) -> Option<Slot> {
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         stats
             .sessions

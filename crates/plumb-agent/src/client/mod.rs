@@ -5,6 +5,7 @@
 //! watched with HTTP/2 pings, so a node that fails, hangs or stalls is
 //! reported as such while the others go on.
 
+pub mod bpftrace;
 mod connector;
 mod tls;
 

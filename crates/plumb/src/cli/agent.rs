@@ -48,6 +48,19 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", default_value_t = AgentConfig::DEFAULT_MAX_SESSIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub max_sessions: usize,
+    /// Run API clients' bpftrace scripts (`plumb remote ... bpftrace`,
+    /// `kubectl plumb bpftrace`): root in the kernel for whoever holds the
+    /// token or a client certificate, so off by default. Every script is
+    /// logged with its caller.
+    #[arg(long)]
+    pub allow_bpftrace: bool,
+    /// The bpftrace binary clients' scripts run with [default: bpftrace on
+    /// PATH; the image ships Debian's].
+    #[arg(long, value_name = "PATH", requires = "allow_bpftrace")]
+    pub bpftrace: Option<PathBuf>,
+    /// The longest bpftrace run, and the deadline of one that asked for none.
+    #[arg(long, value_name = "TIME", default_value = "10m", value_parser = super::common::parse_duration)]
+    pub max_bpftrace_duration: std::time::Duration,
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, value_name = "LEVEL", env = "PLUMB_LOG", default_value = "info")]
     pub log_level: String,
@@ -75,6 +88,12 @@ fn config(a: &AgentArgs) -> anyhow::Result<AgentConfig> {
     cfg.tls = tls;
     cfg.attribution.max_pods = a.max_pods;
     cfg.max_sessions = a.max_sessions;
+    if a.allow_bpftrace {
+        let mut b = plumb_agent::bpftrace::BpftraceConfig::new();
+        b.binary = a.bpftrace.clone();
+        b.max_duration = a.max_bpftrace_duration;
+        cfg.bpftrace = Some(b);
+    }
     Ok(cfg)
 }
 

@@ -3,9 +3,11 @@
 //! through a port-forward to its pod via the API server. Kubernetes does
 //! the finding ([`plumb_agent::k8s`]); [`super::remote`] does the rest.
 
+use super::bpftrace::Where;
 use super::remote::{self, AuthArgs, DeadlineArgs, RemoteCommand, RemoteProfile};
 use anyhow::Context as _;
 use clap::Args;
+use plumb_agent::client::Target;
 use plumb_agent::k8s::{self, AgentPods, Selection};
 
 #[derive(Debug, Args)]
@@ -65,11 +67,26 @@ pub fn invoked_as_kubectl_plugin() -> bool {
 
 pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
     let auth = a.auth.client_auth()?;
+    let mut node = a.node.clone();
     let (namespace, pod) = match &a.command {
         RemoteCommand::Trace(t) => (t.filter.namespace.clone(), t.filter.pod.clone()),
         RemoteCommand::Profile(RemoteProfile::Cpu(c)) => {
             (c.filter.namespace.clone(), c.filter.pod.clone())
         }
+        RemoteCommand::Bpftrace(b) => match b.place()? {
+            Where::Pod(ns, pod) => (ns, Some(pod)),
+            Where::Node(n) => {
+                if node.as_ref().is_some_and(|m| *m != n) {
+                    anyhow::bail!("node/{n} and --node {} name different nodes", node.unwrap_or_default());
+                }
+                node = Some(n);
+                (None, None)
+            }
+            Where::Pid(_) => anyhow::bail!(
+                "--pid names a process of one host: use plumb bpftrace or plumb remote, or give a pod"
+            ),
+            Where::Nowhere => (b.namespace.clone(), None),
+        },
         RemoteCommand::Gadgets | RemoteCommand::Logs(_) => (None, None),
     };
     let sel = Selection {
@@ -77,8 +94,10 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
         all_namespaces: a.all_namespaces,
         labels: a.selector.clone(),
         pod,
-        node: a.node.clone(),
+        node,
     };
+    // bpftrace in pods' contexts: one run per selected pod, on its node.
+    let per_pod = matches!(a.command, RemoteCommand::Bpftrace(_)) && !sel.whole_nodes();
     let agents = AgentPods {
         namespace: a.agent_namespace.clone(),
         selector: a.agent_selector.clone(),
@@ -107,18 +126,38 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
         }
         // With a label selector, each agent is sent its node's selected
         // pods and keeps only their events.
-        let by_labels = sel.labels.is_some();
-        let targets: Vec<_> = found
+        let by_labels = sel.labels.is_some() || per_pod;
+        let mut targets: Vec<_> = found
             .targets
             .iter()
             .map(|t| k8s::target(client.clone(), &agents, t, a.agent_port, by_labels))
             .collect();
+        if per_pod {
+            targets = targets
+                .into_iter()
+                .flat_map(|t| {
+                    t.pods
+                        .iter()
+                        .map(|p| Target {
+                            pods: vec![p.clone()],
+                            ..t.clone()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        }
         plumb_agent::client::check_tls_names(&targets, &auth)?;
         if verbose {
             for t in &targets {
                 eprintln!("plumb: asking {}", t.who);
             }
         }
-        remote::dispatch(&targets, &auth, a.deadlines.deadlines(), a.command, verbose).await
+        match a.command {
+            RemoteCommand::Bpftrace(b) => {
+                let d = a.deadlines.deadlines();
+                super::remote_bpftrace::run(&targets, &auth, d, b, verbose, per_pod).await
+            }
+            c => remote::dispatch(&targets, &auth, a.deadlines.deadlines(), c, verbose).await,
+        }
     })
 }

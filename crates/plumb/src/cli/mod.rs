@@ -3,6 +3,7 @@
 
 mod agent;
 mod audit;
+mod bpftrace;
 mod common;
 mod doctor;
 mod gadgets;
@@ -10,6 +11,7 @@ mod kubectl;
 mod profile;
 mod profile_hook;
 mod remote;
+mod remote_bpftrace;
 mod remote_profile;
 mod trace;
 
@@ -53,6 +55,8 @@ pub enum Command {
     /// CPU profiles with kernel and user stacks, and differential profiles.
     #[command(subcommand)]
     Profile(profile::ProfileCmd),
+    #[command(about = bpftrace::ABOUT, long_about = bpftrace::LONG_ABOUT)]
+    Bpftrace(bpftrace::BpftraceCmd),
     /// Run as the node agent: remote API (token or mTLS) and Prometheus metrics.
     Agent(agent::AgentArgs),
     /// Run a gadget or a CPU profile on many agents at once (--agents
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit::run(a, cli.verbose),
         Command::Doctor(d) => doctor::run(d),
         Command::Profile(p) => profile::run(p, cli.verbose),
+        Command::Bpftrace(b) => bpftrace::run(b, cli.verbose),
         Command::Agent(a) => agent::run(a),
         Command::Remote(r) => remote::run(r, cli.verbose),
         Command::KubectlPlugin(k) => kubectl::run(k, cli.verbose),
@@ -112,6 +117,16 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             e.chain()
                 .find_map(|c| c.downcast_ref::<profile::ProfileFailed>())
                 .map(|p| p.0.exit_code())
+        })
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| c.downcast_ref::<plumb_bpftrace::Error>())
+                .map(|e| e.exit_code() as u8)
+        })
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| c.downcast_ref::<bpftrace::Usage>())
+                .map(|_| 2)
         })
         .unwrap_or(1)
 }

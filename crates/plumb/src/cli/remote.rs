@@ -113,6 +113,10 @@ pub enum RemoteCommand {
     /// Follow the agents' own logs, each line with its node, until Ctrl-C,
     /// --duration, or every agent has stopped.
     Logs(RemoteLogsArgs),
+    /// Run a bpftrace script on every agent (plumb agent --allow-bpftrace);
+    /// each line after its node.
+    #[command(long_about = super::bpftrace::LONG_ABOUT)]
+    Bpftrace(super::bpftrace::BpftraceCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +192,9 @@ pub async fn dispatch(
             super::remote_profile::run(targets, auth, d, c, verbose).await
         }
         RemoteCommand::Logs(l) => logs(targets, auth, d, l, verbose).await,
+        RemoteCommand::Bpftrace(b) => {
+            super::remote_bpftrace::run(targets, auth, d, b, verbose, false).await
+        }
     }
 }
 
