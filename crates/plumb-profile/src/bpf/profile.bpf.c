@@ -155,8 +155,16 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 
 	n = bpf_map_lookup_elem(&counts, &key);
 	if (n) {
+		/*
+		 * A key counted before: its image was checked against `seen`
+		 * when the key was new. Code mapped since (dlopen) gives new
+		 * stacks, hence new keys, which are checked again.
+		 */
 		__sync_fetch_and_add(n, 1);
-	} else if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST)) {
+		stat_inc(STAT_SAMPLES);
+		return 0;
+	}
+	if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST)) {
 		/* Another CPU may have inserted the same key meanwhile. */
 		n = bpf_map_lookup_elem(&counts, &key);
 		if (!n) {
