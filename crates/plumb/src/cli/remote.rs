@@ -511,6 +511,11 @@ async fn trace(
                 if !write(out.lost(&node, &gadget, count, SystemTime::now()))? {
                     break;
                 }
+                // A loss can be the last word for a while: show it, and the
+                // events before it, once the queue is drained.
+                if rx.is_empty() && !write(out.flush())? {
+                    break;
+                }
             }
             FanItem::Done {
                 target,
