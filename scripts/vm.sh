@@ -59,7 +59,7 @@ kernels() {
         if ! apt-cache "${APT_OPTS[@]}" show "$pkg" >/dev/null 2>&1; then
             local esc=${series//./\\.}
             pkg=$(apt-cache "${APT_OPTS[@]}" pkgnames linux-image-"$series" |
-                grep -E "^linux-image-${esc}[.0-9]*-[0-9]+(\+deb[0-9.]+)?-cloud-amd64$|^linux-image-${esc}\.[0-9]+\+deb[0-9.]+-cloud-amd64$" |
+                grep -E "^linux-image-${esc}(\.0-[0-9]+|\.[0-9]+\+deb[0-9.]+)-cloud-amd64$" |
                 sort -V | tail -1) || true
             [ -n "$pkg" ] || die "no $series cloud kernel in the archive"
             echo "vm.sh: pinned $series kernel gone, using $pkg" >&2
@@ -87,7 +87,7 @@ initramfs() {
     cp /bin/busybox "$d"/bin/busybox
     local order=() want
     for want in virtio_pci virtiofs overlay; do
-        local line; line=$(grep -E "/${want}\.ko(\.xz|\.zst)?:" "$m"/modules.dep || true)
+        local line; line=$(grep -E "/${want}\.ko(\.xz)?:" "$m"/modules.dep || true)
         [ -n "$line" ] || continue
         local deps=${line#*:} self=${line%%:*} f
         # modules.dep lists a module's dependencies with the deepest last.
@@ -101,7 +101,6 @@ initramfs() {
         local dst; dst=$d/mods/$(printf %02d $i)-$(basename "${f%%.ko*}").ko
         case $f in
         *.xz) xz -dc "$m/$f" >"$dst" ;;
-        *.zst) zstd -dqc "$m/$f" >"$dst" ;;
         *) cp "$m/$f" "$dst" ;;
         esac
     done
