@@ -8,6 +8,10 @@
 #   sudo scripts/vm.sh kernels             # fetch and unpack 5.10, 6.1, 6.12
 #   sudo scripts/vm.sh run VERSION CMD...  # boot VERSION, run CMD as root, exit with its status
 #
+# With PLUMB_VM_TAP=TAP and PLUMB_VM_ADDR=A.B.C.D/N the guest gets a
+# virtio NIC on that tap device (made by the caller, e.g. on a bridge:
+# crates/plumb/tests/support/vm_cluster.rs) with that address and no route.
+#
 # Kernel packages are fetched with apt-get download through a private apt
 # configuration (its own sources, lists and cache under $PLUMB_VM_CACHE), so
 # the machine's own package sources stay untouched. Versions are pinned; a
@@ -146,11 +150,19 @@ run() {
     cat >"$run"/stage2 <<EOF
 set +e
 mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mount -t tmpfs var /var/tmp
+# What devtmpfs leaves out: /dev/fd and the std links, ptys, shared memory.
+ln -sf /proc/self/fd /dev/fd; ln -sf fd/0 /dev/stdin; ln -sf fd/1 /dev/stdout; ln -sf fd/2 /dev/stderr
+mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm
 mkdir -p /usr/lib/modules/$ver
 mount --bind $(moddir "$ver") /usr/lib/modules/$ver
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf; mount -t tracefs tracefs /sys/kernel/tracing; mount -t debugfs debugfs /sys/kernel/debug
 ip link set lo up
+if [ -n "${PLUMB_VM_ADDR:-}" ]; then
+    modprobe virtio_net 2>/dev/null
+    nic=\$(ls /sys/class/net | grep -v '^lo\$' | head -1)
+    ip addr add ${PLUMB_VM_ADDR:-} dev "\$nic" && ip link set "\$nic" up
+fi
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp
 cd $PWD
 echo PLUMB-VM-START \$(uname -r)
@@ -164,15 +176,23 @@ EOF
     vfs_pid=$!
     for _ in $(seq 50); do [ -S "$run"/vfs.sock ] && break; sleep 0.1; done
     : >"$run"/console
+    local nic=(-nic none)
+    if [ -n "${PLUMB_VM_TAP:-}" ]; then
+        [ -n "${PLUMB_VM_ADDR:-}" ] || die "PLUMB_VM_TAP needs PLUMB_VM_ADDR"
+        # A MAC of the locally administered range, from the tap's name.
+        local mac; mac=52:54:$(printf %s "$PLUMB_VM_TAP" | md5sum | sed 's/\(..\)\(..\)\(..\)\(..\).*/\1:\2:\3:\4/')
+        nic=(-netdev tap,id=n0,ifname="$PLUMB_VM_TAP",script=no,downscript=no
+            -device virtio-net-pci,netdev=n0,mac="$mac")
+    fi
     qemu-system-x86_64 -accel tcg -m "${PLUMB_VM_MEM:-2048}" -smp "${PLUMB_VM_CPUS:-1}" -nographic -no-reboot \
         -kernel "$CACHE/k/$ver/boot/vmlinuz-$ver" -initrd "$run"/initrd.gz \
         -append "console=ttyS0 quiet panic=-1 plumb.stage2=$run/stage2" \
         -object memory-backend-memfd,id=mem,size="${PLUMB_VM_MEM:-2048}"M,share=on -numa node,memdev=mem \
         -chardev socket,id=vfs,path="$run"/vfs.sock -device vhost-user-fs-pci,chardev=vfs,tag=root \
-        -nic none -serial stdio -monitor none </dev/null >"$run"/console &
+        "${nic[@]}" -serial stdio -monitor none </dev/null >"$run"/console &
     qemu_pid=$!
     # The guest's own output, from the command's start on.
-    tail -n +1 -f --pid=$qemu_pid "$run"/console | tr -d '\r' | sed -n '/PLUMB-VM-START/,$p' &
+    tail -n +1 -f --pid=$qemu_pid "$run"/console | tr -d '\r' | sed -u -n '/PLUMB-VM-START/,$p' &
     wait $qemu_pid || true
     qemu_pid=""
     sleep 0.2

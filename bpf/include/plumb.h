@@ -72,7 +72,13 @@ struct plumb_filter {
 	__u64 cgroups_newer_than;
 	__u32 has_comm;
 	char comm[PLUMB_COMM_LEN];
-	__u32 _pad;
+	/*
+	 * 1: the kernel does not let these programs call
+	 * bpf_get_current_ancestor_cgroup_id (Linux 5.10 offers it to cgroup
+	 * programs only; user space probes for it): read the current task's
+	 * cgroup ancestors from the task instead (plumb_ancestor_cgroup_id).
+	 */
+	__u32 ancestor_by_task;
 };
 
 const volatile struct plumb_filter plumb_filter = {};
@@ -138,6 +144,39 @@ static __always_inline void plumb_output(void *data, __u64 size)
 		plumb_count_lost();
 }
 
+/* Linux 5.10 to 6.0 keep the ids of a cgroup's ancestors in the cgroup. */
+struct cgroup___ancestor_ids {
+	__u64 ancestor_ids[0];
+} __attribute__((preserve_access_index));
+
+/*
+ * The id of the current task's cgroup-v2 ancestor at `level` (0 on a
+ * level below its own), as bpf_get_current_ancestor_cgroup_id gives it;
+ * read from the task where that helper is not offered. The branch not
+ * taken is pruned by the verifier (plumb_filter is read-only data), so an
+ * old kernel never sees the helper call.
+ */
+static __always_inline __u64 plumb_ancestor_cgroup_id(__u32 level)
+{
+	struct task_struct *task;
+	struct cgroup *cg, *up = NULL;
+	__u64 id = 0;
+
+	if (!plumb_filter.ancestor_by_task)
+		return bpf_get_current_ancestor_cgroup_id(level);
+	task = (struct task_struct *)bpf_get_current_task();
+	cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	if (!cg || level > (__u32)BPF_CORE_READ(cg, level) || level >= 256)
+		return 0;
+	if (bpf_core_field_exists(((struct cgroup___ancestor_ids *)0)->ancestor_ids)) {
+		bpf_probe_read_kernel(&id, sizeof(id),
+				      &((struct cgroup___ancestor_ids *)cg)->ancestor_ids[level]);
+		return id;
+	}
+	bpf_probe_read_kernel(&up, sizeof(up), &cg->ancestors[level]);
+	return up ? BPF_CORE_READ(up, kn, id) : 0;
+}
+
 /* Is the current task in one of the cgroups the user asked for? */
 static __always_inline bool plumb_cgroup_wanted(void)
 {
@@ -149,7 +188,7 @@ static __always_inline bool plumb_cgroup_wanted(void)
 	for (int i = 0; i < PLUMB_MAX_CGROUPS; i++) {
 		if (i >= plumb_filter.n_cgroups)
 			break;
-		if (bpf_get_current_ancestor_cgroup_id(plumb_filter.cgroup_levels[i]) ==
+		if (plumb_ancestor_cgroup_id(plumb_filter.cgroup_levels[i]) ==
 		    plumb_filter.cgroup_ids[i])
 			return true;
 	}

@@ -172,9 +172,11 @@ static __always_inline void flow_from_skb(struct plumb_flow *f, const struct sk_
 }
 
 /*
- * The flow of a TCP socket: local end as source. Only struct sock_common is
- * read (the local port is skc_num, not inet_sock's), so this is safe for
- * TIME_WAIT and request sockets too.
+ * The flow of a TCP socket: local end as source. struct sock_common is
+ * read, which is safe for TIME_WAIT and request sockets too, except for one
+ * case: a full socket moved to CLOSE has released its bound port (skc_num
+ * is 0 by the time tcp_disconnect sends its RST), so its port is then read
+ * from inet_sock's inet_sport, which keeps it.
  */
 static __always_inline void flow_from_sock(struct plumb_flow *f, const struct sock *sk)
 {
@@ -184,6 +186,8 @@ static __always_inline void flow_from_sock(struct plumb_flow *f, const struct so
 	f->proto = PLUMB_IPPROTO_TCP;
 	f->family = family;
 	f->sport = sk->__sk_common.skc_num;
+	if (f->sport == 0 && flow_fullsock(sk))
+		f->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 	f->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	f->has_ports = 1;
 	if (family == PLUMB_AF_INET) {

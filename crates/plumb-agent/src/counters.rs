@@ -185,8 +185,11 @@ struct Handles {
     skipped: Vec<String>,
 }
 
+/// Every program of the object; of the two kfree_skb programs only the
+/// one that fits the kernel is loaded ([`drop_program_left_out`]).
 const PROGS: &[&str] = &[
     "metrics_kfree_skb",
+    "metrics_kfree_skb_noreason",
     "metrics_retransmit",
     "metrics_send_reset",
     "metrics_receive_reset",
@@ -202,10 +205,36 @@ fn dup<T: std::fmt::Debug>(map: &libbpf_rs::MapImpl<'_, T>) -> plumb_core::Resul
     })
 }
 
+/// The kfree_skb program that does not fit the running kernel: the one
+/// with a reason before Linux 5.17, the one without after (as the drop
+/// gadget decides; a kernel drop cannot run on keeps the reason one, whose
+/// attach then fails as an optional hook).
+fn drop_program_left_out() -> &'static str {
+    use plumb_core::gadgets::drop::{support, Variant};
+    match plumb_core::kernel::with_vmlinux(support) {
+        Some(Ok(s)) if s.variant == Variant::NoReason => "metrics_kfree_skb",
+        _ => "metrics_kfree_skb_noreason",
+    }
+}
+
+/// Open the object with the kfree_skb program of the other variant left out.
+fn open_for_this_kernel(open: &mut skel::OpenMetricsSkel<'static>) -> plumb_core::Result<()> {
+    use libbpf_rs::skel::OpenSkel;
+    let leave_out = drop_program_left_out();
+    for mut p in open.open_object_mut().progs_mut() {
+        if p.name() == leave_out {
+            p.set_autoload(false);
+        }
+    }
+    Ok(())
+}
+
 fn load() -> plumb_core::Result<(loader::Loaded<skel::MetricsSkel<'static>>, Handles)> {
-    let mut loaded = loader::load("agent-metrics", skel::MetricsSkelBuilder::default(), |_| {
-        Ok(())
-    })?;
+    let mut loaded = loader::load(
+        "agent-metrics",
+        skel::MetricsSkelBuilder::default(),
+        open_for_this_kernel,
+    )?;
     // Every hook is optional: a kernel without one still gets the others.
     loaded.attach("agent-metrics", PROGS)?;
     let m = &loaded.skel().maps;
@@ -407,14 +436,16 @@ mod tests {
     #[test]
     fn the_kernel_tells_unlinked_programs_and_their_maps() {
         plumb_core::testing::require_root();
-        let mut loaded = loader::load("agent-metrics", skel::MetricsSkelBuilder::default(), |_| {
-            Ok(())
-        })
+        let mut loaded = loader::load(
+            "agent-metrics",
+            skel::MetricsSkelBuilder::default(),
+            open_for_this_kernel,
+        )
         .expect("load");
         let mut links = Vec::new();
         use libbpf_rs::skel::Skel;
         for prog in loaded.skel_mut().object_mut().progs_mut() {
-            if prog.name().to_string_lossy() != "metrics_exec" {
+            if prog.autoload() && prog.name().to_string_lossy() != "metrics_exec" {
                 links.push(prog.attach().expect("attach"));
             }
         }
@@ -422,7 +453,8 @@ mod tests {
             loaded.keep_link(l);
         }
         let ids = loaded.prog_ids();
-        assert_eq!(ids.len(), PROGS.len());
+        // One of the two kfree_skb programs is left out on every kernel.
+        assert_eq!(ids.len(), PROGS.len() - 1);
         let f = crate::progs::facts(&ids);
         assert_eq!(f.unlinked, vec!["metrics_exec".to_string()]);
         let m = &loaded.skel().maps;

@@ -59,6 +59,10 @@ pub enum AgentError {
         what: &'static str,
         after: std::time::Duration,
     },
+    /// The connection ended under a call: the agent (or its node) went
+    /// away, as the socket told.
+    #[error("{who}: the connection was lost: {why}")]
+    Lost { who: String, why: String },
     #[error("{who}: the connection stalled: no answer to HTTP/2 pings within {}", humantime_secs(*.after))]
     Stalled {
         who: String,

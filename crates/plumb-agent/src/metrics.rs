@@ -226,7 +226,13 @@ impl NodeCollector {
             let mut l = pod_labels(owner);
             match series {
                 Series::Drop(reason) => {
-                    l.push(("reason".into(), kernel::name_or_number(reasons, *reason)));
+                    // A kernel without drop reasons has no enum of them.
+                    let name = if reasons.is_empty() {
+                        plumb_core::gadgets::drop::UNKNOWN_REASON.to_string()
+                    } else {
+                        kernel::name_or_number(reasons, *reason)
+                    };
+                    l.push(("reason".into(), name));
                     add(&mut drops, l, v);
                 }
                 Series::Tcp(TcpWhat::Retransmit) => add(&mut retrans, l, v),

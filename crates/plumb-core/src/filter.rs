@@ -290,6 +290,9 @@ impl Filter {
             f.cgroup_ids[i] = c.id;
             f.cgroup_levels[i] = c.level;
         }
+        if f.n_cgroups > 0 && !crate::kernel::tracing_has_ancestor_cgroup_helper() {
+            f.ancestor_by_task = 1;
+        }
         f
     }
 

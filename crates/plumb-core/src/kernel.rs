@@ -251,3 +251,24 @@ impl KernelSymbols {
         name
     }
 }
+
+/// Can tracing programs (tracepoints, perf events, `tp_btf`) call
+/// bpf_get_current_ancestor_cgroup_id on this kernel? Linux 5.10 offers it
+/// to cgroup programs only; there the cgroup filter reads the ancestors
+/// from the task (plumb.h, `plumb_ancestor_cgroup_id`). Asked of the
+/// kernel once (libbpf loads a probe program).
+pub fn tracing_has_ancestor_cgroup_helper() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: libbpf's probe takes no pointers but the optional opts.
+        let r = unsafe {
+            libbpf_sys::libbpf_probe_bpf_helper(
+                libbpf_sys::BPF_PROG_TYPE_TRACEPOINT,
+                libbpf_sys::BPF_FUNC_get_current_ancestor_cgroup_id,
+                std::ptr::null(),
+            )
+        };
+        // An error (no BPF at all) keeps the helper: loading then says why.
+        r != 0
+    })
+}

@@ -71,7 +71,9 @@ pub struct RawFilter {
     pub cgroups_newer_than: u64,
     pub has_comm: u32,
     pub comm: [u8; COMM_LEN],
-    pub _pad: u32,
+    /// 1: read cgroup ancestors from the task (no
+    /// bpf_get_current_ancestor_cgroup_id for tracing programs here).
+    pub ancestor_by_task: u32,
 }
 const _: () = assert!(std::mem::size_of::<RawFilter>() == 144);
 

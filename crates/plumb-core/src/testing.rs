@@ -25,6 +25,20 @@ pub fn require_root() {
     crate::preflight::check_all().expect("tracing preflight");
 }
 
+/// `d` stretched for a slow machine: multiplied by `PLUMB_TEST_SLOWDOWN`
+/// (a whole number, default 1). The kernel-matrix guests run under TCG,
+/// many times slower than the host, and set it (scripts/guest-suite.sh);
+/// every deadline a test waits against goes through here, and no assertion
+/// about what a test saw depends on it.
+pub fn patience(d: Duration) -> Duration {
+    let k = std::env::var("PLUMB_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    d * k
+}
+
 /// A sink shared with the test thread.
 #[derive(Clone, Default)]
 pub struct SharedSink {
@@ -79,7 +93,7 @@ pub fn start(desc: &'static GadgetDesc, opts: RunOptions) -> Traced {
         }
         r
     });
-    let prog_ids = match rx.recv_timeout(Duration::from_secs(60)) {
+    let prog_ids = match rx.recv_timeout(patience(Duration::from_secs(60))) {
         Ok(Ok(ids)) => ids,
         Ok(Err(e)) => panic!("gadget {} failed to start: {e}", desc.name),
         Err(_) => panic!("gadget {} did not start within 60s", desc.name),
@@ -100,7 +114,7 @@ pub fn start(desc: &'static GadgetDesc, opts: RunOptions) -> Traced {
 impl Traced {
     /// Wait until an event satisfies `pred` (or `timeout` passes); returns it.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patience(timeout);
         loop {
             if let Some(e) = self.sink.events.lock().ok()?.iter().find(|e| pred(e)) {
                 return Some(e.clone());
@@ -171,7 +185,7 @@ pub fn run_with_sink<S: Sink + Send + 'static>(
         let r = runner::run(desc, &opts, &mut enricher, &mut sink, control);
         (r, sink)
     });
-    let ids = rx.recv_timeout(Duration::from_secs(30)).ok();
+    let ids = rx.recv_timeout(patience(Duration::from_secs(30))).ok();
     if ids.is_some() {
         load();
         std::thread::sleep(Duration::from_millis(300));

@@ -77,21 +77,38 @@ static __always_inline void bump_tcp(const struct sock *sk, __u32 what)
 	bump(&tcp_counts, &k);
 }
 
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(metrics_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+static __always_inline void count_drop(const struct sk_buff *skb, __u32 reason)
 {
 	struct metrics_drop_key k = { .reason = reason };
 	struct net_device *dev;
 
-	/* Ordinary frees, not losses. */
-	if (reason == SKB_DROP_REASON_NOT_SPECIFIED || reason == SKB_CONSUMED)
-		return 0;
 	dev = BPF_CORE_READ(skb, dev);
 	if (dev)
 		k.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
 	else
 		k.netns = sock_netns(BPF_CORE_READ(skb, sk));
 	bump(&drop_counts, &k);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(metrics_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	/* Ordinary frees, not losses. */
+	if (reason == SKB_DROP_REASON_NOT_SPECIFIED || reason == SKB_CONSUMED)
+		return 0;
+	count_drop(skb, reason);
+	return 0;
+}
+
+/*
+ * Kernels before 5.17: kfree_skb(skb, location), no reason (counted under
+ * reason 0, which user space names UNKNOWN there); consume_skb has its own
+ * tracepoint, so every kfree_skb is a drop.
+ */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(metrics_kfree_skb_noreason, struct sk_buff *skb, void *location)
+{
+	count_drop(skb, 0);
 	return 0;
 }
 

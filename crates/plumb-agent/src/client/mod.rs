@@ -285,6 +285,14 @@ fn remote_error(who: &str, status: Status, d: Deadlines, ended: &Ended) -> Agent
         }
         cur = c.source();
     }
+    // The socket ended under the call (the agent died, or its node): that
+    // is the whole story; h2's chain of closed streams adds nothing.
+    if let (Some(_), Some(why)) = (std::error::Error::source(&status), &why) {
+        return AgentError::Lost {
+            who: who.to_string(),
+            why: why.clone(),
+        };
+    }
     let status = match std::error::Error::source(&status) {
         Some(cause) => {
             let mut msg = format!("{}: {}", status.message(), crate::error::chain(cause));

@@ -4,7 +4,8 @@
 //! binary and the `plumb remote` commands that reach them, markers run as
 //! chosen commands or in chosen cgroups, and the BPF programs a process
 //! holds. HTTP scrapes live in `http`, test certificates in `certs`, fake
-//! kubelet-style pods in `fake_pod`.
+//! kubelet-style pods in `fake_pod`, a cluster of QEMU guests in
+//! `vm_cluster`.
 
 // Every test binary compiles this module whole but calls only its own part
 // of it; what one binary leaves unused is not dead code in another.
@@ -13,8 +14,9 @@
 pub mod certs;
 pub mod fake_pod;
 pub mod http;
+pub mod vm_cluster;
 
-use plumb_core::testing::marker;
+use plumb_core::testing::{marker, patience};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -71,7 +73,7 @@ fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 /// holds the pipe). Unlike `try_iter`, it does not miss the last lines the
 /// reader has not forwarded yet when the exit is noticed.
 pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
     let mut got = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
@@ -108,7 +110,7 @@ impl Proc {
 
     /// Wait for the exit status (after a signal, or at the natural end).
     pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + patience(timeout);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = self.child.try_wait() {
                 return Some(st.code().unwrap_or(-1));
@@ -137,7 +139,7 @@ pub fn wait_line(
     seen: &mut Vec<String>,
     pred: impl Fn(&str) -> bool,
 ) -> Option<String> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + patience(timeout);
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
         let l = rx.recv_timeout(left).ok()?;
@@ -173,7 +175,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(marker(tag));
+        Self::new_in(&std::env::temp_dir(), tag)
+    }
+    /// In `parent` (for files guests must see: their /tmp is their own).
+    pub fn new_in(parent: &Path, tag: &str) -> TempDir {
+        let p = parent.join(marker(tag));
         std::fs::create_dir_all(&p).expect("temp dir");
         TempDir(p)
     }

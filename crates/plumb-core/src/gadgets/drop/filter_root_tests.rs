@@ -6,12 +6,13 @@
 //! gadget's own counters show that every record the kernel wrote was
 //! delivered, and that the other pod's drops were left out in the kernel.
 
+use super::root_tests::{reason_params, reported};
 use crate::event::Event;
 use crate::filter::{Filter, FilterArgs};
 use crate::gadgets::net::lab_checks::{assert_reserved_only, left_out_in_kernel, udp_burst};
 use crate::gadgets::Body;
 use crate::runner::RunStats;
-use crate::testing::{self, iptables_packets, require_root, with_params};
+use crate::testing::{self, iptables_packets, require_root};
 use plumb_netlab::{Lab, Pod};
 use std::time::Duration;
 
@@ -62,7 +63,7 @@ fn rule(p: &Pod, port: u16) -> u64 {
 
 /// Run drop (NETFILTER_DROP only) with `args` while `load` runs.
 fn traced(args: FilterArgs, load: impl FnOnce()) -> (Vec<Event>, RunStats) {
-    let mut opts = with_params(&[("reason", "NETFILTER_DROP")]);
+    let mut opts = reason_params("NETFILTER_DROP");
     opts.filter = Filter::parse(&args, None).expect("filter");
     let t = testing::start(&super::DESC, opts);
     load();
@@ -78,7 +79,7 @@ fn assert_all(events: &[Event], from: &Pod, sport: u16, to: &Pod, port: u16) -> 
         let Body::Drop(d) = &e.body else {
             panic!("not a drop: {e:?}")
         };
-        assert_eq!(d.reason, "NETFILTER_DROP");
+        assert_eq!(d.reason, reported("NETFILTER_DROP"));
         assert_eq!(d.flow.netns, to.ns.inode, "in the selected pod's namespace");
         assert_eq!(d.flow.proto, "udp");
         assert_eq!(
@@ -219,7 +220,7 @@ fn port_and_addr_are_checked_in_the_kernel_on_either_side() {
 fn summary_counts_in_the_kernel_and_writes_no_record() {
     require_root();
     let s = setup("dsum");
-    let mut opts = with_params(&[("reason", "NETFILTER_DROP")]);
+    let mut opts = reason_params("NETFILTER_DROP");
     opts.filter = Filter::parse(
         &FilterArgs {
             netns: vec![s.srv.ns.name.clone(), s.other.ns.name.clone()],
@@ -256,7 +257,7 @@ fn summary_counts_in_the_kernel_and_writes_no_record() {
     };
     assert_eq!(rows.len(), 2, "{rows:?}");
     let srv = row(&s.srv);
-    assert_eq!(srv["reason"], "NETFILTER_DROP");
+    assert_eq!(srv["reason"], reported("NETFILTER_DROP"));
     assert_eq!(srv["count"], N as u64);
     let k = s.srv.k8s.as_ref().expect("k8s pod");
     assert_eq!(srv["dst_who"], format!("pod:{}", &k.pod_uid[..8]));

@@ -179,8 +179,28 @@ impl net::NetDecode<RetransSkel<'static>> for Decoder {
     }
 }
 
+/// The test-only override of the kernel probe: a root test forces the
+/// result-enum variant, which no kernel plumb can obtain picks, with this
+/// gadget parameter (the success value). Compiled into tests only.
+#[cfg(test)]
+pub(crate) const FORCE_RESULT: &str = "test-force-result";
+
+#[cfg(test)]
+fn forced(ctx: &StartCtx<'_>) -> Option<Variant> {
+    let v = ctx.params.0.get(FORCE_RESULT)?;
+    Some(Variant::Result(v.parse().expect("a success value")))
+}
+
+#[cfg(not(test))]
+fn forced(_ctx: &StartCtx<'_>) -> Option<Variant> {
+    None
+}
+
 fn start(ctx: &StartCtx<'_>) -> Result<Box<dyn Attached>> {
-    let variant = net::gadget::variant("retrans", "tp_btf/tcp_retransmit_skb", support)?;
+    let variant = match forced(ctx) {
+        Some(v) => v,
+        None => net::gadget::variant("retrans", "tp_btf/tcp_retransmit_skb", support)?,
+    };
     let leave_out = match variant {
         Variant::Result(_) => "retrans_skb_noerr",
         Variant::NoResult => "retrans_skb",
