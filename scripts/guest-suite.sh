@@ -38,6 +38,28 @@ kprobe-tests         plumb/bpftrace         kprobe --ignored --test-threads=1
 EOF
 }
 
+# The root tests a kernel leaves out, as libtest --skip filters. Linux 5.10
+# has no drop reasons, so every kfree_skb is a drop there, and it frees the
+# IPv6 neighbour discovery and MLD packets it has handled with kfree_skb:
+# the drop tests that count every drop in a lab pod's namespace ("nothing
+# else", or every drop of a namespace in a summary) count those too. The
+# drop tests that select by tuple, port or pod in the kernel and the reason
+# table run there.
+skips() {
+    case $1 in
+    5.10)
+        printf -- '--skip %s ' \
+            drop::root_tests::netfilter_drop_counts_match \
+            drop::root_tests::three_reasons_from_real_drops \
+            drop::root_tests::ipv6_and_icmp_drops \
+            drop::root_tests::ipv6_extension_headers \
+            drop::root_tests::a_drop_on_another_node \
+            drop::filter_root_tests::netns_by_name_selects \
+            drop::filter_root_tests::summary_counts_in_the_kernel
+        ;;
+    esac
+}
+
 # Inside a guest: `plumb gadgets` against the expected report, then each
 # step; the exit status is the number of failed parts.
 inside() {
@@ -67,7 +89,7 @@ inside() {
             echo "=== PART $label FAILED ($((SECONDS - t0)) s)"
             failed=$((failed + 1))
         fi
-    done < <(steps)
+    done < <(steps | sed "s|^gadgets-root-tests .*|& $(skips "$series")|")
     return "$failed"
 }
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The start of the kernel-matrix lab (issue 22): QEMU guests on Debian's
-# cloud kernels, sharing this machine's root file system read-only over
-# virtiofs, so a guest runs the very binaries and test executables of this
-# checkout. Not yet called by .ci/run: the guest suite, the variant
-# overrides and the three-VM cluster are still to come.
+# The kernel-matrix lab (issue 22): QEMU guests on Debian's cloud kernels,
+# sharing this machine's root file system read-only over virtiofs, so a
+# guest runs the very binaries and test executables of this checkout. The
+# guest suite (scripts/guest-suite.sh, which .ci/run calls) and the
+# three-VM cluster fixture (crates/plumb/tests/support/vm_cluster.rs) boot
+# their guests with it.
 #
 #   sudo scripts/vm.sh kernels             # fetch and unpack 5.10, 6.1, 6.12
 #   sudo scripts/vm.sh run VERSION CMD...  # boot VERSION, run CMD as root, exit with its status

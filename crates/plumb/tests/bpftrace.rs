@@ -156,6 +156,16 @@ fn a_pod_scoped_script_counts_only_that_pods_syscalls() {
     );
 }
 
+/// An agent that runs bpftrace (--allow-bpftrace), on a node of its own name.
+fn bpftrace_agent(token: &TempFile) -> Agent {
+    start_agent(
+        &marker("node"),
+        "127.0.0.1:0",
+        Some(token.path()),
+        &["--allow-bpftrace"],
+    )
+}
+
 /// `plumb -v remote --agents A --token-file T bpftrace ARGS`.
 fn remote_bt(agent: &Agent, token: &Path, args: &[&str]) -> Command {
     let mut c = remote(&[agent], Some(token), &["bpftrace"]);
@@ -168,13 +178,8 @@ fn through_an_agent_lines_stream_with_their_node_and_the_deadline_brings_the_map
     require_root();
     let _serial = serial();
     let token = token();
-    let node = marker("node");
-    let agent = start_agent(
-        &node,
-        "127.0.0.1:0",
-        Some(token.path()),
-        &["--allow-bpftrace"],
-    );
+    let agent = bpftrace_agent(&token);
+    let node = agent.node.clone();
     let tag = marker("bt");
     let script =
         format!(r#"BEGIN {{ printf("{tag} start\n"); }} interval:ms:100 {{ @ticks = count(); }}"#);
@@ -286,13 +291,7 @@ fn a_killed_client_leaves_no_bpftrace_and_no_program() {
     require_root();
     let _serial = serial();
     let token = token();
-    let node = marker("node");
-    let agent = start_agent(
-        &node,
-        "127.0.0.1:0",
-        Some(token.path()),
-        &["--allow-bpftrace"],
-    );
+    let agent = bpftrace_agent(&token);
     let tag = marker("bt");
     let script = format!(
         r#"BEGIN {{ printf("{tag}\n"); }} tracepoint:syscalls:sys_enter_getppid {{ @n = count(); }}"#
@@ -424,13 +423,8 @@ fn a_rejected_script_shows_bpftraces_error_with_the_node() {
     require_root();
     let _serial = serial();
     let token = token();
-    let node = marker("node");
-    let agent = start_agent(
-        &node,
-        "127.0.0.1:0",
-        Some(token.path()),
-        &["--allow-bpftrace"],
-    );
+    let agent = bpftrace_agent(&token);
+    let node = agent.node.clone();
     let mut c = Proc::spawn(remote_bt(
         &agent,
         token.path(),
@@ -614,13 +608,8 @@ fn a_kprobe_script_through_an_agent_counts_one_processs_opens() {
     require_root();
     let _serial = serial();
     let token = token();
-    let node = marker("node");
-    let agent = start_agent(
-        &node,
-        "127.0.0.1:0",
-        Some(token.path()),
-        &["--allow-bpftrace"],
-    );
+    let agent = bpftrace_agent(&token);
+    let node = agent.node.clone();
     let dir = TempDir::new("bt-kprobe");
     let target = dir.path().join("t");
     std::fs::write(&target, "").expect("target file");

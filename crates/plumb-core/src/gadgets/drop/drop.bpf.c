@@ -152,7 +152,7 @@ static __always_inline int drop_record(void *ctx, struct sk_buff *skb, void *loc
 		else
 			flags |= DROP_FLAG_NO_STACK;
 	}
-	e->hdr.flags = flags;
+	e->hdr.flags |= flags;
 	plumb_submit(e);
 	return 0;
 }

@@ -8,10 +8,10 @@
 #define DROP_MAX_STACK 32
 #define DROP_REASON_WORDS 16 /* bitmap of reasons 0..1023 */
 
-/* plumb_hdr.flags of a drop record */
-#define DROP_FLAG_REASON 1   /* `reason` is the kernel's (it has drop reasons) */
-#define DROP_FLAG_STACK 2    /* a stack was asked for */
-#define DROP_FLAG_NO_STACK 4 /* ... and bpf_get_stack failed */
+/* plumb_hdr.flags of a drop record, above the PLUMB_HDR_* bits it keeps */
+#define DROP_FLAG_REASON 8    /* `reason` is the kernel's (it has drop reasons) */
+#define DROP_FLAG_STACK 16    /* a stack was asked for */
+#define DROP_FLAG_NO_STACK 32 /* ... and bpf_get_stack failed */
 
 struct drop_event {
 	struct plumb_hdr hdr;

@@ -28,12 +28,14 @@ use std::collections::BTreeSet;
 
 pub const MAX_STACK: usize = 32;
 
-/// `plumb_hdr.flags` of a drop record (drop.h).
+/// `plumb_hdr.flags` of a drop record (drop.h), above the header's own
+/// bits ([`raw::HDR_NO_TASK`]), which a drop record keeps.
 pub mod flag {
-    pub const REASON: u16 = 1;
-    pub const STACK: u16 = 2;
-    pub const NO_STACK: u16 = 4;
+    pub const REASON: u16 = 8;
+    pub const STACK: u16 = 16;
+    pub const NO_STACK: u16 = 32;
 }
+const _: () = assert!(flag::REASON & raw::HDR_NO_TASK == 0);
 
 /// Frames of the tracing machinery itself (the BPF program, the
 /// tracepoint's iterator), left off the front of a stack.

@@ -52,6 +52,7 @@ pub(super) fn reported(name: &'static str) -> &'static str {
     }
 }
 
+/// The drops in `ns`'s namespace.
 fn drops_in<'a>(events: &'a [crate::event::Event], ns: &Pod) -> Vec<&'a super::Drop> {
     events
         .iter()
