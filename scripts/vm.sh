@@ -150,7 +150,9 @@ run() {
     printf '%s\n' "$*" >"$run"/cmd
     cat >"$run"/stage2 <<EOF
 set +e
-mount -t tmpfs tmp /tmp; mount -t tmpfs run /run; mount -t tmpfs var /var/tmp
+# /tmp stays the overlay's (writes land in the guest's tmpfs upper layer):
+# a checkout under this machine's /tmp must stay visible to the guest.
+mount -t tmpfs run /run; mount -t tmpfs var /var/tmp
 # What devtmpfs leaves out: /dev/fd and the std links, ptys, shared memory.
 ln -sf /proc/self/fd /dev/fd; ln -sf fd/0 /dev/stdin; ln -sf fd/1 /dev/stdout; ln -sf fd/2 /dev/stderr
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm
