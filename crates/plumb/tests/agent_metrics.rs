@@ -59,13 +59,8 @@ fn kernel_shows() -> (bool, bool) {
     let d = plumb_core::kernel::with_vmlinux(drop::support)
         .expect("BTF")
         .expect("drop runs here");
-    let r = plumb_core::kernel::with_vmlinux(reset::support)
-        .expect("BTF")
-        .expect("reset runs here");
-    (
-        d.variant == drop::Variant::Reason,
-        !r.notes.iter().any(|n| n.contains("without a socket")),
-    )
+    let socketless = plumb_core::kernel::with_vmlinux(reset::socketless_rsts).expect("BTF");
+    (d.variant == drop::Variant::Reason, socketless)
 }
 
 #[test]

@@ -7,8 +7,9 @@
 //! line, and a script bpftrace rejects shows bpftrace's own error with the
 //! node. A kprobe script runs through an agent in the kernel-matrix guests
 //! (this machine has no kprobes: that test is ignored here and run there,
-//! by scripts/guest-suite.sh). The tests run one at a time (`support::serial`): each starts
-//! bpftrace, which takes a core for a second or two while it compiles.
+//! by scripts/guest-suite.sh). The tests run one at a time
+//! (`support::serial`): each starts bpftrace, which takes a core for a
+//! second or two while it compiles.
 //!
 //! A lab pod: a process in a kubelet-style pod cgroup (`support::fake_pod`
 //! for the systemd layout, `support::PodCgroups` for cgroupfs) and its own

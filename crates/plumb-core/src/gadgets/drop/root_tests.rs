@@ -25,13 +25,17 @@ use plumb_netlab::{Lab, Pod};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-/// Does this kernel give drop reasons (the program variant with a reason)?
+/// Does this kernel give drop reasons (the program variant with a
+/// reason)? Read from its BTF once.
 pub(super) fn kernel_reasons() -> bool {
-    crate::kernel::with_vmlinux(super::support)
-        .expect("the kernel's BTF")
-        .expect("drop runs here")
-        .variant
-        == super::Variant::Reason
+    static REASONS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REASONS.get_or_init(|| {
+        crate::kernel::with_vmlinux(super::support)
+            .expect("the kernel's BTF")
+            .expect("drop runs here")
+            .variant
+            == super::Variant::Reason
+    })
 }
 
 /// Run options selecting `reasons`, where the kernel has reasons.

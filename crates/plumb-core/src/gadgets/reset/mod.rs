@@ -150,10 +150,7 @@ pub fn support(btf: &Btf<'_>) -> std::result::Result<Support<Variant>, String> {
             ))
         }
     };
-    // Linux 6.9 made tcp_send_reset an event of its own, which also fires
-    // for RSTs sent without a socket; before, it was one of the
-    // tcp_event_sk_skb class and fired only for full sockets.
-    if !kernel::has_struct(btf, "trace_event_raw_tcp_send_reset") {
+    if !socketless_rsts(btf) {
         notes.push(
             "RSTs sent without a socket (to a closed port) need Linux 6.9 (missing struct \
              trace_event_raw_tcp_send_reset): only RSTs sent by sockets are shown"
@@ -161,6 +158,14 @@ pub fn support(btf: &Btf<'_>) -> std::result::Result<Support<Variant>, String> {
         );
     }
     Ok(Support { variant, notes })
+}
+
+/// Does tcp_send_reset fire for RSTs sent without a socket (to a closed
+/// port) on the kernel `btf` describes? Linux 6.9 made it an event of its
+/// own, which does; before, it was one of the tcp_event_sk_skb class and
+/// fired only for full sockets.
+pub fn socketless_rsts(btf: &Btf<'_>) -> bool {
+    kernel::has_struct(btf, "trace_event_raw_tcp_send_reset")
 }
 
 /// For `plumb gadgets`: `Err` why reset cannot run here, or its limits.

@@ -19,13 +19,17 @@ use plumb_netlab::Lab;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// What the running kernel shows: reasons, and RSTs sent without a socket.
+/// What the running kernel shows: reasons, and RSTs sent without a socket
+/// (read from its BTF once).
 fn kernel_shows() -> (bool, bool) {
-    let s = crate::kernel::with_vmlinux(super::support)
+    static SHOWS: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
+    *SHOWS.get_or_init(|| {
+        crate::kernel::with_vmlinux(|b| {
+            let s = super::support(b).expect("reset runs here");
+            (s.variant == Variant::Reason, super::socketless_rsts(b))
+        })
         .expect("the kernel's BTF")
-        .expect("reset runs here");
-    let socketless = !s.notes.iter().any(|n| n.contains("without a socket"));
-    (s.variant == Variant::Reason, socketless)
+    })
 }
 
 /// The reason expected for an RST the kernel names `name`.

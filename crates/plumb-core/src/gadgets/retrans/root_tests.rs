@@ -104,7 +104,8 @@ fn retransmitted_segments_equal_the_kernels_counter() {
 /// Forced through the test-only override on a kernel with an `int err`
 /// result (this machine's): with the enum fixture's success value (1),
 /// which no real result has, nothing is reported while the kernel counted
-/// retransmits. Kernels without a result cannot load it, so the guests
+/// retransmits; forced with this kernel's own success value (0), every
+/// retransmit is. Kernels without a result cannot load it, so the guests
 /// skip it (scripts/guest-suite.sh).
 #[test]
 fn forced_result_enum_variant_reports_only_its_success_value() {
@@ -130,6 +131,9 @@ fn forced_result_enum_variant_reports_only_its_success_value() {
     let (counted, reported) = lossy_transfer("rtf", opts);
     assert!(counted > 0);
     assert_eq!(reported, 0, "no retransmit's result is 1");
+    let opts = testing::with_params(&[(super::FORCE_RESULT, "0")]);
+    let (counted, reported) = lossy_transfer("rtz", opts);
+    assert_eq!(reported, counted, "forced to 0, every sent retransmit");
 }
 
 /// `--netns` keeps one client's SYN retransmits and leaves another's out
