@@ -206,20 +206,29 @@ impl Container {
     /// Wait until a process in the container has `needle` in its command
     /// line; its pid.
     pub fn wait_for_process(&self, needle: &str, timeout: Duration) -> Result<u32> {
+        self.wait_for(timeout, &format!("'{needle}'"), |cmd| cmd.contains(needle))
+    }
+
+    /// Wait until a process in the container runs `argv` exactly (not a
+    /// shell whose script mentions it); its pid.
+    pub fn wait_for_command(&self, argv: &[&str], timeout: Duration) -> Result<u32> {
+        let want = argv.join(" ");
+        self.wait_for(timeout, &format!("command '{want}'"), |cmd| cmd == want)
+    }
+
+    fn wait_for(&self, timeout: Duration, what: &str, hit: impl Fn(&str) -> bool) -> Result<u32> {
         let deadline = Instant::now() + timeout;
         loop {
             for pid in self.pids() {
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmd)
-                    .replace('\0', " ")
-                    .contains(needle)
-                {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if hit(cmd.trim_end()) {
                     return Ok(pid);
                 }
             }
             if Instant::now() > deadline {
                 return Err(Error(format!(
-                    "no process with '{needle}' in container {} after {timeout:?}",
+                    "no process with {what} in container {} after {timeout:?}",
                     self.name
                 )));
             }

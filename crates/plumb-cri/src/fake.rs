@@ -1,4 +1,4 @@
-//! A stand-in CRI runtime for tests: it serves the two calls plumb makes on
+//! A stand-in CRI runtime for tests: it serves the three calls plumb makes on
 //! a unix socket, answering for the pods it was given the way containerd
 //! answers for pods the kubelet created (the kubelet's labels on each
 //! container, the pod's metadata on its sandbox). No cluster or runtime can
@@ -24,10 +24,24 @@ pub struct FakePod {
 struct Service {
     pods: Vec<FakePod>,
     delay: Duration,
+    runtime_name: String,
 }
 
 #[tonic::async_trait]
 impl RuntimeService for Service {
+    async fn version(
+        &self,
+        _req: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        tokio::time::sleep(self.delay).await;
+        Ok(Response::new(VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: self.runtime_name.clone(),
+            runtime_version: "stand-in".into(),
+            runtime_api_version: "v1".into(),
+        }))
+    }
+
     async fn container_status(
         &self,
         req: Request<ContainerStatusRequest>,
@@ -102,8 +116,19 @@ pub struct FakeRuntime {
 }
 
 impl FakeRuntime {
-    /// Serve `pods` on a unix socket at `path`, each answer after `delay`.
+    /// Serve `pods` on a unix socket at `path`, each answer after `delay`,
+    /// calling itself containerd.
     pub fn start(path: &Path, pods: Vec<FakePod>, delay: Duration) -> std::io::Result<Self> {
+        Self::start_named(path, pods, delay, "containerd")
+    }
+
+    /// As [`FakeRuntime::start`], with the name its Version call gives.
+    pub fn start_named(
+        path: &Path,
+        pods: Vec<FakePod>,
+        delay: Duration,
+        runtime_name: &str,
+    ) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(path);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -115,7 +140,11 @@ impl FakeRuntime {
         };
         rt.spawn(
             tonic::transport::Server::builder()
-                .add_service(RuntimeServiceServer::new(Service { pods, delay }))
+                .add_service(RuntimeServiceServer::new(Service {
+                    pods,
+                    delay,
+                    runtime_name: runtime_name.to_string(),
+                }))
                 .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
         );
         Ok(FakeRuntime {

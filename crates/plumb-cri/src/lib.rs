@@ -46,6 +46,9 @@ pub struct Names {
     pub namespace: Option<String>,
     pub pod_uid: Option<String>,
     pub container: Option<String>,
+    /// The runtime that answered, as its Version call names it
+    /// ("containerd", "cri-o", "docker"); `None` for one plumb does not know.
+    pub runtime: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -122,8 +125,9 @@ impl CriSource {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
             )),
-            // Every endpoint may be tried once, one after another.
-            wait: timeout * endpoints.len().max(1) as u32 + Duration::from_millis(50),
+            // Every endpoint may be tried once, one after another; a new
+            // connection also asks the runtime's name first.
+            wait: timeout * 2 * endpoints.len().max(1) as u32 + Duration::from_millis(50),
             endpoints,
             stats: CriStats::default(),
         }
@@ -210,12 +214,19 @@ impl MetadataSource for CriSource {
                     n.pod = p.pod;
                     n.namespace = p.namespace;
                     n.pod_uid = n.pod_uid.take().or(p.pod_uid);
+                    n.runtime = n.runtime.or(p.runtime);
                 }
             }
         }
         let Some(n) = names else {
             return;
         };
+        // The runtime that knows the container, or its pod (a sandbox's
+        // pause container is known only as the pod), is surer than the
+        // cgroup path's guess: a cgroupfs path names no runtime at all.
+        if let Some(r) = n.runtime {
+            w.container_runtime = Some(r);
+        }
         // What the cgroup path said stays; only what it could not say is added.
         if w.pod.is_none() {
             w.pod = n.pod;
@@ -241,7 +252,7 @@ fn worker(endpoints: Vec<PathBuf>, timeout: Duration, jobs: mpsc::Receiver<Job>)
     else {
         return;
     };
-    let mut clients: Vec<Option<RuntimeServiceClient<Channel>>> = vec![None; endpoints.len()];
+    let mut clients: Vec<Option<Client>> = vec![None; endpoints.len()];
     while let Ok(job) = jobs.recv() {
         let answer = rt.block_on(lookup(&endpoints, &mut clients, timeout, &job.key));
         // The asker may have stopped waiting; that is not an error.
@@ -249,25 +260,60 @@ fn worker(endpoints: Vec<PathBuf>, timeout: Duration, jobs: mpsc::Receiver<Job>)
     }
 }
 
+/// A connection to one runtime, and the runtime's name as it gave it when
+/// the connection was made.
+#[derive(Clone)]
+struct Client {
+    rpc: RuntimeServiceClient<Channel>,
+    runtime: Option<&'static str>,
+}
+
+/// Connect, and ask once which runtime this is.
+async fn open(path: &std::path::Path, timeout: Duration) -> Option<Client> {
+    let mut rpc = tokio::time::timeout(timeout, endpoint::connect(path))
+        .await
+        .ok()?
+        .ok()?;
+    let version = rpc.version(proto::VersionRequest {
+        version: "v1".into(),
+    });
+    let runtime = match tokio::time::timeout(timeout, version).await {
+        Ok(Ok(v)) => runtime_of(&v.into_inner().runtime_name),
+        // An old or partial runtime may not answer Version; names still work.
+        _ => None,
+    };
+    Some(Client { rpc, runtime })
+}
+
+/// The names plumb reports for the runtimes' own names of themselves.
+pub fn runtime_of(runtime_name: &str) -> Option<&'static str> {
+    match runtime_name.to_ascii_lowercase().as_str() {
+        "containerd" => Some("containerd"),
+        "cri-o" | "crio" => Some("cri-o"),
+        "docker" | "cri-dockerd" => Some("docker"),
+        _ => None,
+    }
+}
+
 async fn lookup(
     endpoints: &[PathBuf],
-    clients: &mut [Option<RuntimeServiceClient<Channel>>],
+    clients: &mut [Option<Client>],
     timeout: Duration,
     key: &Key,
 ) -> Answer {
     let mut answered = false;
     for (path, slot) in endpoints.iter().zip(clients.iter_mut()) {
         if slot.is_none() {
-            *slot = tokio::time::timeout(timeout, endpoint::connect(path))
-                .await
-                .ok()
-                .and_then(Result::ok);
+            *slot = open(path, timeout).await;
         }
         let Some(client) = slot.as_mut() else {
             continue;
         };
-        match tokio::time::timeout(timeout, call(client, key)).await {
-            Ok(Ok(Some(names))) => return Answer::Known(names),
+        match tokio::time::timeout(timeout, call(&mut client.rpc, key)).await {
+            Ok(Ok(Some(mut names))) => {
+                names.runtime = client.runtime;
+                return Answer::Known(names);
+            }
             // Not known to this runtime: try the next one.
             Ok(Ok(None)) => answered = true,
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => answered = true,
@@ -317,6 +363,7 @@ async fn call(
                     namespace: non_empty(&m.namespace),
                     pod_uid: non_empty(&m.uid),
                     container: None,
+                    runtime: None,
                 }))
         }
     }
@@ -332,6 +379,7 @@ pub fn container_names(s: &proto::ContainerStatus) -> Names {
         pod_uid: label(POD_UID),
         container: label(CONTAINER_NAME)
             .or_else(|| s.metadata.as_ref().and_then(|m| non_empty(&m.name))),
+        runtime: None,
     }
 }
 

@@ -103,3 +103,38 @@ fn a_missing_socket_answers_nothing() {
     assert!(w.pod.is_none());
     assert_eq!(src.stats.failed.load(Ordering::Relaxed), 2);
 }
+
+/// A cgroupfs path (`/kubepods/besteffort/pod<uid>/<id>`) names no runtime;
+/// the one that knows the container does, through its Version call.
+#[test]
+fn the_runtime_that_answers_names_itself() {
+    for (name, expect) in [
+        ("containerd", "containerd"),
+        ("cri-o", "cri-o"),
+        ("docker", "docker"),
+        // A runtime plumb does not know keeps the cgroup path's guess.
+        ("fancy-runtime", "cri"),
+    ] {
+        let path = std::env::temp_dir().join(format!(
+            "plumb-cri-version-{name}-{}.sock",
+            std::process::id()
+        ));
+        let rt = FakeRuntime::start_named(
+            &path,
+            vec![FakePod {
+                name: "checkout-7c9f-x2".into(),
+                namespace: "shop".into(),
+                uid: POD_UID.into(),
+                containers: vec![(CONTAINER.into(), "app".into())],
+            }],
+            Duration::ZERO,
+            name,
+        )
+        .unwrap();
+        let src = CriSource::new(vec![rt.path().to_path_buf()], Duration::from_secs(2));
+        let mut w = in_pod("cri");
+        src.fill(&mut w);
+        assert_eq!(w.container.as_deref(), Some("app"), "{name}");
+        assert_eq!(w.container_runtime, Some(expect), "{name}");
+    }
+}
