@@ -252,6 +252,25 @@ impl KernelSymbols {
     }
 }
 
+/// Can perf-event programs call bpf_get_current_task_btf (Linux 5.11),
+/// and so read the current task with plain loads instead of one
+/// bpf_probe_read_kernel per field? Asked of the kernel once.
+pub fn perf_event_has_task_btf() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: libbpf's probe takes no pointers but the optional opts.
+        let r = unsafe {
+            libbpf_sys::libbpf_probe_bpf_helper(
+                libbpf_sys::BPF_PROG_TYPE_PERF_EVENT,
+                libbpf_sys::BPF_FUNC_get_current_task_btf,
+                std::ptr::null(),
+            )
+        };
+        // Unlike the ancestor probe, an error means "read it the old way".
+        r == 1
+    })
+}
+
 /// Can tracing programs (tracepoints, perf events, `tp_btf`) call
 /// bpf_get_current_ancestor_cgroup_id on this kernel? Linux 5.10 offers it
 /// to cgroup programs only; there the cgroup filter reads the ancestors

@@ -119,6 +119,7 @@ impl Running {
                 ro.want_kernel = opts.kernel as u32;
                 ro.want_user = opts.user as u32;
                 ro.exclude_tgid = opts.excluded_tgid();
+                ro.task_btf = plumb_core::kernel::perf_event_has_task_btf() as u32;
                 open.maps
                     .events
                     .set_max_entries(256 << 10)

@@ -13,6 +13,7 @@
 #include "profile.h"
 
 #define PROT_EXEC 0x4
+#define EFAULT 14
 
 /*
  * Never read: it puts struct proc_note (which only travels through the ring
@@ -29,6 +30,13 @@ const volatile __u32 want_user = 1;
  * threads are left out and counted as filtered. 0 keeps them.
  */
 const volatile __u32 exclude_tgid = 0;
+
+/*
+ * bpf_get_current_task_btf() is there (5.11): the sample reads the task
+ * with plain loads, not a helper call per field. On older kernels the
+ * branch is pruned by the verifier, which never sees the helper.
+ */
+const volatile __u32 task_btf = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
@@ -94,6 +102,21 @@ static __always_inline void current_image(struct image_id *img)
 	img->pad = 0;
 }
 
+/* The sample's image and cgroup id, read the cheapest way the kernel allows. */
+static __always_inline __u64 sample_image(struct image_id *img)
+{
+	if (task_btf) {
+		struct task_struct *task = bpf_get_current_task_btf();
+
+		img->start_ns = task->group_leader->start_boottime;
+		img->exec_id = (__u32)task->self_exec_id;
+		img->pad = 0;
+		return task->cgroups->dfl_cgrp->kn->id;
+	}
+	current_image(img);
+	return bpf_get_current_cgroup_id();
+}
+
 SEC("tp/sched/sched_process_exec")
 int plumb_profile_exec(void *ctx)
 {
@@ -137,8 +160,7 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 	}
 	key.pid = pid;
 	key.tid = (__u32)pid_tgid;
-	key.cgroup_id = bpf_get_current_cgroup_id();
-	current_image(&key.image);
+	key.cgroup_id = sample_image(&key.image);
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 
 	key.kstack = -1;
@@ -148,8 +170,13 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 	 * take (interrupted in user mode; a kernel thread), anything else that
 	 * the stack could not be recorded, which user space counts.
 	 */
+	/*
+	 * Interrupted in user mode (the lowest two bits of CS are the
+	 * privilege level, 3 for user): there is no kernel stack to take, and
+	 * the helper would only find that out (-EFAULT) at a cost.
+	 */
 	if (want_kernel)
-		key.kstack = bpf_get_stackid(ctx, &stacks, 0);
+		key.kstack = (ctx->regs.csx & 3) == 3 ? -EFAULT : bpf_get_stackid(ctx, &stacks, 0);
 	if (want_user)
 		key.ustack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
 
@@ -158,9 +185,11 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 		/*
 		 * A key counted before: its image was checked against `seen`
 		 * when the key was new. Code mapped since (dlopen) gives new
-		 * stacks, hence new keys, which are checked again.
+		 * stacks, hence new keys, which are checked again. A plain
+		 * add: the key names the thread, and a thread is sampled on
+		 * the CPU it runs on, so no two CPUs count one key at once.
 		 */
-		__sync_fetch_and_add(n, 1);
+		*n += 1;
 		stat_inc(STAT_SAMPLES);
 		return 0;
 	}
