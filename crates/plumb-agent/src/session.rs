@@ -329,6 +329,9 @@ fn run(
     let session = stats.session_id();
     let rings: RingSlot = Arc::default();
     let mut enricher = Enricher::with_fs(fs, shared.sources.clone(), Enricher::DEFAULT_CAPACITY);
+    // Names for containers that end before their events are read; without
+    // the watcher (an old kernel) only those stay unnamed.
+    let _ = enricher.remember_new_cgroups();
     let mut sink = Forward {
         tx: tx.clone(),
         gadget: desc.name,

@@ -320,7 +320,11 @@ pub fn run(
             uid: None,
             ..filter
         },
-        enricher: Enricher::with_fs(fs, opts.sources.clone(), Enricher::DEFAULT_CAPACITY),
+        enricher: with_created_cgroups(Enricher::with_fs(
+            fs,
+            opts.sources.clone(),
+            Enricher::DEFAULT_CAPACITY,
+        )),
         node: node.clone(),
         started: started_wall,
     };
@@ -455,4 +459,12 @@ pub fn run(
         stacks,
         prog_ids,
     })
+}
+
+/// The profile's enricher, keeping the paths of cgroups made during the
+/// profile: a process of a container that ended is still attributed. Without
+/// it (no permission for the watcher) only that is lost.
+fn with_created_cgroups(mut e: Enricher) -> Enricher {
+    let _ = e.remember_new_cgroups();
+    e
 }

@@ -496,3 +496,46 @@ fn the_agent_counts_a_pods_execs_and_keeps_them_when_the_pod_is_deleted() {
     );
     agent.stop();
 }
+
+#[test]
+fn a_container_that_ends_at_once_is_still_named() {
+    require_root();
+    let _s = serial();
+    let cd = Containerd::start().expect("containerd");
+    let t = trace(
+        &cd,
+        &[
+            "trace",
+            "exec",
+            "-n",
+            "jobs",
+            "-o",
+            "json",
+            "--duration",
+            "60s",
+        ],
+    );
+    let pod = cd.run_pod("once-2b7c-v5", "jobs").expect("pod");
+    let mark = marker("once");
+    // The container's only process execs once and exits: runc removes its
+    // cgroup right after, often before plumb reads the exec.
+    let argv = [
+        "/bin/sh",
+        "-c",
+        "exec /bin/sh -c 'exit 0' \"$0\"",
+        mark.as_str(),
+    ];
+    let c = cd.start_container(&pod, "job", &argv).expect("container");
+    let cgroup = c.cgroup.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cgroup.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!cgroup.exists(), "the container's cgroup was removed");
+    std::thread::sleep(Duration::from_millis(500));
+    let (events, stderr) = t.stop();
+    let want = serde_json::json!(["/bin/sh", "-c", "exit 0", mark]);
+    let got: Vec<&Value> = events.iter().filter(|e| e["args"] == want).collect();
+    assert_eq!(got.len(), 1, "{events:?} {stderr:?}");
+    assert_named(got[0], &cd, &pod, &c);
+}

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod cgroupfs;
+pub mod created;
 pub mod netns;
 pub mod runtime;
 
@@ -68,6 +69,9 @@ pub struct Enricher {
     net: Option<netns::NetResolver>,
     /// Namespace owners with names filled in, per namespace inode.
     netns_owners: HashMap<u32, (Instant, Option<netns::NetnsInfo>)>,
+    /// Paths of cgroups made since the run started, for ids the kernel no
+    /// longer knows (see [`Enricher::remember_new_cgroups`]).
+    created: Option<created::CreatedCgroups>,
 }
 
 impl Enricher {
@@ -100,7 +104,19 @@ impl Enricher {
             stats: EnrichStats::default(),
             net: None,
             netns_owners: HashMap::new(),
+            created: None,
         }
+    }
+
+    /// From now on, remember the path of each cgroup made, so that the
+    /// events of a container that ends before they are read are still
+    /// named. An error (no permission for BPF) changes nothing else:
+    /// callers may go on without it.
+    pub fn remember_new_cgroups(&mut self) -> crate::error::Result<()> {
+        if self.created.is_none() && self.fs.is_some() {
+            self.created = Some(created::CreatedCgroups::start()?);
+        }
+        Ok(())
     }
 
     /// Read cgroup v1 paths from `PID/cgroup` files below `root` (tests).
@@ -205,7 +221,10 @@ impl Enricher {
             }
         }
         self.stats.misses += 1;
-        let path = self.fs.as_ref().and_then(|fs| fs.path_of(id));
+        let path = self.fs.as_ref().and_then(|fs| fs.path_of(id)).or_else(|| {
+            // Gone already (a container that ended): the path it was made with.
+            self.created.as_ref().and_then(|c| c.path_of(id))
+        });
         let mut w = path.as_deref().map(cgroup::parse).unwrap_or_default();
         if !w.is_empty() {
             self.fill_names(&mut w);

@@ -154,6 +154,11 @@ pub fn run(cmd: TraceCmd, verbose: bool) -> anyhow::Result<()> {
         Arc::from(plumb_core::runner::node_name()),
     );
     let mut enricher = Enricher::with_fs(prepared.fs, sources, Enricher::DEFAULT_CAPACITY);
+    if let Err(e) = enricher.remember_new_cgroups() {
+        if verbose {
+            eprintln!("plumb: containers that end before their events are read stay unnamed: {e}");
+        }
+    }
     let out = BufWriter::with_capacity(64 << 10, io::stdout());
     let mut sink = OutputSink::new(
         output(gadget, &cmd.output.spec(false), &opts.node, out),
