@@ -81,6 +81,6 @@ mod root_tests {
         let ids = watch.prog_ids();
         assert_eq!(ids.len(), 1);
         drop(watch);
-        assert!(ids.iter().all(|&p| !loader::prog_exists(p)), "detached");
+        crate::testing::assert_no_programs_left(&ids);
     }
 }
