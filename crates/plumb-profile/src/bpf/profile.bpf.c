@@ -38,6 +38,23 @@ const volatile __u32 exclude_tgid = 0;
  */
 const volatile __u32 task_btf = 0;
 
+/*
+ * The code segment of the interrupted context. The regs of a perf_event
+ * program's context are the user-visible pt_regs (uapi asm/ptrace.h), whose
+ * x86-64 layout is ABI: read at that fixed place, not through vmlinux's
+ * pt_regs, whose name for the word changed (`cs`, then `csx` with FRED in
+ * 6.9) and whose CO-RE fallback the verifier refuses on a context.
+ */
+struct user_pt_regs_x86_64 {
+	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+	unsigned long ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+static __always_inline __u64 interrupted_cs(struct bpf_perf_event_data *ctx)
+{
+	return ((const struct user_pt_regs_x86_64 *)ctx)->cs;
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
 	__uint(max_entries, 16384);
@@ -176,7 +193,7 @@ int plumb_profile_sample(struct bpf_perf_event_data *ctx)
 	 * the helper would only find that out (-EFAULT) at a cost.
 	 */
 	if (want_kernel)
-		key.kstack = (ctx->regs.csx & 3) == 3 ? -EFAULT : bpf_get_stackid(ctx, &stacks, 0);
+		key.kstack = (interrupted_cs(ctx) & 3) == 3 ? -EFAULT : bpf_get_stackid(ctx, &stacks, 0);
 	if (want_user)
 		key.ustack = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
 
