@@ -17,6 +17,7 @@ pub mod raw;
 pub use error::{Error, Result};
 pub mod kernel;
 pub mod loader;
+pub mod perf;
 pub mod preflight;
 pub mod prepare;
 pub mod runner;

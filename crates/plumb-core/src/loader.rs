@@ -117,6 +117,22 @@ pub fn capture_libbpf_log() {
     });
 }
 
+/// Run `f` with libbpf's messages off. libbpf-rs turns each message into
+/// a Rust string and aborts the process on one that is not UTF-8, which a
+/// malformed object of a user's makes libbpf print (its section names).
+/// Messages are captured again afterwards.
+pub fn without_libbpf_log<T>(f: impl FnOnce() -> T) -> T {
+    let prev = libbpf_rs::set_print(None);
+    let r = f();
+    libbpf_rs::set_print(prev);
+    r
+}
+
+/// libbpf's messages since the last call (after [`capture_libbpf_log`]).
+pub fn take_libbpf_log() -> Vec<String> {
+    take_log()
+}
+
 fn take_log() -> Vec<String> {
     LOG.lock()
         .map(|mut l| l.drain(..).collect())

@@ -2,7 +2,7 @@
 //! and what to tell the user when the kernel will not open them.
 
 use crate::{Error, Result};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// The CPUs the kernel has online (`0-3,5`).
 pub fn online_cpus() -> Vec<u32> {
@@ -32,29 +32,7 @@ fn parse_cpu_list(text: &str) -> Vec<u32> {
 
 /// A software CPU-clock sampling event on one CPU, for every task.
 fn open_cpu_clock(cpu: u32, frequency: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: perf_event_attr is plain data; all-zero is its default.
-    let mut attr: libbpf_sys::perf_event_attr = unsafe { std::mem::zeroed() };
-    attr.type_ = libbpf_sys::PERF_TYPE_SOFTWARE;
-    attr.size = std::mem::size_of::<libbpf_sys::perf_event_attr>() as u32;
-    attr.config = libbpf_sys::PERF_COUNT_SW_CPU_CLOCK as u64;
-    attr.__bindgen_anon_1.sample_freq = frequency as u64;
-    attr.set_freq(1);
-    // SAFETY: a valid attr; pid -1 with a cpu means every task on that CPU.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const libbpf_sys::perf_event_attr,
-            -1 as libc::pid_t,
-            cpu as libc::c_int,
-            -1 as libc::c_int,
-            libbpf_sys::PERF_FLAG_FD_CLOEXEC as libc::c_ulong,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    plumb_core::perf::open_cpu_clock(cpu, u64::from(frequency))
 }
 
 /// One clock event per online CPU. A CPU that answers ENODEV (it went

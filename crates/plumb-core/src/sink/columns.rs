@@ -47,6 +47,13 @@ impl<W: Write> ColumnsSink<W> {
         self.out
     }
 
+    /// A table whose header was already written (by an earlier sink on
+    /// the same output): rows only.
+    pub fn continued(mut self) -> Self {
+        self.header_done = true;
+        self
+    }
+
     fn header(&mut self) -> io::Result<()> {
         if !self.header_done {
             self.header_done = true;

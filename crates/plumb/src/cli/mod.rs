@@ -13,6 +13,7 @@ mod profile_hook;
 mod remote;
 mod remote_bpftrace;
 mod remote_profile;
+mod run;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +58,9 @@ pub enum Command {
     Profile(profile::ProfileCmd),
     #[command(about = bpftrace::ABOUT, long_about = bpftrace::LONG_ABOUT)]
     Bpftrace(bpftrace::BpftraceCmd),
+    /// Load your own BPF object, attach it, and print its maps decoded (columns, JSON, Prometheus).
+    #[command(long_about = run::LONG_ABOUT)]
+    Run(Box<run::RunCmd>),
     /// Run as the node agent: remote API (token or mTLS) and Prometheus metrics.
     Agent(agent::AgentArgs),
     /// Run a gadget or a CPU profile on many agents at once (--agents
@@ -90,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor(d) => doctor::run(d),
         Command::Profile(p) => profile::run(p, cli.verbose),
         Command::Bpftrace(b) => bpftrace::run(b, cli.verbose),
+        Command::Run(r) => run::run(*r, cli.verbose),
         Command::Agent(a) => agent::run(a),
         Command::Remote(r) => remote::run(r, cli.verbose),
         Command::KubectlPlugin(k) => kubectl::run(k, cli.verbose),
@@ -122,6 +127,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             e.chain()
                 .find_map(|c| c.downcast_ref::<plumb_bpftrace::Error>())
                 .map(|e| e.exit_code() as u8)
+        })
+        .or_else(|| {
+            e.chain()
+                .find_map(|c| c.downcast_ref::<run::RunFailed>())
+                .map(|r| r.0.exit_code() as u8)
         })
         .or_else(|| {
             e.chain()
