@@ -22,6 +22,8 @@ const IF_COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/if_count.bpf.o
 const REFUSED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/refused.bpf.o"));
 const KPROBE_COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kprobe_count.bpf.o"));
 const NO_PROGRAMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/no_programs.bpf.o"));
+const CG_COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cg_count.bpf.o"));
+const UPROBE_COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/uprobe_count.bpf.o"));
 
 /// A temporary directory holding the objects as files, removed on drop.
 struct Objects(PathBuf);
@@ -39,6 +41,8 @@ impl Objects {
             ("refused.bpf.o", REFUSED),
             ("kprobe_count.bpf.o", KPROBE_COUNT),
             ("no_programs.bpf.o", NO_PROGRAMS),
+            ("cg_count.bpf.o", CG_COUNT),
+            ("uprobe_count.bpf.o", UPROBE_COUNT),
         ] {
             std::fs::write(dir.join(name), bytes).unwrap();
         }
@@ -296,6 +300,10 @@ fn a_tracepoint_counter_with_a_struct_key_a_histogram_a_per_cpu_map_and_records(
         };
         let mut opts = options(objects.path("sys_count.bpf.o"), target.clone(), format);
         opts.set = vec![("marker_len".into(), LEN.to_string())];
+        // Columns also print every 150 ms: the run lasts longer than that.
+        if format == Format::Columns {
+            opts.interval = Some(Duration::from_millis(150));
+        }
         let ran = run_while(opts, |s| {
             assert!(
                 s.globals.contains(&format!("plumb_target_pid={pid}")),
@@ -304,7 +312,16 @@ fn a_tracepoint_counter_with_a_struct_key_a_histogram_a_per_cpu_map_and_records(
             );
             tell(&fifo, &mut child);
             assert!(child.wait().unwrap().success());
+            if format == Format::Columns {
+                std::thread::sleep(Duration::from_millis(500));
+            }
         });
+        assert!(
+            ran.notes
+                .contains("map raw_writes has no BTF for its key or value: shown as bytes"),
+            "{}",
+            ran.notes
+        );
         assert!(
             ran.notes
                 .contains("map stacks: a StackTrace map is not decoded; it is left out"),
@@ -343,24 +360,50 @@ fn a_tracepoint_counter_with_a_struct_key_a_histogram_a_per_cpu_map_and_records(
                     "key": {"key": 4}, "value": WRITES})
                     ]
                 );
-                let recs = find("events");
-                assert_eq!(recs.len(), WRITES as usize, "{}", ran.out);
-                for r in recs {
-                    assert_eq!(
-                        r["record"],
-                        json!({"pid": pid, "fd": 1, "count": LEN, "comm": "sh"})
-                    );
+                let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+                assert_eq!(
+                    find("raw_writes"),
+                    vec![
+                        json!({"node": "test-node", "object": "sys_count", "map": "raw_writes",
+                    "key": {"key": hex(&pid.to_le_bytes())}, "value": hex(&u64::from(WRITES).to_le_bytes())})
+                    ]
+                );
+                for map in ["events", "perf_events"] {
+                    let recs = find(map);
+                    assert_eq!(recs.len(), WRITES as usize, "{map}: {}", ran.out);
+                    for r in recs {
+                        assert_eq!(
+                            r["record"],
+                            json!({"pid": pid, "fd": 1, "count": LEN, "comm": "sh"})
+                        );
+                    }
                 }
-                assert_eq!(ran.summary.records, WRITES as u64);
+                assert_eq!(
+                    (ran.summary.records, ran.summary.lost),
+                    (2 * WRITES as u64, 0)
+                );
             }
             Format::Columns => {
+                // Printed every interval and once at the end: the last is read.
+                let dumps = ran
+                    .out
+                    .lines()
+                    .filter(|l| l.starts_with("map writes at "))
+                    .count();
+                assert!(
+                    dumps >= 3,
+                    "{dumps} readings in 650 ms at a 150 ms interval:\n{}",
+                    ran.out
+                );
                 let row = |map: &str| -> Vec<String> {
-                    let mut it = ran
-                        .out
-                        .lines()
-                        .skip_while(|l| !l.starts_with(&format!("map {map} at")));
-                    it.next();
-                    it.nth(1)
+                    let lines: Vec<&str> = ran.out.lines().collect();
+                    let at = lines
+                        .iter()
+                        .rposition(|l| l.starts_with(&format!("map {map} at")))
+                        .unwrap();
+                    lines
+                        .get(at + 2)
+                        .copied()
                         .unwrap_or_default()
                         .split_whitespace()
                         .map(str::to_string)
@@ -482,6 +525,112 @@ fn xdp_and_tc_counters_on_a_pods_interface_are_taken_off_after() {
     assert!(
         !links.contains("prog/xdp"),
         "an XDP program was left: {links}"
+    );
+}
+
+/// A cgroup of the test's own below the cgroup v2 root, removed on drop
+/// (with the processes the test put there).
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(tag: &str) -> TestCgroup {
+        let root = plumb_netlab::cgroup::v2_root().expect("a cgroup v2 hierarchy");
+        let dir = root.join(format!("plumb-run-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TestCgroup(dir)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        plumb_netlab::cgroup::remove_tree(&self.0);
+    }
+}
+
+#[test]
+fn a_cgroup_program_counts_what_the_selected_cgroup_sends() {
+    require_root();
+    let objects = Objects::new();
+    let mut lab = Lab::new("run-cg").unwrap();
+    let a = lab.add_pod("cga").unwrap();
+    let b = lab.add_pod("cgb").unwrap();
+    let cg = TestCgroup::new("cg");
+    let target = Target {
+        what: "cgroup".into(),
+        cgroup: Some(cg.0.clone()),
+        ..Target::default()
+    };
+    const PINGS: u32 = 3;
+    let ran = run_while(
+        options(objects.path("cg_count.bpf.o"), target, Format::Json),
+        |_| {
+            // A shell in pod a moves itself into the cgroup, then pings pod b:
+            // the cgroup sends one ICMP echo request per ping.
+            let procs = cg.0.join("cgroup.procs");
+            a.ns.sh(&format!(
+                "echo $$ > '{}' && ping -q -n -c {PINGS} -i 0.2 -W 2 {}",
+                procs.display(),
+                b.ip
+            ))
+            .expect("ping from the cgroup");
+        },
+    );
+    assert_eq!(
+        ran.summary.attached,
+        [format!("cg_egress: cgroup {}", cg.0.display())]
+    );
+    let lines = json_lines(&ran.out);
+    assert_eq!(
+        lines,
+        vec![
+            json!({"node": "test-node", "object": "cg_count", "map": "egress_protos",
+        "key": {"key": 1}, "value": PINGS})
+        ],
+        "{}",
+        ran.out
+    );
+}
+
+/// The function the uprobe test probes, in this test executable.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn plumb_run_test_marker(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_mul(3))
+}
+
+#[test]
+fn a_uprobe_goes_where_attach_says_and_counts_each_call() {
+    require_root();
+    let objects = Objects::new();
+    let exe = std::env::current_exe().unwrap();
+    const CALLS: u64 = 11;
+    let mut opts = options(
+        objects.path("uprobe_count.bpf.o"),
+        Target::default(),
+        Format::Json,
+    );
+    opts.attach = vec![(
+        "uprobe".into(),
+        format!("{}:plumb_run_test_marker", exe.display()),
+    )];
+    let ran = run_while(opts, |_| {
+        for i in 0..CALLS {
+            plumb_run_test_marker(i);
+        }
+    });
+    assert_eq!(
+        ran.summary.attached,
+        [format!("on_call: {}:plumb_run_test_marker", exe.display())]
+    );
+    let lines = json_lines(&ran.out);
+    assert_eq!(
+        lines,
+        vec![
+            json!({"node": "test-node", "object": "uprobe_count", "map": "calls",
+        "key": {"key": std::process::id()}, "value": CALLS})
+        ],
+        "{}",
+        ran.out
     );
 }
 
@@ -639,7 +788,9 @@ fn kprobe_counter_counts_getpid_calls_in_a_guest() {
     let objects = Objects::new();
     const CALLS: usize = 9;
     let (tx, rx) = mpsc::channel::<()>();
-    let (done_tx, done_rx) = mpsc::channel::<u32>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    // Asked before the run: std::process::id() is a getpid call too.
+    let me = std::process::id();
     // A thread of ours calls getpid CALLS times once told: the map counts
     // this process's calls, and nothing else of ours calls it meanwhile.
     let caller = std::thread::spawn(move || {
@@ -648,7 +799,7 @@ fn kprobe_counter_counts_getpid_calls_in_a_guest() {
             // SAFETY: getpid has no preconditions; the raw syscall, not libc's cache.
             unsafe { libc::syscall(libc::SYS_getpid) };
         }
-        done_tx.send(std::process::id()).unwrap();
+        done_tx.send(()).unwrap();
     });
     let ran = run_while(
         options(
@@ -662,7 +813,6 @@ fn kprobe_counter_counts_getpid_calls_in_a_guest() {
         },
     );
     caller.join().unwrap();
-    let me = std::process::id();
     let lines = json_lines(&ran.out);
     let mine: Vec<&Value> = lines
         .iter()

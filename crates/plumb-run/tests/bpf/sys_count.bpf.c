@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * A tracepoint counter with a struct key (pid, comm, flags) and a per-CPU
- * twin, limited to one process by a read-only global plumb sets from
- * --pid; a log2 histogram of the byte counts asked of write(2); and a ring
- * buffer record per write of exactly marker_len bytes.
+ * twin and a twin without BTF, limited to one process by a read-only
+ * global plumb sets from --pid; a log2 histogram of the byte counts asked
+ * of write(2); and a ring buffer and a perf buffer record per write of
+ * exactly marker_len bytes.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -52,6 +53,20 @@ struct {
 	__uint(max_entries, 1 << 16);
 } events SEC(".maps");
 
+/* No BTF for key or value (sizes only): shown as bytes, with a warning. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u64));
+} raw_writes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} perf_events SEC(".maps");
+
 /* Not decoded by plumb run: it says so. */
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
@@ -60,8 +75,9 @@ struct {
 	__uint(value_size, 8 * sizeof(__u64));
 } stacks SEC(".maps");
 
-/* Names the record type of the ring buffer `events`. */
+/* Name the record types of the ring buffer and the perf buffer. */
 struct write_event *events_record;
+struct write_event *perf_events_record;
 
 static __always_inline __u32 log2_u64(__u64 v)
 {
@@ -105,15 +121,21 @@ int on_write(struct trace_event_raw_sys_enter *ctx)
 	if (n)
 		__sync_fetch_and_add(n, 1);
 
+	n = bpf_map_lookup_elem(&raw_writes, &pid);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		bpf_map_update_elem(&raw_writes, &pid, &one, BPF_NOEXIST);
+
 	if (marker_len && count == marker_len) {
+		struct write_event ev = { .pid = pid, .fd = k.fd, .count = count };
+		__builtin_memcpy(ev.comm, k.comm, sizeof(ev.comm));
 		struct write_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (e) {
-			e->pid = pid;
-			e->fd = k.fd;
-			e->count = count;
-			__builtin_memcpy(e->comm, k.comm, sizeof(e->comm));
+			__builtin_memcpy(e, &ev, sizeof(ev));
 			bpf_ringbuf_submit(e, 0);
 		}
+		bpf_perf_event_output(ctx, &perf_events, BPF_F_CURRENT_CPU, &ev, sizeof(ev));
 	}
 	return 0;
 }
