@@ -23,6 +23,14 @@ pub mod prom;
 pub mod records;
 pub mod target;
 
+/// The objects built from tests/bpf, for the workspace's tests.
+#[cfg(feature = "testing")]
+pub mod testing {
+    /// The protocol counter (a socket filter; map `proto_count`, key
+    /// `{proto}`, value `{packets, bytes}`).
+    pub const PROTO_COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/proto_count.bpf.o"));
+}
+
 pub use error::{Error, Result};
 pub use output::Format;
 pub use target::Target;

@@ -11,7 +11,8 @@
 //! - a CPU profile filtered to the pod;
 //! - `-n` selecting a pod created after plumb started;
 //! - the agent's per-pod counters, and a pod deleted while it counts (its
-//!   count stays, its kernel key goes).
+//!   count stays, its kernel key goes);
+//! - `plumb run --pod`: a user's socket filter in the pod's namespace.
 //!
 //! The runtime is named by what it says it is (CRI Version): `containerd`.
 //! Containers wait on a FIFO (`/tmp/go` in their root) until the test has
@@ -538,4 +539,86 @@ fn a_container_that_ends_at_once_is_still_named() {
     let got: Vec<&Value> = events.iter().filter(|e| e["args"] == want).collect();
     assert_eq!(got.len(), 1, "{events:?} {stderr:?}");
     assert_named(got[0], &cd, &pod, &c);
+}
+
+/// `plumb run` on a pod: the protocol counter's socket filter goes into
+/// the pod's network namespace (found through the CRI, by the pod's main
+/// process), and counts exactly the pings another pod sends it.
+#[test]
+fn plumb_run_attaches_to_a_pods_network_namespace() {
+    require_root();
+    let _s = serial();
+    let cd = Containerd::start().expect("containerd");
+    let dst = cd.run_pod("proto-5d1f-k2", "shop").expect("counted pod");
+    let src = cd.run_pod("pinger-8e2a-q7", "shop").expect("pinging pod");
+    let (_app, _) = start_gated(&cd, &dst, "app", "exec /bin/sleep 60");
+    let dir = std::env::temp_dir().join(format!("plumb-run-pod-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let object = dir.join("proto_count.bpf.o");
+    std::fs::write(&object, plumb_run::testing::PROTO_COUNT).unwrap();
+    let mut cmd = plumb();
+    cmd.args(["--runtime-endpoint", &cd.endpoint(), "run"])
+        .arg(&object)
+        .args([
+            "--pod",
+            &dst.name,
+            "-n",
+            &dst.namespace,
+            "-o",
+            "json",
+            "--duration",
+            "60s",
+        ]);
+    let mut proc = Proc::spawn(cmd);
+    let mut stderr = Vec::new();
+    let attached = wait_line(&proc.err, Duration::from_secs(60), &mut stderr, |l| {
+        l.starts_with("plumb: attached count_protocols")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let attached = attached.unwrap_or_else(|| panic!("plumb run never attached: {stderr:?}"));
+    // The pod's namespace, named by one of its processes (the sandbox's or
+    // the container's: they share it).
+    let ns = attached
+        .strip_prefix("plumb: attached count_protocols: socket filter on a packet socket in ")
+        .unwrap_or_else(|| panic!("{attached}"));
+    let pid: u32 = ns
+        .strip_prefix("/proc/")
+        .and_then(|r| r.strip_suffix("/ns/net"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{attached}"));
+    let inode = std::fs::metadata(ns).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    assert_eq!(
+        inode.ok(),
+        Some(dst.netns_inode().expect("netns")),
+        "{attached}"
+    );
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroup.contains(&format!("pod{}", dst.uid)),
+        "process {pid} is not in pod {}: {cgroup}",
+        dst.name
+    );
+    const PINGS: u64 = 4;
+    src.sh_in_netns(&format!("ping -q -n -c {PINGS} -i 0.2 -W 2 {}", dst.ip))
+        .expect("ping the pod");
+    proc.signal(libc::SIGTERM);
+    let code = proc.wait(Duration::from_secs(30));
+    stderr.extend(drain(&proc.err));
+    assert_eq!(code, Some(0), "{stderr:?}");
+    let lines: Vec<Value> = drain(&proc.out)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let icmp: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["key"] == serde_json::json!({"proto": 1}))
+        .collect();
+    // In the pod: each echo request comes in and each reply goes out, 98
+    // bytes each (Ethernet, IPv4, ICMP and ping's 56 bytes).
+    assert_eq!(icmp.len(), 1, "{lines:?}");
+    assert_eq!(
+        icmp[0]["value"],
+        serde_json::json!({"packets": 2 * PINGS, "bytes": 2 * PINGS * 98}),
+        "{lines:?}"
+    );
 }
