@@ -15,7 +15,7 @@
 # profiler's sampling and cgroup tests; the agent's per-pod counters; and
 # the tests that need kprobes, which this machine lacks (they are #[ignore]d
 # on the host, named so, and run here with --ignored): bpftrace's, and
-# plumb run's kprobe counter.
+# plumb run's kprobe and fentry counters.
 #
 # Guests run under TCG, many times slower than the host: deadlines are
 # stretched by PLUMB_TEST_SLOWDOWN (see plumb_core::testing::patience),
@@ -36,7 +36,7 @@ gadgets-root-tests   plumb-core/plumb_core  root_tests --skip forced_result_enum
 profile              plumb/profile          hot_function_carries_the_samples_with_main_below_it cgroup_filter_yields_only_that_cgroups_samples --test-threads=1
 agent-counters       plumb/agent_metrics    series_carry_the_pod_uid_with_the_kernels_own_counts --exact --test-threads=1
 kprobe-tests         plumb/bpftrace         kprobe --ignored --test-threads=1
-run-kprobe           plumb-run/run          kprobe_counter_counts_getpid_calls_in_a_guest --exact --ignored --test-threads=1
+run-kprobe-fentry    plumb-run/run          kprobe_and_fentry_counters_count_calls_in_a_guest --exact --ignored --test-threads=1
 EOF
 }
 

@@ -27,9 +27,12 @@ pub enum Error {
     BadAttach(String),
     #[error("--attach {0}: the object has no program in that section (or of that name)")]
     NoSuchSection(String),
-    #[error("{}{}", load_what(.program, .reason), tail(.log))]
+    #[error("{}{}", load_what(.program, *.verified, .reason), tail(.log))]
     Load {
         program: Option<String>,
+        /// The verifier ran and refused (else libbpf or the kernel refused
+        /// before it: a missing attach target, a map).
+        verified: bool,
         reason: String,
         log: Vec<String>,
     },
@@ -73,9 +76,10 @@ impl Error {
     }
 }
 
-fn load_what(program: &Option<String>, reason: &str) -> String {
+fn load_what(program: &Option<String>, verified: bool, reason: &str) -> String {
     match program {
-        Some(p) => format!("the kernel's verifier rejected program {p}: {reason}"),
+        Some(p) if verified => format!("the kernel's verifier rejected program {p}: {reason}"),
+        Some(p) => format!("the kernel refused to load program {p}: {reason}"),
         None => format!("the kernel refused to load the object: {reason}"),
     }
 }

@@ -278,6 +278,7 @@ impl Opened {
     /// Load into the kernel.
     pub fn load(self) -> Result<Loaded> {
         plumb_core::loader::take_libbpf_log();
+        let programs = self.programs();
         let Opened {
             path,
             name,
@@ -291,6 +292,11 @@ impl Opened {
                 let (p, tail) = rest.split_once('\'')?;
                 tail.contains("failed to load").then(|| p.to_string())
             });
+            // Did the verifier run (its log is there), or did libbpf or the
+            // kernel refuse before (an fentry target this kernel lacks)?
+            let verified = log
+                .iter()
+                .any(|l| l.contains("-- BEGIN PROG LOAD LOG --") || l.starts_with("processed "));
             let verifier: Vec<String> = log
                 .iter()
                 .filter(|l| {
@@ -300,13 +306,24 @@ impl Opened {
                 })
                 .cloned()
                 .collect();
+            // libbpf's own words about the program, when the verifier did not run.
+            let said = program.as_ref().and_then(|p| {
+                let tag = format!("prog '{p}': ");
+                log.iter().find_map(|l| {
+                    let rest = l.split(&tag).nth(1)?;
+                    (!rest.starts_with("failed to load") && !rest.starts_with("failed to prepare load attributes"))
+                        .then(|| rest.trim().to_string())
+                })
+            });
+            let mut reason = said.filter(|_| !verified).unwrap_or_else(|| e.to_string());
+            let section = programs.iter().find(|(n, _)| Some(n) == program.as_ref()).map(|(_, s)| s.as_str());
+            if !verified && section.is_some_and(|s| s.starts_with("fentry") || s.starts_with("fexit") || s.starts_with("fmod_ret")) {
+                reason.push_str(" (this kernel may refuse fentry/fexit programs: a kprobe or tracepoint may do)");
+            }
             Error::Load {
-                reason: e.to_string(),
-                log: if program.is_some() {
-                    verifier
-                } else {
-                    Vec::new()
-                },
+                reason,
+                log: if program.is_some() && verified { verifier } else { Vec::new() },
+                verified,
                 program,
             }
         })?;

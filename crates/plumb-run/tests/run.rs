@@ -24,6 +24,7 @@ const KPROBE_COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kprobe_cou
 const NO_PROGRAMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/no_programs.bpf.o"));
 const CG_COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cg_count.bpf.o"));
 const UPROBE_COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/uprobe_count.bpf.o"));
+const FENTRY_COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fentry_count.bpf.o"));
 
 /// A temporary directory holding the objects as files, removed on drop.
 struct Objects(PathBuf);
@@ -43,6 +44,7 @@ impl Objects {
             ("no_programs.bpf.o", NO_PROGRAMS),
             ("cg_count.bpf.o", CG_COUNT),
             ("uprobe_count.bpf.o", UPROBE_COUNT),
+            ("fentry_count.bpf.o", FENTRY_COUNT),
         ] {
             std::fs::write(dir.join(name), bytes).unwrap();
         }
@@ -747,66 +749,58 @@ fn bad_objects_and_arguments_are_one_clear_line() {
     );
 }
 
-/// This host has no kprobes: the object loads, the attach is refused and
-/// says why, and nothing stays loaded.
+/// This host has no kprobes and refuses fentry: each object says why in
+/// one line, and nothing stays loaded (the process is gone with it).
 #[test]
-fn a_kprobe_section_says_this_kernel_has_no_kprobes() {
+fn kprobe_and_fentry_sections_say_why_they_cannot_run_here() {
     require_root();
     if Path::new("/sys/kernel/tracing/kprobe_events").exists() {
-        // A kernel with kprobes runs the guest test below instead.
-        let objects = Objects::new();
-        let err = plumb_run::run(
-            &options(
-                objects.path("kprobe_count.bpf.o"),
-                Target::default(),
-                Format::Json,
-            ),
-            &AtomicBool::new(true),
-            Vec::new(),
-            &mut Vec::new(),
-            &mut |_| {},
-        );
-        assert!(err.is_ok(), "{err:?}");
+        // A kernel with kprobes: the guest test below is the check.
         return;
     }
     let objects = Objects::new();
     let (code, err) = plumb_fails(&[&objects.path("kprobe_count.bpf.o").to_string_lossy()]);
     assert_eq!(code, 1);
     assert!(
-        err.trim().starts_with("plumb: program count_getpid (kprobe/__x64_sys_getpid) cannot attach here: this kernel has no kprobes"),
+        err.trim().starts_with(
+            "plumb: program count_getpid (kprobe/__x64_sys_getpid) cannot attach here: this kernel has no kprobes"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, err) = plumb_fails(&[&objects.path("fentry_count.bpf.o").to_string_lossy()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.trim()
+            .starts_with("plumb: the kernel refused to load program fentry_open: "),
+        "{err}"
+    );
+    assert!(
+        err.trim().ends_with(
+            "(this kernel may refuse fentry/fexit programs: a kprobe or tracepoint may do)"
+        ),
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
-/// Run in the kernel-matrix guests (Debian kernels have kprobes): the
-/// kprobe counter counts a process's getpid calls exactly.
-#[test]
-#[ignore = "needs kprobes: run in the kernel-matrix guests (scripts/guest-suite.sh)"]
-fn kprobe_counter_counts_getpid_calls_in_a_guest() {
-    require_root();
-    let objects = Objects::new();
+/// Run `object` while a thread of ours does `call` `CALLS` times; the
+/// count `map` keeps for this process.
+fn count_calls(objects: &Objects, object: &str, call: fn()) -> Value {
     const CALLS: usize = 9;
     let (tx, rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     // Asked before the run: std::process::id() is a getpid call too.
     let me = std::process::id();
-    // A thread of ours calls getpid CALLS times once told: the map counts
-    // this process's calls, and nothing else of ours calls it meanwhile.
     let caller = std::thread::spawn(move || {
         rx.recv().unwrap();
         for _ in 0..CALLS {
-            // SAFETY: getpid has no preconditions; the raw syscall, not libc's cache.
-            unsafe { libc::syscall(libc::SYS_getpid) };
+            call();
         }
         done_tx.send(()).unwrap();
     });
     let ran = run_while(
-        options(
-            objects.path("kprobe_count.bpf.o"),
-            Target::default(),
-            Format::Json,
-        ),
+        options(objects.path(object), Target::default(), Format::Json),
         |_| {
             tx.send(()).unwrap();
             done_rx.recv().unwrap();
@@ -818,8 +812,31 @@ fn kprobe_counter_counts_getpid_calls_in_a_guest() {
         .iter()
         .filter(|l| l["key"] == json!({"key": me}))
         .collect();
-    assert_eq!(mine.len(), 1, "{}", ran.out);
-    assert_eq!(mine[0]["value"], json!(CALLS), "{}", ran.out);
+    assert_eq!(mine.len(), 1, "{object}: {}", ran.out);
+    assert_eq!(mine[0]["value"], json!(CALLS), "{object}: {}", ran.out);
+    mine[0].clone()
+}
+
+/// Run in the kernel-matrix guests (Debian kernels have kprobes and
+/// fentry): a kprobe counter counts getpid calls and an fentry counter
+/// opens, exactly.
+#[test]
+#[ignore = "needs kprobes and fentry: run in the kernel-matrix guests (scripts/guest-suite.sh)"]
+fn kprobe_and_fentry_counters_count_calls_in_a_guest() {
+    require_root();
+    let objects = Objects::new();
+    count_calls(&objects, "kprobe_count.bpf.o", || {
+        // SAFETY: getpid has no preconditions; the raw syscall, not a cache.
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    });
+    count_calls(&objects, "fentry_count.bpf.o", || {
+        // SAFETY: a NUL-terminated path; the fd is closed at once.
+        unsafe {
+            let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            assert!(fd >= 0);
+            libc::close(fd);
+        }
+    });
 }
 
 /// Random and truncated ELF input: an error, never a panic.
