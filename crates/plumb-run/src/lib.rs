@@ -94,7 +94,7 @@ pub fn run<W: Write>(
     let mut opened = object::open(&opts.object)?;
     attach::check_overrides(&opened.programs(), &opts.attach)?;
     let globals = opened.set_globals(&opts.target.globals(), &opts.set)?;
-    let loaded = object::load_checked(opened)?;
+    let loaded = opened.load()?;
     let attached = attach::attach_all(&loaded.obj, &opts.target, &opts.attach)?;
     let mut summary = Summary {
         prog_ids: loaded.prog_ids(),

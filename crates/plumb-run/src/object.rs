@@ -336,11 +336,6 @@ impl Opened {
     }
 }
 
-/// Load `opened`; the same as [`Opened::load`].
-pub fn load_checked(opened: Opened) -> Result<Loaded> {
-    opened.load()
-}
-
 /// A loaded object. Dropping it unloads its programs and maps.
 pub struct Loaded {
     pub path: PathBuf,
@@ -352,7 +347,10 @@ pub struct Loaded {
 impl Loaded {
     /// The kernel ids of the object's programs (for tests and messages).
     pub fn prog_ids(&self) -> Vec<u32> {
-        self.obj.progs().filter_map(|p| prog_id(&p)).collect()
+        self.obj
+            .progs()
+            .filter_map(|p| libbpf_rs::Program::id_from_fd(std::os::fd::AsFd::as_fd(&p)).ok())
+            .collect()
     }
 
     /// Map names, for messages.
@@ -362,21 +360,6 @@ impl Loaded {
             .map(|m| m.name().to_string_lossy().into_owned())
             .collect()
     }
-}
-
-fn prog_id(p: &libbpf_rs::Program<'_>) -> Option<u32> {
-    use std::os::fd::{AsFd, AsRawFd};
-    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
-    let mut len = std::mem::size_of_val(&info) as u32;
-    // SAFETY: info is a plain struct of the size passed.
-    let rc = unsafe {
-        libbpf_rs::libbpf_sys::bpf_obj_get_info_by_fd(
-            p.as_fd().as_raw_fd(),
-            &mut info as *mut _ as *mut _,
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(info.id)
 }
 
 #[cfg(test)]

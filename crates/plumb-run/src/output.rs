@@ -40,8 +40,8 @@ pub struct Printer<W: Write> {
     node: String,
     max_series: usize,
     out: W,
-    /// Per streaming map: the columns table its records go to.
-    record_tables: BTreeMap<String, Vec<Column>>,
+    /// Per streaming map: the columns table its records are laid out by.
+    record_tables: BTreeMap<String, ColumnsSink<Vec<u8>>>,
     width: Option<usize>,
 }
 
@@ -186,27 +186,26 @@ impl<W: Write> Printer<W> {
             }
             Format::Columns => {
                 let fields = crate::maps::flatten(rec.clone(), "record");
-                let mut row = JsonMap::new();
-                row.insert("node".into(), Value::String(self.node.clone()));
-                row.insert("map".into(), Value::String(map.into()));
-                row.extend(fields.clone());
-                let first = !self.record_tables.contains_key(map);
-                let cols = self
+                let width = self.width;
+                // One table per map, made with its first record (its header,
+                // its columns' picker) and kept: later records are rows only.
+                let table = self
                     .record_tables
                     .entry(map.to_string())
                     .or_insert_with(|| {
-                        std::iter::once(Column::for_key("map"))
+                        let cols = std::iter::once(Column::for_key("map"))
                             .chain(fields.keys().map(|k| Column::for_key(k)))
-                            .collect()
-                    })
-                    .clone();
-                let mut table = ColumnsSink::new(&mut self.out, cols, self.width);
-                if !first {
-                    // The header was written with the map's first record.
-                    table = table.continued();
-                }
+                            .collect();
+                        ColumnsSink::new(Vec::new(), cols, width)
+                    });
+                let mut row = JsonMap::new();
+                row.insert("node".into(), Value::String(self.node.clone()));
+                row.insert("map".into(), Value::String(map.into()));
+                row.extend(fields);
                 table.record(&Value::Object(row))?;
-                table.flush()
+                self.out.write_all(table.get_mut())?;
+                table.get_mut().clear();
+                self.out.flush()
             }
         }
     }

@@ -47,11 +47,9 @@ impl<W: Write> ColumnsSink<W> {
         self.out
     }
 
-    /// A table whose header was already written (by an earlier sink on
-    /// the same output): rows only.
-    pub fn continued(mut self) -> Self {
-        self.header_done = true;
-        self
+    /// The output written so far (a buffer the caller drains).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
     }
 
     fn header(&mut self) -> io::Result<()> {
