@@ -4,6 +4,7 @@
 mod agent;
 mod audit;
 mod bpftrace;
+mod capture;
 mod common;
 mod doctor;
 mod gadgets;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Load your own BPF object, attach it, and print its maps decoded (columns, JSON, Prometheus).
     #[command(long_about = run::LONG_ABOUT)]
     Run(Box<run::RunCmd>),
+    /// Capture packets of a pod, network namespace or interface into pcapng, filtered in the kernel.
+    #[command(long_about = capture::LONG_ABOUT)]
+    Capture(Box<capture::CaptureCmd>),
     /// Run as the node agent: remote API (token or mTLS) and Prometheus metrics.
     Agent(agent::AgentArgs),
     /// Run a gadget or a CPU profile on many agents at once (--agents
@@ -95,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(p) => profile::run(p, cli.verbose),
         Command::Bpftrace(b) => bpftrace::run(b, cli.verbose),
         Command::Run(r) => run::run(*r, cli.verbose),
+        Command::Capture(c) => capture::run(*c, cli.verbose),
         Command::Agent(a) => agent::run(a),
         Command::Remote(r) => remote::run(r, cli.verbose),
         Command::KubectlPlugin(k) => kubectl::run(k, cli.verbose),
