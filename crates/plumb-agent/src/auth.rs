@@ -45,7 +45,7 @@ impl Token {
 
     /// Compare without returning early, so the time taken does not tell an
     /// attacker how much of a guess was right.
-    fn matches(&self, given: &str) -> bool {
+    pub(crate) fn matches(&self, given: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), given.as_bytes());
         let mut diff = (a.len() ^ b.len()) as u8;
         for (i, x) in a.iter().enumerate() {

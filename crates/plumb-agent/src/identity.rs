@@ -98,6 +98,22 @@ pub fn subject(der: &[u8]) -> Option<String> {
 }
 
 /// The caller of `req`, for the log.
+/// The subject of the client's certificate (mutual TLS), if it showed one.
+pub fn subject_of<T>(req: &Request<T>) -> Option<String> {
+    let ext = req.extensions();
+    let certs = ext
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<UdsConnectInfo>>()
+                .and_then(|i| i.peer_certs())
+        });
+    certs
+        .as_ref()
+        .and_then(|c| c.first())
+        .and_then(|c| subject(c))
+}
+
 pub fn of<T>(req: &Request<T>, token_required: bool) -> String {
     let ext = req.extensions();
     let tls_tcp = ext.get::<TlsConnectInfo<TcpConnectInfo>>();

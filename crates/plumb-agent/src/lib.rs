@@ -11,6 +11,7 @@
 pub mod attribution;
 pub mod auth;
 pub mod bpftrace;
+pub mod capture;
 pub mod client;
 pub mod counters;
 pub mod error;

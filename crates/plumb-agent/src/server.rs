@@ -17,8 +17,9 @@ use crate::logs::LogHub;
 use crate::metrics::{self, AgentStats, NodeCollector};
 use crate::proto::agent_server::{Agent, AgentServer};
 use crate::proto::{
-    BpftraceMessage, BpftraceRequest, Gadget, ListGadgetsRequest, ListGadgetsResponse, LogLine,
-    LogsRequest, ProfileRequest, ProfileResponse, StackKinds, TraceMessage, TraceRequest,
+    BpftraceMessage, BpftraceRequest, CaptureMessage, CaptureRequest, Gadget, ListGadgetsRequest,
+    ListGadgetsResponse, LogLine, LogsRequest, ProfileRequest, ProfileResponse, StackKinds,
+    TraceMessage, TraceRequest,
 };
 use crate::session::{self, Shared};
 use plumb_core::enrich::MetadataSource;
@@ -71,6 +72,8 @@ pub struct AgentConfig {
     pub pod_index: Option<PodIndex>,
     /// Run clients' bpftrace scripts (`--allow-bpftrace`); None: refuse.
     pub bpftrace: Option<BpftraceConfig>,
+    /// Who may capture packets, and the caps; None: nobody.
+    pub capture: Option<crate::capture::CaptureConfig>,
 }
 
 impl AgentConfig {
@@ -88,6 +91,7 @@ impl AgentConfig {
             shutdown_grace: Duration::from_secs(3),
             pod_index: None,
             bpftrace: None,
+            capture: None,
         }
     }
 
@@ -101,6 +105,7 @@ struct Service {
     /// server's graceful stop does not wait for them forever.
     stopping: watch::Receiver<bool>,
     bpftrace: Option<BpftraceConfig>,
+    capture: Option<crate::capture::CaptureConfig>,
     /// Calls must carry a bearer token (how callers are named in the log).
     token_required: bool,
 }
@@ -146,6 +151,38 @@ impl Agent for Service {
     type TraceStream = BoxStream<TraceMessage>;
 
     type BpftraceStream = BoxStream<BpftraceMessage>;
+
+    type CaptureStream = BoxStream<CaptureMessage>;
+
+    async fn capture(
+        &self,
+        req: Request<CaptureRequest>,
+    ) -> std::result::Result<Response<Self::CaptureStream>, Status> {
+        let caller = crate::identity::of(&req, self.token_required);
+        let subject = crate::identity::subject_of(&req);
+        let token = req
+            .metadata()
+            .get(crate::capture::TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let shared = self.shared.clone();
+        let cfg = self.capture.clone();
+        // Resolving pods walks the cgroup tree and opening sockets enters
+        // namespaces: off the async workers.
+        let rx = tokio::task::spawn_blocking(move || {
+            crate::capture::start(
+                req.into_inner(),
+                caller,
+                token,
+                subject,
+                cfg.as_ref(),
+                shared,
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(format!("capture start: {e}")))??;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn bpftrace(
         &self,
@@ -527,6 +564,7 @@ impl BoundAgent {
             logs: crate::logs::hub(),
             stopping: stop_rx.clone(),
             bpftrace: self.cfg.bpftrace.clone(),
+            capture: self.cfg.capture.clone(),
             token_required: token.is_some(),
         };
         let svc = AgentServer::with_interceptor(

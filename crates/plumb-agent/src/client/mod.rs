@@ -6,6 +6,7 @@
 //! reported as such while the others go on.
 
 pub mod bpftrace;
+pub mod capture;
 mod connector;
 mod tls;
 

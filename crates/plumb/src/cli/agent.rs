@@ -61,6 +61,28 @@ pub struct AgentArgs {
     /// The longest bpftrace run, and the deadline of one that asked for none.
     #[arg(long, value_name = "TIME", default_value = "10m", value_parser = super::common::parse_duration)]
     pub max_bpftrace_duration: std::time::Duration,
+    /// Let API clients that present this file's token (a token of its own,
+    /// not the API's) capture packets of the pods they name
+    /// (`kubectl plumb capture`). Off by default: packets carry payloads.
+    #[arg(long, value_name = "FILE")]
+    pub capture_token_file: Option<PathBuf>,
+    /// Let clients whose certificate subject has this part (CN=alice)
+    /// capture packets (repeatable).
+    #[arg(long, value_name = "SUBJECT")]
+    pub capture_subject: Vec<String>,
+    /// Capture only pods of these Kubernetes namespaces (comma-separated);
+    /// default: any namespace the client names.
+    #[arg(long, value_name = "NS,...", value_delimiter = ',')]
+    pub capture_namespaces: Vec<String>,
+    /// The longest capture, and the duration of one that asked for none.
+    #[arg(long, value_name = "TIME", default_value = "5m", value_parser = super::common::parse_duration)]
+    pub max_capture_duration: std::time::Duration,
+    /// The most packets one capture sends.
+    #[arg(long, value_name = "N", default_value_t = plumb_agent::capture::CaptureConfig::DEFAULT_MAX_PACKETS)]
+    pub max_capture_packets: u64,
+    /// The most captured bytes one capture sends (bytes, or with k, M, G, KiB, MiB, GiB).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = plumb_capture::session::parse_size)]
+    pub max_capture_bytes: u64,
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, value_name = "LEVEL", env = "PLUMB_LOG", default_value = "info")]
     pub log_level: String,
@@ -93,6 +115,22 @@ fn config(a: &AgentArgs) -> anyhow::Result<AgentConfig> {
         b.binary = a.bpftrace.clone();
         b.max_duration = a.max_bpftrace_duration;
         cfg.bpftrace = Some(b);
+    }
+    if a.capture_token_file.is_some() || !a.capture_subject.is_empty() {
+        let mut c = plumb_agent::capture::CaptureConfig::new();
+        c.token = a
+            .capture_token_file
+            .as_deref()
+            .map(Token::from_file)
+            .transpose()?;
+        c.subjects = a.capture_subject.clone();
+        c.namespaces = a.capture_namespaces.clone();
+        c.max_duration = a.max_capture_duration;
+        c.max_packets = a.max_capture_packets;
+        c.max_bytes = a.max_capture_bytes;
+        cfg.capture = Some(c);
+    } else if !a.capture_namespaces.is_empty() {
+        anyhow::bail!("--capture-namespaces needs --capture-token-file or --capture-subject");
     }
     Ok(cfg)
 }

@@ -87,6 +87,7 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
             ),
             Where::Nowhere => (b.namespace.clone(), None),
         },
+        RemoteCommand::Capture(c) => (c.namespace.clone(), c.pod.clone()),
         RemoteCommand::Gadgets | RemoteCommand::Logs(_) => (None, None),
     };
     let sel = Selection {
@@ -98,6 +99,13 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
     };
     // bpftrace in pods' contexts: one run per selected pod, on its node.
     let per_pod = matches!(a.command, RemoteCommand::Bpftrace(_)) && !sel.whole_nodes();
+    // A capture is always of pods: each agent is sent its node's.
+    let capture = matches!(a.command, RemoteCommand::Capture(_));
+    if capture && sel.whole_nodes() {
+        anyhow::bail!(
+            "capture needs pods: give -n NS (its pods), -l SELECTOR or --pod NAME; agents never capture a whole node"
+        );
+    }
     let agents = AgentPods {
         namespace: a.agent_namespace.clone(),
         selector: a.agent_selector.clone(),
@@ -126,7 +134,7 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
         }
         // With a label selector, each agent is sent its node's selected
         // pods and keeps only their events.
-        let by_labels = sel.labels.is_some() || per_pod;
+        let by_labels = sel.labels.is_some() || per_pod || capture;
         let mut targets: Vec<_> = found
             .targets
             .iter()
@@ -156,6 +164,10 @@ pub fn run(a: KubectlArgs, verbose: bool) -> anyhow::Result<()> {
             RemoteCommand::Bpftrace(b) => {
                 let d = a.deadlines.deadlines();
                 super::remote_bpftrace::run(&targets, &auth, d, b, verbose, per_pod).await
+            }
+            RemoteCommand::Capture(c) => {
+                let d = a.deadlines.deadlines();
+                super::remote_capture::run(&targets, &auth, d, c, |t| t.pods.clone(), verbose).await
             }
             c => remote::dispatch(&targets, &auth, a.deadlines.deadlines(), c, verbose).await,
         }

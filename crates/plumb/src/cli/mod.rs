@@ -13,6 +13,7 @@ mod profile;
 mod profile_hook;
 mod remote;
 mod remote_bpftrace;
+mod remote_capture;
 mod remote_profile;
 mod run;
 mod trace;

@@ -117,6 +117,10 @@ pub enum RemoteCommand {
     /// each line after its node.
     #[command(long_about = super::bpftrace::LONG_ABOUT)]
     Bpftrace(super::bpftrace::BpftraceCmd),
+    /// Capture the selected pods' packets on every node hosting them, into
+    /// one pcapng in timestamp order (agents that allow this client to
+    /// capture: plumb agent --capture-token-file or --capture-subject).
+    Capture(super::remote_capture::RemoteCaptureCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +198,21 @@ pub async fn dispatch(
         RemoteCommand::Logs(l) => logs(targets, auth, d, l, verbose).await,
         RemoteCommand::Bpftrace(b) => {
             super::remote_bpftrace::run(targets, auth, d, b, verbose, false).await
+        }
+        RemoteCommand::Capture(c) => {
+            // Every agent is asked for the pod named.
+            let Some(pod) = c.pod.clone() else {
+                return Err(super::bpftrace::Usage(
+                    "capture names its pod: --pod NAME [-n NS] (agents never capture a whole node)"
+                        .to_string(),
+                )
+                .into());
+            };
+            let pods = vec![plumb_agent::proto::PodRef {
+                namespace: c.namespace.clone().unwrap_or_default(),
+                name: pod,
+            }];
+            super::remote_capture::run(targets, auth, d, c, move |_| pods.clone(), verbose).await
         }
     }
 }
