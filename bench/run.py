@@ -13,6 +13,11 @@ BPF programs (kernel.bpf_stats_enabled), peak RSS (VmHWM), time from start
 to the first event delivered, and the load's throughput against the
 baseline. Medians go to results.md and every run to results.json.
 
+The packet capture scenario (--only capture) compares `plumb capture` with
+tcpdump instead: a 100k packets/s UDP stream into a lab pod, captured by
+each tool in turn with the same filter on the same interface; delivered
+(packets in the file), lost and CPU per packet.
+
 Everything the harness creates (processes, network namespaces, the iptables
 rules inside them, its cgroup, the bpf_stats sysctl) is undone on exit, on
 failure and on Ctrl-C. The exit status is non-zero when plumb's accounting
@@ -263,6 +268,7 @@ class Lab:
         tag = f"pb{os.getpid() % 100000}"
         self.a, self.b = f"{tag}a", f"{tag}b"
         self.ip_a, self.ip_b = "10.251.0.1", "10.251.0.2"
+        self.dev_a, self.dev_b = f"{tag}va", f"{tag}vb"
         for ns in (self.a, self.b):
             sh("ip", "netns", "add", ns)
             CLEANUP.push(f"ip netns del {ns}", lambda ns=ns: sh("ip", "netns", "del", ns, check=False))
@@ -743,6 +749,128 @@ class ProfileCpu(Scenario):
         return total, bpftrace_lost(out, err)
 
 
+class CaptureStream(Scenario):
+    """Packet capture in a lab pod: plumb capture and tcpdump, one after the
+    other, on the same interface of the same network namespace with the same
+    filter and ring size, while a 100k packets/s UDP stream comes in from
+    the other lab namespace (plus a slower one to another port, which the
+    filter rejects in the kernel). Both tools run libpcap-compiled classic
+    BPF on a TPACKET_V3 ring; what differs is the user-space side: reading
+    the ring and writing the file (plumb: pcapng with a comment per packet;
+    tcpdump: pcap). Sent is the generator's own count for the filtered
+    port, delivered the packets in the tool's file (capinfos), lost sent -
+    delivered; the tool's own count and its kernel drop count are kept
+    beside them."""
+
+    kind = "capture"
+    tools = ("baseline", "plumb", "tcpdump")
+    port, other_port = 9200, 9201
+    ring_mib = 4  # plumb's default ring; tcpdump's -B is in KiB
+    settle_s = 1.5  # > tcpdump's 1 s block timeout: the last block is read
+
+    def __init__(self, h, rate=100000, other_rate=10000):
+        super().__init__(h)
+        self.rate, self.other_rate = rate, other_rate
+        self.name = f"capture-{rate // 1000}k"
+        self.filter = f"udp dst port {self.port}"
+        self.title = f"capture {rate // 1000}k/s UDP in a pod (`{self.filter}`)"
+
+    def prepare(self):
+        lab = self.h.need_lab()
+        # Nothing listens in the pod: the DROP rules keep the stream from
+        # raising ICMP port unreachables, and count what arrived. AF_PACKET
+        # sees packets before netfilter, so both tools see them all.
+        lab.add_drop(self.port)
+        lab.add_drop(self.other_port)
+        self.ns, self.dev = lab.b, lab.dev_b
+
+    def tool_cmd(self, tool, path):
+        if tool == "plumb":
+            return [
+                self.h.plumb, "capture", "--netns", self.ns, "-i", self.dev,
+                "-B", f"{self.ring_mib}MiB", "-w", path, self.filter,
+            ]
+        return [
+            "nsenter", f"--net={Lab.path(self.ns)}", "--",
+            "tcpdump", "-i", self.dev, "-B", str(self.ring_mib * 1024), "-w", path, self.filter,
+        ]
+
+    def file_ext(self, tool):
+        return "pcapng" if tool == "plumb" else "pcap"
+
+    def load_cmds(self, seconds):
+        lab, load = self.h.lab, self.h.load
+        return {
+            "stream": [load, "--netns", Lab.path(lab.a), "udp", lab.ip_b, str(self.port), str(self.rate), str(seconds)],
+            "other": [
+                load, "--netns", Lab.path(lab.a), "udp", lab.ip_b, str(self.other_port), str(self.other_rate), str(seconds),
+            ],
+        }
+
+    def ready(self, pid):
+        """Has pid a packet socket bound to the pod's interface with a
+        filter attached (ss -0 -b -p in the pod's namespace)? plumb attaches
+        its filter and then binds, libpcap binds and then tcpdump sets the
+        filter: once both are there, every matching packet goes into the
+        tool's ring."""
+        out = self.h.lab.sh(self.ns, "ss", "-0", "-b", "-p", "-n", check=False)
+        mine = False
+        for line in out.splitlines():
+            if not line[:1].isspace():
+                mine = f"pid={pid}," in line and f":{self.dev} " in line + " "
+            elif mine and "bpf filter" in line:
+                return True
+        return False
+
+    @staticmethod
+    def counts(tool, err_path):
+        """The tool's end-of-capture report: (packets it wrote, kernel drops)."""
+        with open(err_path, errors="replace") as f:
+            text = f.read()
+        if tool == "plumb":
+            m = re.findall(r"^plumb: (\d+) packets, (\d+) dropped by the kernel", text, re.M)
+            return (int(m[-1][0]), int(m[-1][1])) if m else (None, None)
+        got = re.findall(r"^(\d+) packets? captured", text, re.M)
+        dropped = re.findall(r"^(\d+) packets? dropped by kernel", text, re.M)
+        return (int(got[-1]) if got else None, int(dropped[-1]) if dropped else None)
+
+
+def file_packets(path):
+    """Packets in a pcap or pcapng file: capinfos, else tshark; None without either."""
+    if not os.path.exists(path):
+        return None
+    if shutil.which("capinfos"):
+        out = sh("capinfos", "-c", "-M", path, check=False)
+        m = re.search(r"Number of packets:\s+(\d+)", out)
+        if m:
+            return int(m.group(1))
+    if shutil.which("tshark"):
+        r = subprocess.run(
+            ["tshark", "-r", path, "-T", "fields", "-e", "frame.number"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        return r.stdout.count(b"\n") if r.returncode == 0 else None
+    return None
+
+
+def task_cpu_s(pid):
+    """CPU time of pid's live threads in ns resolution (schedstat's
+    sum_exec_runtime), the same clock wait4's rusage totals at exit; falls
+    back to /proc/PID/stat's clock ticks."""
+    total, found = 0, False
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[0])
+                    found = True
+            except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+                continue
+    except FileNotFoundError:
+        return None
+    return total / 1e9 if found else cpu_seconds(pid)
+
+
 class AgentScenario(Scenario):
     """A `plumb agent` run: the API on a private unix socket, metrics on a
     loopback port the agent picks (read from its ready line by agent_ready
@@ -1005,6 +1133,8 @@ class Harness:
             return self.run_agent(sc, rep)
         if isinstance(sc, LoadedAgent):
             return self.run_loaded_agent(sc, rep)
+        if isinstance(sc, CaptureStream):
+            return self.run_capture(sc, tool, rep)
         r = {"scenario": sc.name, "tool": tool, "rep": rep}
         sc.before_run()
         tool_p = None
@@ -1130,6 +1260,101 @@ class Harness:
             if tool_p is not None:
                 tool_p.kill()
                 reap(tool_p, 10)
+
+    def run_loads(self, cmds):
+        """Run the load commands side by side; their JSON reports by key."""
+        procs = {k: spawn(cmd, subprocess.PIPE, subprocess.PIPE, cpu=self.load_cpu) for k, cmd in cmds.items()}
+        try:
+            out = {}
+            for k, p in procs.items():
+                o, e = p.communicate(timeout=self.seconds + 120)
+                CHILDREN.discard(p.pid)
+                if p.returncode != 0:
+                    raise Fatal(f"load {' '.join(cmds[k])} failed: {e.decode().strip()}")
+                out[k] = json.loads(o.decode().strip().splitlines()[-1])
+            return out
+        finally:
+            for p in procs.values():
+                if p.pid in CHILDREN:
+                    p.kill()
+                    reap(p, 10)
+
+    def run_capture(self, sc, tool, rep):
+        """One capture run: the tool starts, the load runs once the tool's
+        filtered socket is bound, the last block is left time to be read,
+        then SIGINT. CPU is from the tool's readiness to its exit (reading
+        the ring, writing and closing the file); start-up is left out."""
+        r = {"scenario": sc.name, "kind": sc.kind, "tool": tool, "rep": rep, "extra": {}}
+        self.lab.zero_counters()
+        if tool == "baseline":
+            loads = self.run_loads(sc.load_cmds(self.seconds))
+            r["load"], r["other_load"] = loads["stream"], loads["other"]
+            r["generated"] = loads["stream"]["ops"]
+            r["extra"] = {"rule_packets": self.lab.drop_count(sc.port)}
+            return r
+        path = os.path.join(self.work, f"{sc.name}.{tool}.{rep}.{sc.file_ext(tool)}")
+        err = os.path.join(self.work, f"{sc.name}.{tool}.{rep}.err")
+        p = None
+        try:
+            with open(err, "wb") as fe:
+                t0 = time.monotonic()
+                p = spawn(sc.tool_cmd(tool, path), subprocess.DEVNULL, fe, cpu=self.tool_cpu)
+            while not sc.ready(p.pid):
+                if p.poll() is not None:
+                    raise Fatal(f"{tool} exited with {p.returncode} before capturing: {tail(err)}")
+                if time.monotonic() - t0 > 60:
+                    raise Fatal(f"{tool} had no filtered packet socket on {sc.dev} after 60 s: {tail(err)}")
+                time.sleep(0.01)
+            r["ready_s"] = time.monotonic() - t0
+            cpu0 = task_cpu_s(p.pid)
+            r["startup_cpu_s"] = cpu0
+            loads = self.run_loads(sc.load_cmds(self.seconds))
+            r["load"], r["other_load"] = loads["stream"], loads["other"]
+            r["generated"] = loads["stream"]["ops"]
+            r["extra"] = {
+                "rule_packets": self.lab.drop_count(sc.port),
+                "other_rule_packets": self.lab.drop_count(sc.other_port),
+            }
+            time.sleep(sc.settle_s)
+            if p.poll() is not None:
+                raise Fatal(f"{tool} exited with {p.returncode} during the capture: {tail(err)}")
+            r["run_cpu_s"] = task_cpu_s(p.pid) - cpu0
+            r["peak_rss_kib"] = vm_hwm_kib(p.pid)
+            p.send_signal(signal.SIGINT)
+            r["exit_code"], ru = reap_rusage(p, 60)
+            p = None
+            r["total_cpu_s"] = ru.ru_utime + ru.ru_stime
+            r["total_utime_s"], r["total_stime_s"] = ru.ru_utime, ru.ru_stime  # start-up included
+            r["cpu_s"] = r["total_cpu_s"] - cpu0
+            # Peak RSS is VmHWM read before SIGINT: wait4's ru_maxrss starts
+            # from the forking Python's RSS (kept across exec), larger than both.
+            r["ru_maxrss_kib"] = ru.ru_maxrss
+            r["reported"], r["kernel_drops"] = sc.counts(tool, err)
+            r["file_packets"] = file_packets(path)
+            r["file_bytes"] = os.path.getsize(path) if os.path.exists(path) else None
+            # The file is the reference; without capinfos/tshark, the tool's count.
+            r["delivered"] = r["file_packets"] if r["file_packets"] is not None else r["reported"]
+            g, d = r["generated"], r["delivered"]
+            r["lost"] = g - d if d is not None else None
+            r["cpu_us_per_packet"] = r["cpu_s"] / d * 1e6 if d else None
+            # Every packet sent to the port is in the file or in the tool's
+            # kernel drop count, and the tool's count is the file's.
+            r["accounted"] = (
+                d is not None and r["kernel_drops"] is not None and d + r["kernel_drops"] == g
+                and r["reported"] == d
+            )
+            log(
+                f"  sent {g} delivered {d} (tool says {r['reported']}, kernel drops {r['kernel_drops']}) "
+                f"lost {r['lost']} cpu {r['cpu_s'] * 1e3:.1f} ms = {fmt(r['cpu_us_per_packet'], '{:.3f}')} us/packet "
+                f"rss {r['peak_rss_kib']} KiB ready {r['ready_s']:.2f}s"
+            )
+            if not self.args.keep and os.path.exists(path):
+                os.unlink(path)
+            return r
+        finally:
+            if p is not None:
+                p.kill()
+                reap(p, 10)
 
     def run_agent(self, sc, rep):
         """CPU and peak memory of an agent left alone (warm-up excluded)."""
@@ -1344,6 +1569,9 @@ def summarize(runs):
                 }
             }
             continue
+        if any(r.get("kind") == "capture" for rs in tools.values() for r in rs):
+            table[name] = summarize_capture(tools)
+            continue
         base_rate = median([r["load"]["rate"] for r in tools.get("baseline", [])])
         row = {"baseline_rate": base_rate}
         for tool in ("plumb", "bpftrace"):
@@ -1382,6 +1610,67 @@ def summarize(runs):
     return table
 
 
+def summarize_capture(tools):
+    """plumb capture and tcpdump: medians, the plumb/tcpdump ratios and the
+    issue's requirement (plumb loses no more, spends no more CPU per packet)."""
+    base_rate = median([r["load"]["rate"] for r in tools.get("baseline", [])])
+    row = {"baseline_rate": base_rate}
+    for tool in ("plumb", "tcpdump"):
+        rs = tools.get(tool, [])
+        if not rs:
+            continue
+        mid = sorted(rs, key=lambda r: r["generated"])[len(rs) // 2]
+        m = {
+            "reps": len(rs),
+            "generated": mid["generated"],
+            "other_generated": mid["other_load"]["ops"],
+            "delivered": mid["delivered"],
+            "reported": mid["reported"],
+            "lost": mid["lost"],
+            "kernel_drops": mid["kernel_drops"],
+            "lost_per_rep": [r["lost"] for r in rs],
+            "accounted_all_reps": all(r["accounted"] for r in rs),
+            "cpu_us_per_packet": median([r["cpu_us_per_packet"] for r in rs]),
+            "cpu_us_per_packet_per_rep": [r["cpu_us_per_packet"] for r in rs],
+            "peak_rss_mib": median([r["peak_rss_kib"] / 1024 for r in rs if r.get("peak_rss_kib")]),
+            "ready_s": median([r["ready_s"] for r in rs]),
+            "startup_cpu_s": median([r["startup_cpu_s"] for r in rs]),
+            "file_bytes_per_packet": median(
+                [r["file_bytes"] / r["delivered"] if r.get("file_bytes") and r["delivered"] else None for r in rs]
+            ),
+            "load_rate": median([r["load"]["rate"] for r in rs]),
+        }
+        if base_rate and m["load_rate"] is not None:
+            m["slowdown_pct"] = 100.0 * (1 - m["load_rate"] / base_rate)
+        row[tool] = m
+    if "plumb" in row and "tcpdump" in row:
+        a, b = row["plumb"], row["tcpdump"]
+        row["ratio_plumb_over_tcpdump"] = {
+            k: a[k] / b[k] if a.get(k) is not None and b.get(k) else None
+            for k in ("cpu_us_per_packet", "peak_rss_mib", "ready_s")
+        }
+        # Runs of the same repetition side by side (they ran one after the other).
+        by_rep = {}
+        for tool in ("plumb", "tcpdump"):
+            for r in tools[tool]:
+                by_rep.setdefault(r["rep"], {})[tool] = r
+        pairs = [v for _, v in sorted(by_rep.items()) if len(v) == 2]
+
+        def no_more(x, y):
+            return x is not None and y is not None and x <= y
+
+        row["requirement"] = {
+            "lost_no_more": no_more(a["lost"], b["lost"]) and no_more(max(a["lost_per_rep"]), max(b["lost_per_rep"])),
+            "cpu_no_more": no_more(a["cpu_us_per_packet"], b["cpu_us_per_packet"]),
+            "reps": len(pairs),
+            "reps_lost_no_more": sum(no_more(v["plumb"]["lost"], v["tcpdump"]["lost"]) for v in pairs),
+            "reps_cpu_no_more": sum(
+                no_more(v["plumb"]["cpu_us_per_packet"], v["tcpdump"]["cpu_us_per_packet"]) for v in pairs
+            ),
+        }
+    return row
+
+
 def fmt(v, spec="{:.2f}"):
     if v is None:
         return "-"
@@ -1406,6 +1695,9 @@ def machine():
         "kernel": platform.release(),
         "cpu": model,
         "bpftrace": bt,
+        "tcpdump": (sh("tcpdump", "--version", check=False).splitlines() or [""])[0].strip()
+        if shutil.which("tcpdump")
+        else "",
         "plumb": sh(BENCH_PLUMB[0], "--version", check=False).strip() if BENCH_PLUMB else "",
     }
 
@@ -1414,11 +1706,16 @@ BENCH_PLUMB = []
 
 
 def markdown(meta, scenarios, table, skipped, m, runs=()):
-    """scenarios: [{name, title, aggregated}] in table order."""
+    """scenarios: [{name, title, aggregated, kind}] in table order."""
+    capture = any(sc.get("kind") == "capture" for sc in scenarios)
     lines = [
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['bpftrace']}, {m['plumb']}.",
         f"Mode: {meta['mode']}; {meta['seconds']:g} s of load per run, {meta['reps']} repetition(s), "
-        "medians; baseline, plumb and bpftrace interleaved in each repetition.",
+        f"medians; baseline, plumb and bpftrace{' (tcpdump for capture)' if capture else ''} interleaved in each "
+        "repetition.",
+    ]
+    head = len(lines)
+    lines += [
         "",
         "| scenario | tool | generated | delivered | lost | adds up | CPU s / M events | BPF ns / event "
         "| peak RSS MiB | first event s | load rate /s | load slowdown |",
@@ -1426,7 +1723,7 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
     ]
     for sc in scenarios:
         row = table.get(sc["name"])
-        if not row or sc["name"] in (IdleAgent.name, LoadedAgent.name):
+        if not row or sc["name"] in (IdleAgent.name, LoadedAgent.name) or sc.get("kind") == "capture":
             continue
         for tool in ("plumb", "bpftrace"):
             t = row.get(tool)
@@ -1438,6 +1735,9 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
                 f"| {fmt(t['bpf_ns_per_event'], '{:.0f}')} | {fmt(t['peak_rss_mib'], '{:.1f}')} "
                 f"| {fmt(t['first_event_s'])}{' ¹' if sc['aggregated'] else ''} | {fmt(t['load_rate'], '{:.0f}')} | {fmt(t.get('slowdown_pct'), '{:.1f}%')} |"
             )
+    tracing = len(lines) > head + 3  # rows of the tracing table
+    if not tracing:
+        del lines[head:]
     lines += [
         "",
         "plumb / bpftrace (below 1: plumb uses less):",
@@ -1445,6 +1745,7 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
         "| scenario | CPU per event | BPF time per event | peak RSS | time to first event | delivered (plumb vs bpftrace) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    head = len(lines)
     for sc in scenarios:
         row = table.get(sc["name"], {})
         ratio = row.get("ratio_plumb_over_bpftrace")
@@ -1455,6 +1756,8 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
             f"| {fmt(ratio['peak_rss_mib'])} | {fmt(ratio['first_event_s'])} "
             f"| {fmt(row['plumb']['delivered_pct'], '{:.1f}%')} vs {fmt(row['bpftrace']['delivered_pct'], '{:.1f}%')} |"
         )
+    if len(lines) == head:
+        del lines[head - 5 :]
     agent = table.get(IdleAgent.name, {}).get("plumb")
     if agent:
         lines.append(
@@ -1483,6 +1786,9 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
             f"{w['connections_out']}, in {g['connections_in']:.0f} = {w['connections_in']}; "
             f"all equal in every run: {fmt(loaded['accounted_all_reps'])}."
         )
+    for sc in scenarios:
+        if sc.get("kind") == "capture" and sc["name"] in table:
+            lines += capture_markdown(sc, table[sc["name"]], meta, m)
     for name, why in skipped:
         lines.append(f"\nNot measured: {name}: {why}.")
     for note in meta.get("extra_notes", []):
@@ -1500,7 +1806,7 @@ def markdown(meta, scenarios, table, skipped, m, runs=()):
         lines.append("\nRuns where the tool did not exit cleanly on SIGINT (killed after 60 s or failed):")
         for r in stuck:
             lines.append(f"- {r['scenario']} rep {r['rep'] + 1}: {r['tool']} exit code {r['exit_code']}")
-    lines += ["", NOTES.strip(), ""]
+    lines += ["", NOTES.strip(), ""] if tracing else [""]
     return "\n".join(lines)
 
 
@@ -1533,6 +1839,64 @@ programs were attached (one perf event per CPU), not a first event.
 """
 
 
+def capture_markdown(sc, row, meta, m):
+    p, t = row.get("plumb"), row.get("tcpdump")
+    if not p and not t:
+        return []
+    any_row = p or t
+    lines = [
+        "",
+        f"Packet capture: {sc['title']}, `plumb capture` against {m.get('tcpdump') or 'tcpdump'}, one after the "
+        f"other in each repetition (who goes first alternates), on the same interface of the same lab pod (network "
+        f"namespace) with the same filter, a {CaptureStream.ring_mib} MiB ring (`-B {CaptureStream.ring_mib}MiB` / "
+        f"`-B {CaptureStream.ring_mib * 1024}`) and the default 262144-byte snaplen; "
+        f"{any_row['other_generated']} more packets per run went to port {CaptureStream.other_port}, which the "
+        f"filter rejects. {any_row['reps']} run(s) per tool of {meta['seconds']:g} s of load, medians:",
+        "",
+        "| tool | sent | delivered (in file) | tool's count | lost | kernel drops | adds up | CPU µs / packet "
+        "| peak RSS MiB | bytes / packet in file | ready s | load rate /s |",
+        "|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|",
+    ]
+    for tool, x in (("plumb", p), ("tcpdump", t)):
+        if not x:
+            continue
+        lines.append(
+            f"| {tool} | {fmt(x['generated'], '{:.0f}')} | {fmt(x['delivered'], '{:.0f}')} | {fmt(x['reported'], '{:.0f}')} "
+            f"| {fmt(x['lost'], '{:.0f}')} | {fmt(x['kernel_drops'], '{:.0f}')} | {fmt(x['accounted_all_reps'])} "
+            f"| {fmt(x['cpu_us_per_packet'], '{:.3f}')} | {fmt(x['peak_rss_mib'], '{:.1f}')} "
+            f"| {fmt(x['file_bytes_per_packet'], '{:.0f}')} | {fmt(x['ready_s'])} | {fmt(x['load_rate'], '{:.0f}')} |"
+        )
+    ratio, req = row.get("ratio_plumb_over_tcpdump"), row.get("requirement")
+    if ratio and req:
+        lines += [
+            "",
+            "| plumb / tcpdump | CPU per packet | peak RSS | time to ready | lost (plumb vs tcpdump) |",
+            "|---|---:|---:|---:|---:|",
+            f"| {sc['title']} | {fmt(ratio['cpu_us_per_packet'])} | {fmt(ratio['peak_rss_mib'])} "
+            f"| {fmt(ratio['ready_s'])} | {fmt(p['lost'], '{:.0f}')} vs {fmt(t['lost'], '{:.0f}')} |",
+            "",
+            f"Requirement (plumb loses no more than tcpdump and spends no more CPU per packet): "
+            f"loses no more {fmt(req['lost_no_more'])} ({req['reps_lost_no_more']}/{req['reps']} repetitions), "
+            f"no more CPU per packet {fmt(req['cpu_no_more'])} (medians; {req['reps_cpu_no_more']}/{req['reps']} "
+            "repetitions).",
+        ]
+    lines += [
+        "",
+        "Sent is the generator's own count for the filtered port; delivered the packets in the tool's file "
+        "(capinfos); lost = sent - delivered; tool's count and kernel drops are what the tool printed at the end "
+        "(plumb's `N packets, M dropped by the kernel`, tcpdump's `packets captured` and `dropped by kernel`); adds "
+        "up: delivered + kernel drops = sent and the tool's count is the file's, in every run. CPU is the tool's "
+        "utime+stime (ns resolution: schedstat at readiness, wait4's rusage at exit) from the moment its filtered "
+        "socket was bound (ss) to its exit after SIGINT, start-up excluded, the last 1.5 s idle (so that "
+        "tcpdump's 1 s block timeout hands over the last block), divided by delivered. Peak RSS is VmHWM just "
+        "before SIGINT. Both tools are pinned to CPU 0, the load to CPU 1; the files go to the harness's "
+        "temporary directory, so CPU includes that file system's write path. The filter and the copy "
+        "into the ring run in the kernel's softirq on the load's CPU for both tools alike and are not in these "
+        "figures. plumb writes pcapng with a comment per packet, tcpdump pcap.",
+    ]
+    return lines
+
+
 def plumb_has(h, *sub):
     """Does this plumb build have the subcommand (`plumb SUB --help` works)?"""
     r = subprocess.run([h.plumb, *sub, "--help"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -1551,6 +1915,12 @@ def scenario_list(h):
         out += [ProfileCpu(h, 99), ProfileCpu(h, 999)]
     else:
         skipped.append(("CPU profile 99/999 Hz", "profile not built (`plumb profile cpu` missing)"))
+    if not plumb_has(h, "capture")[0]:
+        skipped.append(("packet capture", "capture not built (`plumb capture` missing)"))
+    elif not shutil.which("tcpdump"):
+        skipped.append(("packet capture", "tcpdump not found (apt-get install tcpdump)"))
+    else:
+        out.append(CaptureStream(h))
     ok, usage = plumb_has(h, "agent")
     if ok:
         out.append(IdleAgent(h, usage))
@@ -1568,7 +1938,7 @@ def main():
     ap.add_argument("--plumb", default=os.path.join(REPO, "target", "release", "plumb"), help="the plumb binary")
     ap.add_argument("--seconds", type=float, help="load seconds per run (default 5, quick 2)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
-    ap.add_argument("--only", help="comma-separated scenario name prefixes (exec,open,tcp,drop,profile,agent)")
+    ap.add_argument("--only", help="comma-separated scenario name prefixes (exec,open,tcp,drop,profile,capture,agent)")
     ap.add_argument("--keep", action="store_true", help="keep the tools' raw output in the work directory")
     ap.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite results.md from a results.json")
     args = ap.parse_args()
@@ -1616,8 +1986,11 @@ def main():
         for rep in range(h.reps):
             for sc in scenarios:
                 # Alternate who goes first so warm caches favour neither.
-                order = ["baseline", "plumb", "bpftrace"] if rep % 2 == 0 else ["baseline", "bpftrace", "plumb"]
-                for tool in [t for t in order if t in sc.tools]:
+                compared = [t for t in sc.tools if t != "baseline"]
+                if rep % 2:
+                    compared.reverse()
+                order = ["baseline"] * ("baseline" in sc.tools) + compared
+                for tool in order:
                     log(f"rep {rep + 1}/{h.reps} {sc.name} {tool}")
                     r = h.run_one(sc, tool, rep)
                     runs.append(r)
@@ -1635,7 +2008,10 @@ def main():
         m = machine()
         os.makedirs(args.out, exist_ok=True)
         meta = {"mode": "quick" if h.quick else "full", "seconds": h.seconds, "reps": h.reps}
-        order = [{"name": s.name, "title": s.title, "aggregated": getattr(s, "aggregated", False)} for s in scenarios]
+        order = [
+            {"name": s.name, "title": s.title, "aggregated": getattr(s, "aggregated", False), "kind": getattr(s, "kind", None)}
+            for s in scenarios
+        ]
         md = markdown(meta, order, table, skipped, m, runs)
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(md)

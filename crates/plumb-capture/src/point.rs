@@ -51,12 +51,14 @@ impl Point {
         s
     }
 
-    /// The packet comment: the description, the interface and the direction.
+    /// The packet comment: the description and the direction (the
+    /// interface's name is the packet's interface block's). Kept short:
+    /// every packet carries it, and on small packets it is most of what
+    /// is written.
     pub fn comment(&self, outgoing: bool) -> String {
         format!(
-            "{}, interface {}, {}",
+            "{}, {}",
             self.description(),
-            self.interface,
             if outgoing { "out" } else { "in" }
         )
     }

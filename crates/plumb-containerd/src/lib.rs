@@ -402,12 +402,26 @@ impl Containerd {
 
     /// Run a pod sandbox named `name` in `namespace`, as the kubelet does.
     pub fn run_pod(&self, name: &str, namespace: &str) -> Result<Pod> {
+        self.run_pod_labelled(name, namespace, &[])
+    }
+
+    /// [`Containerd::run_pod`] with the pod's own labels (`app=web`),
+    /// which the kubelet puts on the sandbox beside its own.
+    pub fn run_pod_labelled(
+        &self,
+        name: &str,
+        namespace: &str,
+        pod_labels: &[(&str, &str)],
+    ) -> Result<Pod> {
         let uid = new_uid();
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (POD_NAME.to_string(), name.to_string()),
             (POD_NAMESPACE.to_string(), namespace.to_string()),
             (POD_UID.to_string(), uid.clone()),
         ]);
+        for (k, v) in pod_labels {
+            labels.insert(k.to_string(), v.to_string());
+        }
         let cgroup_parent = format!("/{QOS_PARENT}/pod{uid}");
         let log_dir = self.root.join("logs").join(&uid);
         std::fs::create_dir_all(&log_dir).map_err(|e| Error(format!("logs: {e}")))?;

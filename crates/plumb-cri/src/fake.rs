@@ -102,6 +102,7 @@ impl RuntimeService for Service {
                     namespace: p.namespace.clone(),
                     attempt: 0,
                 }),
+                state: 0,
                 labels: HashMap::from([("io.kubernetes.pod.uid".to_string(), p.uid.clone())]),
             })
             .collect();

@@ -369,6 +369,60 @@ async fn call(
     }
 }
 
+/// The pods (namespace, name) whose sandboxes carry every one of `labels`
+/// (the kubelet copies a pod's labels onto its sandbox), asked of each
+/// endpoint in turn; only ready sandboxes count. An error names the
+/// endpoints when none answered.
+pub fn pods_with_labels(
+    endpoints: &[PathBuf],
+    labels: &HashMap<String, String>,
+    timeout: Duration,
+) -> Result<Vec<(String, String)>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    rt.block_on(async {
+        let mut found = Vec::new();
+        let mut answered = false;
+        for path in endpoints {
+            let Some(mut c) = open(path, timeout).await else {
+                continue;
+            };
+            let req = proto::ListPodSandboxRequest {
+                filter: Some(proto::PodSandboxFilter {
+                    id: String::new(),
+                    label_selector: labels.clone(),
+                }),
+            };
+            let Ok(Ok(resp)) = tokio::time::timeout(timeout, c.rpc.list_pod_sandbox(req)).await
+            else {
+                continue;
+            };
+            answered = true;
+            for p in resp.into_inner().items {
+                // SANDBOX_READY is 0.
+                if p.state != 0 {
+                    continue;
+                }
+                if let Some(m) = p.metadata {
+                    found.push((m.namespace, m.name));
+                }
+            }
+        }
+        if !answered {
+            let shown: Vec<String> = endpoints.iter().map(|p| p.display().to_string()).collect();
+            return Err(format!(
+                "no container runtime answered at {} (give --runtime-endpoint)",
+                shown.join(", ")
+            ));
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
+    })
+}
+
 /// Names from a container's status: the kubelet's labels, and the CRI's
 /// own container name.
 pub fn container_names(s: &proto::ContainerStatus) -> Names {

@@ -173,7 +173,7 @@ fn a_pod_capture_holds_exactly_the_filtered_datagrams_named_by_netns_and_directi
         ],
     );
     assert_eq!(rows.len(), 300, "{rows:?}");
-    let comment = format!("netns {}, interface eth0, in", b.ns.name);
+    let comment = format!("netns {}, in", b.ns.name);
     for r in &rows {
         assert_eq!(
             r[..5],
@@ -227,7 +227,7 @@ fn node_side_shows_the_same_datagrams_leaving_the_pod_on_the_nodes_veth() {
     );
     let pod_side: Vec<_> = rows
         .iter()
-        .filter(|r| r[0].contains(", interface eth0, out"))
+        .filter(|r| !r[0].contains("node side") && r[0].ends_with(", out") && r[1] == "eth0")
         .collect();
     let node_side: Vec<_> = rows
         .iter()
@@ -503,7 +503,7 @@ fn bad_input_gets_one_line() {
                 "-w",
                 ok.to_str().unwrap(),
             ],
-            "--node-side needs --pod or --netns",
+            "--node-side needs --pod, -l or --netns",
         ),
         (
             vec!["--pod", "no-such-pod-7f3a", "-w", ok.to_str().unwrap()],

@@ -622,3 +622,96 @@ fn plumb_run_attaches_to_a_pods_network_namespace() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn capture_by_label_holds_each_pods_pings_on_both_ends_of_its_veth() {
+    require_root();
+    let _s = serial();
+    let cd = Containerd::start().expect("containerd");
+    let web = [("app", "web-cap")];
+    let w1 = cd
+        .run_pod_labelled("web-cap-1", "shop", &web)
+        .expect("web pod 1");
+    let w2 = cd
+        .run_pod_labelled("web-cap-2", "shop", &web)
+        .expect("web pod 2");
+    let src = cd.run_pod("pinger-cap", "shop").expect("pinging pod");
+    let dir = std::env::temp_dir().join(marker("capture-cri"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("web.pcapng");
+    let mut cmd = plumb();
+    cmd.args(["-v", "--runtime-endpoint", &cd.endpoint(), "capture"])
+        .args([
+            "-n",
+            "shop",
+            "-l",
+            "app=web-cap",
+            "--node-side",
+            "icmp",
+            "-w",
+        ])
+        .arg(&file);
+    let mut proc = Proc::spawn(cmd);
+    let mut stderr = Vec::new();
+    for _ in 0..4 {
+        wait_line(&proc.err, Duration::from_secs(60), &mut stderr, |l| {
+            l.starts_with("plumb: capturing on ")
+        })
+        .unwrap_or_else(|| panic!("capture did not open 4 points: {stderr:?}"));
+    }
+    const PINGS: usize = 3;
+    for w in [&w1, &w2] {
+        src.sh_in_netns(&format!("ping -q -n -c {PINGS} -i 0.2 -W 2 {}", w.ip))
+            .expect("ping a web pod");
+    }
+    proc.signal(libc::SIGINT);
+    let code = proc.wait(Duration::from_secs(30));
+    stderr.extend(drain(&proc.err));
+    assert_eq!(code, Some(0), "{stderr:?}");
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(&file)
+        .args([
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "frame.comment",
+            "-e",
+            "icmp.type",
+            "-e",
+            "ip.dst",
+        ])
+        .output()
+        .expect("tshark");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('|').collect()).collect();
+    assert_eq!(rows.len(), 2 * 4 * PINGS, "{text}");
+    for w in [&w1, &w2] {
+        let pod = format!("pod shop/{}", w.name);
+        let count = |node_side: bool, dir: &str, icmp: &str| {
+            rows.iter()
+                .filter(|r| r[0].contains(&pod) && r[0].contains("node side") == node_side)
+                .filter(|r| r[0].ends_with(dir) && r[1] == icmp)
+                .count()
+        };
+        // Echo requests (8) reach the pod: out of the node's end, into eth0;
+        // the replies (0) the other way.
+        assert_eq!(count(false, ", in", "8"), PINGS, "{pod}: {text}");
+        assert_eq!(count(false, ", out", "0"), PINGS, "{pod}: {text}");
+        assert_eq!(count(true, ", out", "8"), PINGS, "{pod}: {text}");
+        assert_eq!(count(true, ", in", "0"), PINGS, "{pod}: {text}");
+    }
+    let last = stderr.last().cloned().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!("plumb: {} packets, 0 dropped by the kernel", 8 * PINGS)
+    );
+}

@@ -209,14 +209,8 @@ fn kubectl_plumb_capture_merges_two_nodes_in_time_order_and_needs_the_capture_pe
         ],
     );
     assert_eq!(rows.len(), 200, "{rows:?}");
-    let out_a = format!(
-        "node node-1, netns {}, pod lab/cap-a, interface eth0, out",
-        a.ns.name
-    );
-    let in_b = format!(
-        "node node-2, netns {}, pod lab/cap-b, interface eth0, in",
-        b.ns.name
-    );
+    let out_a = format!("node node-1, netns {}, pod lab/cap-a, out", a.ns.name);
+    let in_b = format!("node node-2, netns {}, pod lab/cap-b, in", b.ns.name);
     assert_eq!(
         rows.iter().filter(|r| r[0] == out_a).count(),
         100,

@@ -30,6 +30,7 @@ counts go into each interface's statistics block and into the last line on stder
 
 Examples:
   plumb capture --pod web-1 -n shop 'tcp port 8080' --duration 30s -w web.pcapng
+  plumb capture -n shop -l app=checkout --node-side 'tcp port 8080' -w checkout.pcapng
   plumb capture --netns lab-a --node-side icmp -w - | tshark -r -
   plumb capture --interface eth0 'udp port 53' --max-packets 1000 -w dns.pcapng";
 
@@ -41,9 +42,13 @@ pub struct CaptureCmd {
     /// Capture inside this pod's network namespace (on this node; with -n, in that namespace).
     #[arg(long, value_name = "NAME", conflicts_with = "netns")]
     pub pod: Option<String>,
-    /// The pod's Kubernetes namespace.
-    #[arg(short = 'n', long, value_name = "NS", requires = "pod")]
+    /// The pod's Kubernetes namespace (with -l: only pods of it).
+    #[arg(short = 'n', long, value_name = "NS")]
     pub namespace: Option<String>,
+    /// Every pod of this node with these labels (app=web,tier=db; asked of
+    /// the container runtime, which holds the kubelet's copy of them).
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", conflicts_with_all = ["pod", "netns"])]
+    pub selector: Option<String>,
     /// Capture inside a network namespace: a name under /run/netns or a path (/proc/PID/ns/net).
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
@@ -75,32 +80,85 @@ pub struct CaptureCmd {
     pub buffer_size: u64,
 }
 
-impl CaptureCmd {
-    fn place(&self) -> anyhow::Result<Place> {
-        if let Some(pod) = &self.pod {
-            let fs = CgroupFs::discover();
-            let c = Context::of_pod(
-                self.namespace.as_deref(),
-                pod,
-                fs.as_ref(),
-                &super::trace::local_sources(),
-            )?;
-            let netns = PathBuf::from(format!("/proc/{}/ns/net", c.pid));
-            let (ns, name) = c.pod.clone().unwrap_or_default();
-            if plumb_capture::point::is_own_netns(&netns) {
-                return Err(Usage(format!(
-                    "pod {ns}/{name} has no network namespace of its own (hostNetwork: it shares \
-                     the node's); capture on the node with --interface"
+/// `app=web,tier=db` as the label map the CRI filters on.
+fn equality_selector(s: &str) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut m = std::collections::HashMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once("==")
+            .or_else(|| part.split_once('='))
+            .filter(|(k, _)| !k.ends_with('!'))
+            .ok_or_else(|| {
+                Usage(format!(
+                    "-l {s}: on one node plumb selects by equality only (key=value,...); \
+                     kubectl plumb capture takes any selector"
                 ))
-                .into());
+            })?;
+        m.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    if m.is_empty() {
+        return Err(Usage(format!("-l {s:?}: an empty selector")).into());
+    }
+    Ok(m)
+}
+
+impl CaptureCmd {
+    /// Where to capture: the pod, the pods the selector matches, the
+    /// namespace, or this host's interfaces.
+    fn places(&self) -> anyhow::Result<Vec<Place>> {
+        if let Some(sel) = &self.selector {
+            let labels = equality_selector(sel)?;
+            let endpoints = super::trace::runtime_endpoints();
+            let pods = plumb_cri::pods_with_labels(&endpoints, &labels, Duration::from_secs(5))
+                .map_err(Usage)?;
+            let pods: Vec<(String, String)> = pods
+                .into_iter()
+                .filter(|(ns, _)| self.namespace.as_ref().is_none_or(|n| n == ns))
+                .collect();
+            if pods.is_empty() {
+                let within = self
+                    .namespace
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" in namespace {n}"));
+                return Err(Usage(format!("-l {sel}: no pod of this node matches{within}")).into());
             }
-            return Ok(Place {
-                netns: Some(netns),
-                pod: c.pod,
-                interfaces: self.interfaces.clone(),
-                node_side: self.node_side,
-            });
+            return pods
+                .iter()
+                .map(|(ns, name)| self.pod_place(Some(ns), name))
+                .collect();
         }
+        if let Some(pod) = &self.pod {
+            return Ok(vec![self.pod_place(self.namespace.as_deref(), pod)?]);
+        }
+        if self.namespace.is_some() {
+            return Err(Usage("-n needs --pod or -l".to_string()).into());
+        }
+        self.place().map(|p| vec![p])
+    }
+
+    /// A pod of this node: its network namespace (refused when it is the
+    /// node's own, as a hostNetwork pod's is).
+    fn pod_place(&self, namespace: Option<&str>, pod: &str) -> anyhow::Result<Place> {
+        let fs = CgroupFs::discover();
+        let c = Context::of_pod(namespace, pod, fs.as_ref(), &super::trace::local_sources())?;
+        let netns = PathBuf::from(format!("/proc/{}/ns/net", c.pid));
+        let (ns, name) = c.pod.clone().unwrap_or_default();
+        if plumb_capture::point::is_own_netns(&netns) {
+            return Err(Usage(format!(
+                "pod {ns}/{name} has no network namespace of its own (hostNetwork: it shares \
+                 the node's); capture on the node with --interface"
+            ))
+            .into());
+        }
+        Ok(Place {
+            netns: Some(netns),
+            pod: c.pod,
+            interfaces: self.interfaces.clone(),
+            node_side: self.node_side,
+        })
+    }
+
+    fn place(&self) -> anyhow::Result<Place> {
         if let Some(n) = &self.netns {
             plumb_core::filter::netns::resolve(n)?;
             let path = if n.contains('/') {
@@ -121,7 +179,7 @@ impl CaptureCmd {
             );
         }
         if self.node_side {
-            return Err(Usage("--node-side needs --pod or --netns".to_string()).into());
+            return Err(Usage("--node-side needs --pod, -l or --netns".to_string()).into());
         }
         Ok(Place {
             netns: None,
@@ -136,20 +194,15 @@ impl CaptureCmd {
 struct FileSink<W: Write> {
     w: Writer<W>,
     ids: Vec<u32>,
-    /// (in, out) comment of each point.
-    comments: Vec<(String, String)>,
+    /// (in, out) packet options (comment, direction) of each point.
+    options: Vec<(pcapng::Options, pcapng::Options)>,
 }
 
 impl<W: Write> Sink for FileSink<W> {
     fn packet(&mut self, point: usize, p: &Packet<'_>) -> plumb_capture::Result<()> {
-        let (i, o) = &self.comments[point];
-        let c = if p.outgoing { o } else { i };
-        self.w
-            .packet(self.ids[point], p.ts_ns, p.len, p.data, c, p.outgoing)?;
-        if self.w.buffered() >= 1 << 20 {
-            self.w.flush()?;
-        }
-        Ok(())
+        let (i, o) = &self.options[point];
+        let opts = if p.outgoing { o } else { i };
+        self.w.packet(self.ids[point], p.ts_ns, p.len, p.data, opts)
     }
 
     fn flush(&mut self) -> plumb_capture::Result<()> {
@@ -171,7 +224,7 @@ pub fn interface_of(p: &Point, snaplen: u32, expression: &str) -> Interface {
 pub fn run(cmd: CaptureCmd, verbose: bool) -> anyhow::Result<()> {
     plumb_core::preflight::check_capabilities()?;
     let expression = cmd.expression.join(" ");
-    let place = cmd.place()?;
+    let places = cmd.places()?;
     let spec = Spec {
         node: plumb_core::runner::node_name(),
         expression: expression.clone(),
@@ -181,7 +234,7 @@ pub fn run(cmd: CaptureCmd, verbose: bool) -> anyhow::Result<()> {
     let stop = common::stop_on_signals()?;
     // The sockets first (a bad expression or place stops here, before a
     // file is made), then the output.
-    let mut cap = Capture::open(&[place], &spec).map_err(CaptureFailed)?;
+    let mut cap = Capture::open(&places, &spec).map_err(CaptureFailed)?;
     let out: Box<dyn Write> = if cmd.write == "-" {
         Box::new(std::io::stdout())
     } else {
@@ -198,12 +251,17 @@ pub fn run(cmd: CaptureCmd, verbose: bool) -> anyhow::Result<()> {
             eprintln!("plumb: capturing on {} ({})", p.interface, p.description());
         }
     }
-    let comments = cap
+    let options = cap
         .points()
         .iter()
-        .map(|p| (p.comment(false), p.comment(true)))
+        .map(|p| {
+            (
+                w.packet_options(&p.comment(false), false),
+                w.packet_options(&p.comment(true), true),
+            )
+        })
         .collect();
-    let mut sink = FileSink { w, ids, comments };
+    let mut sink = FileSink { w, ids, options };
     sink.w.flush()?;
     let limits = Limits {
         duration: cmd.duration,

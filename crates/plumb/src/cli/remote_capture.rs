@@ -13,7 +13,7 @@ use clap::Args;
 use plumb_agent::client::capture::{fan_out, CapItem};
 use plumb_agent::client::{ClientAuth, Deadlines, Target};
 use plumb_agent::proto::{CaptureRequest, CapturedPacket, PodRef};
-use plumb_capture::pcapng::{Interface, Stats, Writer};
+use plumb_capture::pcapng::{Interface, Options, Stats, Writer};
 use plumb_capture::session::{PointStats, Summary};
 use plumb_capture::{Ended, Limits};
 use std::cmp::Reverse;
@@ -103,8 +103,8 @@ struct Node {
 /// The merged file.
 struct Merge<W: Write> {
     w: Writer<W>,
-    /// (in, out) comments by file interface id.
-    comments: Vec<(String, String)>,
+    /// (in, out) packet options (comment, direction) by file interface id.
+    options: Vec<(Options, Options)>,
     held: BinaryHeap<Reverse<Held>>,
     seq: u64,
     nodes: Vec<Node>,
@@ -151,10 +151,9 @@ impl<W: Write> Merge<W> {
                 self.late += 1;
             }
             self.last_ts = self.last_ts.max(h.ts);
-            let (i, o) = &self.comments[h.iface as usize];
-            let c = if h.p.outgoing { o } else { i };
-            self.w
-                .packet(h.iface, h.ts, h.p.len, &h.p.data, c, h.p.outgoing)?;
+            let (i, o) = &self.options[h.iface as usize];
+            let opts = if h.p.outgoing { o } else { i };
+            self.w.packet(h.iface, h.ts, h.p.len, &h.p.data, opts)?;
             self.packets += 1;
             self.bytes += h.p.data.len() as u64;
             if self.limits.packets.is_some_and(|m| self.packets >= m) {
@@ -223,7 +222,7 @@ pub async fn run(
                 env!("CARGO_PKG_VERSION")
             ),
         )?,
-        comments: Vec::new(),
+        options: Vec::new(),
         held: BinaryHeap::new(),
         seq: 0,
         nodes: targets
@@ -268,8 +267,11 @@ pub async fn run(
                         description: i.description.clone(),
                         filter: expression.clone(),
                     })?;
-                    m.comments
-                        .push((i.comment_in.clone(), i.comment_out.clone()));
+                    let opts = (
+                        m.w.packet_options(&i.comment_in, false),
+                        m.w.packet_options(&i.comment_out, true),
+                    );
+                    m.options.push(opts);
                     m.nodes[target].ids.push(id);
                     if verbose {
                         eprintln!("plumb: capturing on {} ({})", i.name, i.description);

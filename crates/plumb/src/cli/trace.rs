@@ -116,6 +116,15 @@ pub fn set_runtime_endpoints(endpoints: Vec<std::path::PathBuf>) {
     let _ = RUNTIME_ENDPOINTS.set(endpoints);
 }
 
+/// The CRI sockets of this host: those named with --runtime-endpoint,
+/// and the well-known ones that exist.
+pub fn runtime_endpoints() -> Vec<std::path::PathBuf> {
+    let extra = RUNTIME_ENDPOINTS.get().map(Vec::as_slice).unwrap_or(&[]);
+    plumb_cri::CriSource::discover(extra)
+        .map(|c| c.endpoints().to_vec())
+        .unwrap_or_default()
+}
+
 /// Runtime metadata sources found on this host: the CRI runtimes a kubelet
 /// uses (containerd, CRI-O, cri-dockerd) and Docker-API sockets (Docker,
 /// podman). Built once; every command shares them.
