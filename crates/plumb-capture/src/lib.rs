@@ -8,6 +8,7 @@
 pub mod error;
 pub mod filter;
 pub mod links;
+pub mod order;
 pub mod pcapng;
 pub mod point;
 pub mod ring;

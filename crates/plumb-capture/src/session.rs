@@ -9,10 +9,9 @@
 //! in timestamp order.
 
 use crate::error::{Error, Result};
+use crate::order::TimeOrder;
 use crate::point::{self, Place, Point, Spec};
 use crate::ring::{Counts, Packet, Ring};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -111,30 +110,12 @@ impl Summary {
     }
 }
 
+/// A packet copied out of its ring, waiting for its turn.
 struct Held {
-    ts: u64,
-    seq: u64,
     point: usize,
     len: u32,
     outgoing: bool,
     data: Vec<u8>,
-}
-
-impl PartialEq for Held {
-    fn eq(&self, o: &Self) -> bool {
-        (self.ts, self.seq) == (o.ts, o.seq)
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Held {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.ts, self.seq).cmp(&(o.ts, o.seq))
-    }
 }
 
 /// Sockets open on every point, not yet read.
@@ -247,8 +228,7 @@ impl Capture {
             ended: None,
             error: None,
         };
-        let mut held = BinaryHeap::new();
-        let mut seq = 0u64;
+        let mut held = TimeOrder::default();
         let hold = self.retire + Duration::from_millis(30);
         let mut fds: Vec<libc::pollfd> = self
             .rings
@@ -282,17 +262,17 @@ impl Capture {
                     wait.as_millis() as i32,
                 )
             };
-            self.drain(&mut out, &mut held, &mut seq, Some(hold));
+            self.drain(&mut out, &mut held, Some(hold));
         }
         // Packets already queued when the capture was stopped are read:
         // the last, partly filled block is handed over at its retire timeout.
         if matches!(out.ended, Some(Ended::Stopped | Ended::Duration)) {
             std::thread::sleep(self.retire + Duration::from_millis(10));
             let ended = out.ended.take();
-            self.drain(&mut out, &mut held, &mut seq, None);
+            self.drain(&mut out, &mut held, None);
             out.ended = out.ended.or(ended);
         } else {
-            self.drain(&mut out, &mut held, &mut seq, None);
+            self.drain(&mut out, &mut held, None);
         }
         out.flush();
         if let Some(e) = out.error {
@@ -317,13 +297,7 @@ impl Capture {
 
     /// Read every ready block; with several sockets, let go of held
     /// packets older than `hold` (all of them when None).
-    fn drain(
-        &mut self,
-        out: &mut Out<'_>,
-        held: &mut BinaryHeap<Reverse<Held>>,
-        seq: &mut u64,
-        hold: Option<Duration>,
-    ) {
+    fn drain(&mut self, out: &mut Out<'_>, held: &mut TimeOrder<Held>, hold: Option<Duration>) {
         let direct = self.rings.len() == 1;
         for (i, ring) in self.rings.iter_mut().enumerate() {
             while ring.ready() {
@@ -337,25 +311,22 @@ impl Capture {
                     ring.next_block(|p| out.give(i, &p));
                 } else {
                     ring.next_block(|p| {
-                        *seq += 1;
-                        held.push(Reverse(Held {
-                            ts: p.ts_ns,
-                            seq: *seq,
+                        let h = Held {
                             point: i,
                             len: p.len,
                             outgoing: p.outgoing,
                             data: p.data.to_vec(),
-                        }));
+                        };
+                        held.push(p.ts_ns, h);
                         true
                     });
                 }
             }
         }
         let until = hold.map_or(u64::MAX, |h| now_ns().saturating_sub(h.as_nanos() as u64));
-        while held.peek().is_some_and(|Reverse(h)| h.ts <= until) {
-            let Some(Reverse(h)) = held.pop() else { break };
+        while let Some((ts, h)) = held.pop_until(until) {
             let p = Packet {
-                ts_ns: h.ts,
+                ts_ns: ts,
                 len: h.len,
                 data: &h.data,
                 outgoing: h.outgoing,

@@ -68,28 +68,6 @@ fn send(from: &Pod, sport: u16, to: Ipv4Addr, port: u16, n: usize, size: usize) 
         .expect("sender in the pod");
 }
 
-/// tshark's fields of every packet of `file` (`-e` each of `fields`).
-fn fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
-    let mut cmd = Command::new("tshark");
-    cmd.arg("-r")
-        .arg(file)
-        .args(["-T", "fields", "-E", "separator=|"]);
-    for f in fields {
-        cmd.args(["-e", f]);
-    }
-    let out = cmd.output().expect("run tshark");
-    assert!(
-        out.status.success(),
-        "tshark cannot read {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split('|').map(str::to_string).collect())
-        .collect()
-}
-
 /// The number in `plumb: N packets, M dropped by the kernel`.
 fn end_counts(line: &str) -> (u64, u64) {
     let rest = line
@@ -160,7 +138,7 @@ fn a_pod_capture_holds_exactly_the_filtered_datagrams_named_by_netns_and_directi
     assert_eq!(code, 0, "{end}");
     // The kernel counted every datagram (nobody listens: NoPorts).
     assert_eq!(b.ns.snmp("Udp", "NoPorts").unwrap() - b_in, 340);
-    let rows = fields(
+    let rows = tshark_fields(
         &file,
         &[
             "ip.src",
@@ -221,7 +199,7 @@ fn node_side_shows_the_same_datagrams_leaving_the_pod_on_the_nodes_veth() {
     std::thread::sleep(Duration::from_millis(200));
     let (code, end) = stop(cap);
     assert_eq!(code, 0, "{end}");
-    let rows = fields(
+    let rows = tshark_fields(
         &file,
         &["frame.comment", "frame.interface_name", "udp.length"],
     );
@@ -244,7 +222,7 @@ fn node_side_shows_the_same_datagrams_leaving_the_pod_on_the_nodes_veth() {
         "{node_side:?}"
     );
     // Time order across the two interfaces.
-    let ts = fields(&file, &["frame.time_epoch"]);
+    let ts = tshark_fields(&file, &["frame.time_epoch"]);
     let t: Vec<f64> = ts.iter().map(|r| r[0].parse().unwrap()).collect();
     assert!(t.windows(2).all(|w| w[0] <= w[1]), "out of time order");
     assert_eq!(end_counts(&end), (240, 0));
@@ -279,7 +257,7 @@ fn max_packets_max_bytes_and_duration_stop_the_capture() {
         "--max-packets did not stop it"
     );
     let end = drain(&cap.err).last().cloned().unwrap_or_default();
-    assert_eq!(fields(&f1, &["udp.dstport"]).len(), 25);
+    assert_eq!(tshark_fields(&f1, &["udp.dstport"]).len(), 25);
     assert!(
         end.starts_with("plumb: 25 packets, 0 dropped by the kernel (stopped by --max-packets 25"),
         "{end}"
@@ -305,7 +283,7 @@ fn max_packets_max_bytes_and_duration_stop_the_capture() {
         Some(0),
         "--max-bytes did not stop it"
     );
-    assert_eq!(fields(&f2, &["udp.dstport"]).len(), 10);
+    assert_eq!(tshark_fields(&f2, &["udp.dstport"]).len(), 10);
     // --duration 1s ends by itself, with what came before.
     let f3 = dir.path().join("d.pcapng");
     let t0 = Instant::now();
@@ -325,7 +303,7 @@ fn max_packets_max_bytes_and_duration_stop_the_capture() {
     send(&a, 6012, b.ip, 7012, 30, 64);
     assert_eq!(cap.wait(Duration::from_secs(10)), Some(0));
     assert!(t0.elapsed() < patience(Duration::from_secs(8)));
-    assert_eq!(fields(&f3, &["udp.dstport"]).len(), 30);
+    assert_eq!(tshark_fields(&f3, &["udp.dstport"]).len(), 30);
     let end = drain(&cap.err).last().cloned().unwrap_or_default();
     assert!(end.contains("(stopped by --duration 1s)"), "{end}");
 }
@@ -358,7 +336,7 @@ fn a_ring_too_small_for_a_burst_counts_what_the_kernel_dropped() {
     let (code, end) = stop(cap);
     assert_eq!(code, 0, "{end}");
     let (written, dropped) = end_counts(&end);
-    let in_file = fields(&file, &["udp.dstport"]).len() as u64;
+    let in_file = tshark_fields(&file, &["udp.dstport"]).len() as u64;
     assert_eq!(in_file, written, "{end}");
     assert!(dropped > 0, "the burst fit in the ring: {end}");
     // Every datagram sent is in the file or in the kernel's drop count.
@@ -406,7 +384,7 @@ fn a_capture_stopped_at_any_moment_leaves_a_file_tshark_reads() {
             if m.len() == 0 {
                 continue; // stopped before the file was begun
             }
-            let n = fields(&file, &["udp.dstport"]).len() as u64;
+            let n = tshark_fields(&file, &["udp.dstport"]).len() as u64;
             if let Some(l) = end
                 .iter()
                 .find(|l| l.starts_with("plumb: ") && l.contains(" packets, "))

@@ -15,6 +15,7 @@ use plumb_kube_standin::{ApiServer, Cluster};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::kube::{in_cluster, wait_watching};
 use support::*;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plumb-agent/tests/fixtures");
@@ -31,39 +32,10 @@ fn cluster() -> Cluster {
 const MARKER_A: &str = "5a1b0000-0000-4000-8000-000000000001";
 const MARKER_B: &str = "5a1b0000-0000-4000-8000-000000000002";
 
-/// What an agent in a pod of the stand-in's cluster is given: the API
-/// through a kubeconfig (kube-rs reads it first), and the variable that
-/// says "in a pod".
-fn in_cluster(kubeconfig: &Path) -> Vec<(&'static str, String)> {
-    vec![
-        ("KUBECONFIG", kubeconfig.display().to_string()),
-        ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_string()),
-        ("KUBERNETES_SERVICE_PORT", "443".to_string()),
-    ]
-}
-
 fn start_in_cluster(node: &str, token: &Path, env: &[(&'static str, String)]) -> Agent {
     let mut cmd = agent_cmd(node, "127.0.0.1:0", Some(token), &[]);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     spawn_agent(node, cmd)
-}
-
-/// Wait until the stand-in has seen a watch of `node`'s pods: the
-/// agent's watcher has its list.
-fn wait_watching(api: &ApiServer, node: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let want = format!("spec.nodeName={node}");
-    while Instant::now() < deadline {
-        if api
-            .seen()
-            .iter()
-            .any(|t| t.contains("watch=true") && t.contains(&want))
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no watch of {node}'s pods: {:?}", api.seen());
 }
 
 #[test]

@@ -15,10 +15,10 @@ use plumb_kube_standin::{ApiServer, Cluster};
 use plumb_netlab::Lab;
 use serde_json::{json, Value};
 use std::net::UdpSocket;
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::fake_pod::FakePod;
+use support::kube::{in_cluster, wait_watching};
 use support::*;
 
 fn pod(ns: &str, name: &str, uid: &str, node: &str, labels: Value, host_network: bool) -> Value {
@@ -40,50 +40,6 @@ fn agent_pod(name: &str, node: &str) -> Value {
         json!({"app.kubernetes.io/name": "plumb", "app.kubernetes.io/component": "agent"}),
         true,
     )
-}
-
-fn in_cluster(kubeconfig: &Path) -> Vec<(&'static str, String)> {
-    vec![
-        ("KUBECONFIG", kubeconfig.display().to_string()),
-        ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_string()),
-        ("KUBERNETES_SERVICE_PORT", "443".to_string()),
-    ]
-}
-
-fn wait_watching(api: &ApiServer, node: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let want = format!("spec.nodeName={node}");
-    while Instant::now() < deadline {
-        if api
-            .seen()
-            .iter()
-            .any(|t| t.contains("watch=true") && t.contains(&want))
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no watch of {node}'s pods");
-}
-
-fn fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
-    let mut cmd = Command::new("tshark");
-    cmd.arg("-r")
-        .arg(file)
-        .args(["-T", "fields", "-E", "separator=|"]);
-    for f in fields {
-        cmd.args(["-e", f]);
-    }
-    let out = cmd.output().expect("run tshark");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split('|').map(str::to_string).collect())
-        .collect()
 }
 
 #[test]
@@ -199,7 +155,7 @@ fn kubectl_plumb_capture_merges_two_nodes_in_time_order_and_needs_the_capture_pe
         end.starts_with("plumb: 200 packets, 0 dropped by the kernel"),
         "{err:?}"
     );
-    let rows = fields(
+    let rows = tshark_fields(
         &file,
         &[
             "frame.comment",

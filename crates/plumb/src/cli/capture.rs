@@ -58,6 +58,18 @@ pub struct CaptureCmd {
     /// Also capture on the node's end of each captured veth.
     #[arg(long)]
     pub node_side: bool,
+    #[command(flatten)]
+    pub out: CaptureOut,
+    /// The kernel ring of each capture socket (tcpdump's -B), e.g. 4MiB.
+    #[arg(short = 'B', long, value_name = "SIZE", default_value = "4MiB",
+          value_parser = plumb_capture::session::parse_size)]
+    pub buffer_size: u64,
+}
+
+/// Where a capture goes and when it stops: the same for `plumb capture`
+/// and `kubectl plumb capture`.
+#[derive(Debug, Clone, Args)]
+pub struct CaptureOut {
     /// The file to write, or - for stdout.
     #[arg(short = 'w', value_name = "FILE.pcapng|-", required = true)]
     pub write: String,
@@ -74,10 +86,26 @@ pub struct CaptureCmd {
     #[arg(short = 's', long, value_name = "N", default_value_t = 262144,
           value_parser = clap::value_parser!(u32).range(1..=262144))]
     pub snaplen: u32,
-    /// The kernel ring of each capture socket (tcpdump's -B), e.g. 4MiB.
-    #[arg(short = 'B', long, value_name = "SIZE", default_value = "4MiB",
-          value_parser = plumb_capture::session::parse_size)]
-    pub buffer_size: u64,
+}
+
+impl CaptureOut {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            duration: self.duration,
+            packets: self.max_packets,
+            bytes: self.max_bytes,
+        }
+    }
+
+    /// The output, opened (a file is created; `-` is stdout).
+    pub fn open(&self) -> anyhow::Result<Box<dyn Write>> {
+        if self.write == "-" {
+            return Ok(Box::new(std::io::stdout()));
+        }
+        let f = std::fs::File::create(&self.write)
+            .map_err(|e| Usage(format!("cannot write {}: {e}", self.write)))?;
+        Ok(Box::new(f))
+    }
 }
 
 /// `app=web,tier=db` as the label map the CRI filters on.
@@ -228,25 +256,19 @@ pub fn run(cmd: CaptureCmd, verbose: bool) -> anyhow::Result<()> {
     let spec = Spec {
         node: plumb_core::runner::node_name(),
         expression: expression.clone(),
-        snaplen: cmd.snaplen,
+        snaplen: cmd.out.snaplen,
         ring: RingSize::of_bytes(cmd.buffer_size as usize),
     };
     let stop = common::stop_on_signals()?;
     // The sockets first (a bad expression or place stops here, before a
     // file is made), then the output.
     let mut cap = Capture::open(&places, &spec).map_err(CaptureFailed)?;
-    let out: Box<dyn Write> = if cmd.write == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        let f = std::fs::File::create(&cmd.write)
-            .map_err(|e| Usage(format!("cannot write {}: {e}", cmd.write)))?;
-        Box::new(f)
-    };
+    let out = cmd.out.open()?;
     let mut w =
         Writer::new(out, &format!("plumb {}", env!("CARGO_PKG_VERSION"))).map_err(CaptureFailed)?;
     let mut ids = Vec::new();
     for p in cap.points() {
-        ids.push(w.interface(&interface_of(p, cmd.snaplen, &expression))?);
+        ids.push(w.interface(&interface_of(p, cmd.out.snaplen, &expression))?);
         if verbose {
             eprintln!("plumb: capturing on {} ({})", p.interface, p.description());
         }
@@ -263,11 +285,7 @@ pub fn run(cmd: CaptureCmd, verbose: bool) -> anyhow::Result<()> {
         .collect();
     let mut sink = FileSink { w, ids, options };
     sink.w.flush()?;
-    let limits = Limits {
-        duration: cmd.duration,
-        packets: cmd.max_packets,
-        bytes: cmd.max_bytes,
-    };
+    let limits = cmd.out.limits();
     let s = cap.run(&mut sink, limits, &stop).map_err(CaptureFailed)?;
     let end = now_ns();
     if s.ended != plumb_capture::Ended::OutputClosed {

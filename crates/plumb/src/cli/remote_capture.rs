@@ -6,21 +6,18 @@
 //! nothing older. The limits are sent to every agent (which caps them
 //! with its own) and enforced here over the merged file as well.
 
-use super::bpftrace::Usage;
-use super::capture::end_line;
+use super::capture::{end_line, CaptureOut};
 use super::remote::{others, SomeFailed};
 use clap::Args;
 use plumb_agent::client::capture::{fan_out, CapItem};
 use plumb_agent::client::{ClientAuth, Deadlines, Target};
 use plumb_agent::proto::{CaptureRequest, CapturedPacket, PodRef};
+use plumb_capture::order::TimeOrder;
 use plumb_capture::pcapng::{Interface, Options, Stats, Writer};
 use plumb_capture::session::{PointStats, Summary};
 use plumb_capture::{Ended, Limits};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct RemoteCaptureCmd {
@@ -37,22 +34,8 @@ pub struct RemoteCaptureCmd {
     /// Also capture on the node's end of each pod's veths.
     #[arg(long)]
     pub node_side: bool,
-    /// The file to write, or - for stdout.
-    #[arg(short = 'w', value_name = "FILE.pcapng|-", required = true)]
-    pub write: String,
-    /// Stop after this long (each agent caps it with its own limit).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Stop after this many packets (on each agent, and over the merged file).
-    #[arg(long, value_name = "N")]
-    pub max_packets: Option<u64>,
-    /// Stop before the captured bytes pass SIZE (on each agent, and over the merged file).
-    #[arg(long, value_name = "SIZE", value_parser = plumb_capture::session::parse_size)]
-    pub max_bytes: Option<u64>,
-    /// Keep at most N bytes of each packet.
-    #[arg(short = 's', long, value_name = "N", default_value_t = 262144,
-          value_parser = clap::value_parser!(u32).range(1..=262144))]
-    pub snaplen: u32,
+    #[command(flatten)]
+    pub out: CaptureOut,
     /// The kernel ring of each capture socket on the nodes [default: the agent's].
     #[arg(short = 'B', long, value_name = "SIZE", value_parser = plumb_capture::session::parse_size)]
     pub buffer_size: Option<u64>,
@@ -61,32 +44,6 @@ pub struct RemoteCaptureCmd {
     /// with --capture-subject needs none.
     #[arg(long, value_name = "FILE")]
     pub capture_token_file: Option<PathBuf>,
-}
-
-/// A packet waiting for every node's watermark to pass it.
-struct Held {
-    ts: u64,
-    seq: u64,
-    /// The file's interface id.
-    iface: u32,
-    p: CapturedPacket,
-}
-
-impl PartialEq for Held {
-    fn eq(&self, o: &Self) -> bool {
-        (self.ts, self.seq) == (o.ts, o.seq)
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Held {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.ts, self.seq).cmp(&(o.ts, o.seq))
-    }
 }
 
 /// What is known of one node's capture.
@@ -105,8 +62,9 @@ struct Merge<W: Write> {
     w: Writer<W>,
     /// (in, out) packet options (comment, direction) by file interface id.
     options: Vec<(Options, Options)>,
-    held: BinaryHeap<Reverse<Held>>,
-    seq: u64,
+    /// Packets waiting for every node's watermark to pass them, with the
+    /// file's interface id of each.
+    held: TimeOrder<(u32, CapturedPacket)>,
     nodes: Vec<Node>,
     limits: Limits,
     packets: u64,
@@ -131,8 +89,8 @@ impl<W: Write> Merge<W> {
                 .min()
                 .unwrap_or(u64::MAX)
         };
-        while self.ended.is_none() && self.held.peek().is_some_and(|Reverse(h)| h.ts <= until) {
-            let Some(Reverse(h)) = self.held.pop() else {
+        while self.ended.is_none() {
+            let Some((ts, (iface, p))) = self.held.pop_until(until) else {
                 break;
             };
             if self.limits.packets.is_some_and(|m| self.packets >= m) {
@@ -142,20 +100,20 @@ impl<W: Write> Merge<W> {
             if self
                 .limits
                 .bytes
-                .is_some_and(|m| self.bytes + h.p.data.len() as u64 > m)
+                .is_some_and(|m| self.bytes + p.data.len() as u64 > m)
             {
                 self.ended = Some(Ended::MaxBytes);
                 break;
             }
-            if h.ts < self.last_ts {
+            if ts < self.last_ts {
                 self.late += 1;
             }
-            self.last_ts = self.last_ts.max(h.ts);
-            let (i, o) = &self.options[h.iface as usize];
-            let opts = if h.p.outgoing { o } else { i };
-            self.w.packet(h.iface, h.ts, h.p.len, &h.p.data, opts)?;
+            self.last_ts = self.last_ts.max(ts);
+            let (i, o) = &self.options[iface as usize];
+            let opts = if p.outgoing { o } else { i };
+            self.w.packet(iface, ts, p.len, &p.data, opts)?;
             self.packets += 1;
-            self.bytes += h.p.data.len() as u64;
+            self.bytes += p.data.len() as u64;
             if self.limits.packets.is_some_and(|m| self.packets >= m) {
                 self.ended = Some(Ended::MaxPackets);
             }
@@ -191,26 +149,15 @@ pub async fn run(
         Some(p) => Some(plumb_agent::auth::Token::from_file(p)?.as_str().to_string()),
         None => None,
     };
-    let out: Box<dyn Write> = if cmd.write == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        Box::new(
-            std::fs::File::create(&cmd.write)
-                .map_err(|e| Usage(format!("cannot write {}: {e}", cmd.write)))?,
-        )
-    };
-    let limits = Limits {
-        duration: cmd.duration,
-        packets: cmd.max_packets,
-        bytes: cmd.max_bytes,
-    };
+    let out = cmd.out.open()?;
+    let limits = cmd.out.limits();
     let req = CaptureRequest {
         pods: Vec::new(),
         expression: expression.clone(),
-        snaplen: cmd.snaplen,
-        duration_ms: cmd.duration.map_or(0, |d| d.as_millis() as u64),
-        max_packets: cmd.max_packets.unwrap_or(0),
-        max_bytes: cmd.max_bytes.unwrap_or(0),
+        snaplen: cmd.out.snaplen,
+        duration_ms: limits.duration.map_or(0, |d| d.as_millis() as u64),
+        max_packets: limits.packets.unwrap_or(0),
+        max_bytes: limits.bytes.unwrap_or(0),
         node_side: cmd.node_side,
         ring_bytes: cmd.buffer_size.unwrap_or(0),
     };
@@ -223,8 +170,7 @@ pub async fn run(
             ),
         )?,
         options: Vec::new(),
-        held: BinaryHeap::new(),
-        seq: 0,
+        held: TimeOrder::default(),
         nodes: targets
             .iter()
             .map(|t| Node {
@@ -287,13 +233,7 @@ pub async fn run(
                         continue;
                     };
                     top = top.max(p.ts_ns);
-                    m.seq += 1;
-                    m.held.push(Reverse(Held {
-                        ts: p.ts_ns,
-                        seq: m.seq,
-                        iface,
-                        p,
-                    }));
+                    m.held.push(p.ts_ns, (iface, p));
                 }
                 n.watermark = n.watermark.max(top);
                 m.release(false)

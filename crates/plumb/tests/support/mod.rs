@@ -4,8 +4,8 @@
 //! binary and the `plumb remote` commands that reach them, markers run as
 //! chosen commands or in chosen cgroups, and the BPF programs a process
 //! holds. HTTP scrapes live in `http`, test certificates in `certs`, fake
-//! kubelet-style pods in `fake_pod`, a cluster of QEMU guests in
-//! `vm_cluster`.
+//! kubelet-style pods in `fake_pod`, agents of the stand-in cluster in
+//! `kube`, a cluster of QEMU guests in `vm_cluster`.
 
 // Every test binary compiles this module whole but calls only its own part
 // of it; what one binary leaves unused is not dead code in another.
@@ -14,6 +14,7 @@
 pub mod certs;
 pub mod fake_pod;
 pub mod http;
+pub mod kube;
 pub mod vm_cluster;
 
 use plumb_core::testing::{marker, patience};
@@ -513,4 +514,27 @@ impl Drop for PodCgroups {
             }
         }
     }
+}
+
+/// tshark's fields of every packet of `file` (`-e` each of `fields`),
+/// one row per packet; the test fails if tshark cannot read the file.
+pub fn tshark_fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r")
+        .arg(file)
+        .args(["-T", "fields", "-E", "separator=|"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark cannot read {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect()
 }
